@@ -1,0 +1,301 @@
+"""The aligner: a small causal LM that rewrites one sentence given the question and the answer so far.
+
+:class:`StreamAligner` wraps a model, its tokenizer and a :class:`StreamAlignerConfig`. It loads from a
+local directory or the Hub (safetensors only, ``trust_remote_code`` off unless passed), saves a
+self-describing checkpoint (weights, tokenizer, config, model card) and pushes it as one commit.
+
+Anything with ``correct(list[AlignmentRequest]) -> list[str]``, or a plain callable
+``fn(question, prefix, last) -> str``, can stand in for it (see :func:`as_correction_fn`).
+
+Example (an untrained aligner built from any chat model; see ``docs/quickstart.md``):
+
+    >>> from transformers_stream_aligner import AlignmentRequest, StreamAligner
+    >>> aligner = StreamAligner.from_pretrained("path/or/repo-id")  # doctest: +SKIP
+    >>> aligner.correct([AlignmentRequest("What is 17*23?", "", "17*23 = 381.")])  # doctest: +SKIP
+    ['17*23 = 391.']
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from .stream_aligner_config import CONFIG_NAME, StreamAlignerConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AlignmentRequest", "CorrectionFn", "StreamAligner", "SupportsCorrect", "as_correction_fn"]
+
+
+@dataclass(frozen=True)
+class AlignmentRequest:
+    """One sentence to correct.
+
+    Args:
+        question: the user's question (or the prompt text).
+        prefix: the answer so far, already corrected, without the sentence itself.
+        last: the sentence to correct, without its surrounding whitespace.
+    """
+
+    question: str
+    prefix: str
+    last: str
+
+
+@runtime_checkable
+class SupportsCorrect(Protocol):
+    def correct(self, requests: list[AlignmentRequest]) -> list[str]: ...
+
+
+CorrectionFn = Callable[[list[AlignmentRequest]], list[str]]
+
+
+def as_correction_fn(aligner: Any) -> CorrectionFn:
+    """Normalise what ``generate(aligner=...)`` accepts into ``fn(list[AlignmentRequest]) -> list[str]``.
+
+    Accepted: a :class:`StreamAligner`, any object with ``correct(list[AlignmentRequest])``, or a
+    callable ``fn(question, prefix, last) -> str`` (called once per request).
+    """
+    if isinstance(aligner, SupportsCorrect):
+        return aligner.correct
+    if callable(aligner):
+
+        def _per_request(requests: list[AlignmentRequest]) -> list[str]:
+            return [aligner(r.question, r.prefix, r.last) for r in requests]
+
+        return _per_request
+    raise TypeError(
+        "aligner must be a StreamAligner, an object with correct(list[AlignmentRequest]) -> list[str], "
+        f"or a callable fn(question, prefix, last) -> str; got {type(aligner).__name__}"
+    )
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    ids: list[int] = []
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (gen_eos, getattr(tokenizer, "eos_token_id", None)):
+        if value is None:
+            continue
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if v not in ids:
+                ids.append(int(v))
+    return ids
+
+
+class StreamAligner:
+    """A sentence-level aligner model with its tokenizer and prompt configuration.
+
+    Args:
+        model: a causal LM (``AutoModelForCausalLM``-compatible).
+        tokenizer: its tokenizer.
+        config: prompt/decoding settings; ``None`` uses the reference defaults.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, config: StreamAlignerConfig | None = None) -> None:
+        if tokenizer is None:
+            raise ValueError("StreamAligner needs the aligner's tokenizer")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config if config is not None else StreamAlignerConfig()
+        self._eos_token_ids = _eos_ids(model, tokenizer)
+        if getattr(self.tokenizer, "pad_token_id", None) is None:
+            # Batched prompts need a pad token; like most recipes, reuse EOS (this sets it on the tokenizer).
+            if getattr(self.tokenizer, "eos_token", None) is None:
+                raise ValueError("the aligner tokenizer has neither a pad token nor an EOS token")
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self._pad_token_id = self.tokenizer.pad_token_id
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        device: str | torch.device | None = None,
+        device_map: Any = None,
+        dtype: Any = None,
+        trust_remote_code: bool = False,
+        config: StreamAlignerConfig | None = None,
+        **model_kwargs: Any,
+    ) -> StreamAligner:
+        """Load an aligner from a local directory or a Hub repo id.
+
+        A checkpoint without ``stream_aligner_config.json`` (a plain causal LM, e.g. an existing
+        aligner checkpoint) loads with the reference defaults. Weights load from safetensors only.
+
+        Args:
+            pretrained_model_name_or_path: directory or Hub repo id.
+            revision, token, cache_dir, local_files_only: as in ``transformers``.
+            device: move the model there after loading (mutually exclusive with ``device_map``).
+            device_map, dtype: passed to ``AutoModelForCausalLM.from_pretrained``.
+            trust_remote_code: off unless you pass ``True``.
+            config: override the saved :class:`StreamAlignerConfig`.
+            **model_kwargs: further keywords for ``AutoModelForCausalLM.from_pretrained``.
+        """
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if device is not None and device_map is not None:
+            raise ValueError("pass either device or device_map, not both")
+        if model_kwargs.get("use_safetensors") is False:
+            raise ValueError("StreamAligner loads safetensors weights only (use_safetensors=False is refused)")
+        model_kwargs.pop("use_safetensors", None)
+        hub_kwargs = {
+            "revision": revision,
+            "token": token,
+            "cache_dir": cache_dir,
+            "local_files_only": local_files_only,
+        }
+        if config is None:
+            config = StreamAlignerConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+            if config is None:
+                logger.info(
+                    "%s has no %s: using the reference prompt defaults", pretrained_model_name_or_path, CONFIG_NAME
+                )
+                config = StreamAlignerConfig()
+        tokenizer = AutoTokenizer.from_pretrained(
+            pretrained_model_name_or_path, trust_remote_code=trust_remote_code, **hub_kwargs
+        )
+        load_kwargs = dict(model_kwargs)
+        if dtype is not None:
+            load_kwargs["dtype"] = dtype
+        if device_map is not None:
+            load_kwargs["device_map"] = device_map
+        model = AutoModelForCausalLM.from_pretrained(
+            pretrained_model_name_or_path,
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+            **hub_kwargs,
+            **load_kwargs,
+        )
+        if device is not None:
+            model = model.to(device)
+        model.eval()
+        return cls(model, tokenizer, config)
+
+    # ------------------------------------------------------------------ saving
+    def save_pretrained(self, save_directory: str | os.PathLike, **save_kwargs: Any) -> None:
+        """Write model (safetensors), tokenizer, ``stream_aligner_config.json`` and a model card."""
+        os.makedirs(save_directory, exist_ok=True)
+        self.model.save_pretrained(save_directory, safe_serialization=True, **save_kwargs)
+        self.tokenizer.save_pretrained(save_directory)
+        self.config.save_pretrained(save_directory)
+        card = self.model_card()
+        card.save(os.path.join(save_directory, "README.md"))
+
+    def model_card(self, repo_id: str | None = None) -> Any:
+        """A ``huggingface_hub.ModelCard`` describing this aligner (library, tags, base model, template, usage)."""
+        from .model_card import build_model_card
+
+        return build_model_card(self, repo_id=repo_id)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        create_pr: bool = False,
+    ) -> Any:
+        """Upload weights, tokenizer, config and model card to ``repo_id`` in one commit.
+
+        Returns the ``huggingface_hub.CommitInfo`` of that commit.
+        """
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        repo_id = getattr(repo_url, "repo_id", repo_id)
+        if revision is not None and not create_pr:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            self.model_card(repo_id=repo_id).save(os.path.join(tmp, "README.md"))
+            return api.upload_folder(
+                repo_id=repo_id,
+                folder_path=tmp,
+                commit_message=commit_message or "Upload Stream Aligner checkpoint",
+                revision=revision,
+                create_pr=create_pr,
+            )
+
+    # ------------------------------------------------------------------ prompting and correcting
+    def build_prompt(self, request: AlignmentRequest) -> str:
+        """The aligner's full input text for one request (instruction template + chat wrapper)."""
+        instruction = self.config.format_instruction(
+            question=request.question, prefix=request.prefix, last=request.last
+        )
+        return self.config.wrap(instruction, self.tokenizer)
+
+    @torch.no_grad()
+    def correct(self, requests: Sequence[AlignmentRequest], *, batch_size: int | None = None) -> list[str]:
+        """Correct a batch of sentences; returns one corrected sentence per request.
+
+        The prompts are left-padded and decoded together (greedy unless the config says otherwise); each
+        stops at the aligner's own EOS. Returned text has no special tokens and no surrounding whitespace.
+        """
+        requests = list(requests)
+        if not requests:
+            return []
+        for i, r in enumerate(requests):
+            if not isinstance(r, AlignmentRequest):
+                raise TypeError(f"requests[{i}] must be an AlignmentRequest, got {type(r).__name__}")
+        step = batch_size or len(requests)
+        results: list[str] = []
+        for begin in range(0, len(requests), step):
+            results.extend(self._correct_batch(requests[begin : begin + step]))
+        return results
+
+    def _correct_batch(self, requests: list[AlignmentRequest]) -> list[str]:
+        tok = self.tokenizer
+        prompts = [self.build_prompt(r) for r in requests]
+        old_side = tok.padding_side
+        tok.padding_side = "left"
+        try:
+            enc = tok(
+                prompts,
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=self.config.prompt_adds_special_tokens(tok),
+            )
+        finally:
+            tok.padding_side = old_side
+        device = getattr(self.model, "device", None)
+        if device is not None:
+            enc = {k: v.to(device) for k, v in enc.items()}
+        gen_kwargs: dict[str, Any] = {
+            "max_new_tokens": self.config.max_correction_tokens,
+            "do_sample": self.config.do_sample,
+            "pad_token_id": self._pad_token_id,
+        }
+        if self._eos_token_ids:
+            gen_kwargs["eos_token_id"] = self._eos_token_ids
+        if self.config.do_sample:
+            gen_kwargs["temperature"] = self.config.temperature
+            gen_kwargs["top_p"] = self.config.top_p
+        else:
+            gen_kwargs["temperature"] = None
+            gen_kwargs["top_p"] = None
+            gen_kwargs["top_k"] = None
+        # The aligner may be the same model object as a stream-aligned upstream: call the stock generate.
+        from transformers import GenerationMixin
+
+        out = GenerationMixin.generate(self.model, **enc, **gen_kwargs)
+        new_tokens = out[:, enc["input_ids"].shape[1] :]
+        texts = tok.batch_decode(new_tokens, skip_special_tokens=True)
+        return [t.strip() for t in texts]
+
+    def __repr__(self) -> str:
+        name = getattr(getattr(self.model, "config", None), "_name_or_path", None) or type(self.model).__name__
+        return f"StreamAligner(model={name!r}, config={self.config!r})"

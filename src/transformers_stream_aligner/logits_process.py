@@ -1,0 +1,51 @@
+"""`HoldCompletedRowsLogitsProcessor`: keeps rows whose sentence is complete from adding tokens.
+
+In a batch, rows finish their sentences at different steps. Once :class:`SentenceBoundaryCriteria`
+marks a row done, this processor forces the pad token for it until the round ends, so the held row
+adds nothing the splice has to undo (the pad is dropped afterwards). At batch size 1 the round ends
+as soon as the only row is done, so the processor never has to act.
+
+Example:
+
+    >>> import torch
+    >>> from transformers_stream_aligner import HoldCompletedRowsLogitsProcessor
+    >>> class Done:  # stands in for SentenceBoundaryCriteria
+    ...     done = [True, False]
+    >>> proc = HoldCompletedRowsLogitsProcessor(Done(), pad_token_id=0)
+    >>> scores = proc(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 5))
+    >>> scores.argmax(-1).tolist(), bool(torch.isinf(scores[0, 1:]).all()), bool((scores[1] == 0).all())
+    ([0, 0], True, True)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import LogitsProcessor
+
+__all__ = ["HoldCompletedRowsLogitsProcessor"]
+
+
+class HoldCompletedRowsLogitsProcessor(LogitsProcessor):
+    """Force ``pad_token_id`` for every row whose ``criteria.done[row]`` is true.
+
+    Args:
+        criteria: an object with a ``done`` list of booleans per row (a :class:`SentenceBoundaryCriteria`).
+        pad_token_id: the token held rows produce.
+    """
+
+    def __init__(self, criteria: Any, pad_token_id: int) -> None:
+        if pad_token_id is None:
+            raise ValueError("HoldCompletedRowsLogitsProcessor needs a pad_token_id")
+        self.criteria = criteria
+        self.pad_token_id = int(pad_token_id)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        done = self.criteria.done
+        if not any(done):
+            return scores
+        held = torch.tensor(done, dtype=torch.bool, device=scores.device)
+        forced = torch.full_like(scores, -float("inf"))
+        forced[:, self.pad_token_id] = 0.0
+        return torch.where(held[:, None], forced, scores)

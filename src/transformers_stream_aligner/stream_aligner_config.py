@@ -1,0 +1,215 @@
+"""`StreamAlignerConfig`: how an aligner is prompted and decoded, saved next to its weights.
+
+The same config builds the aligner prompt at inference (:meth:`StreamAligner.build_prompt`) and at
+training time, so a checkpoint always carries the exact template it was trained with. It is saved as
+``stream_aligner_config.json`` beside the model's ``config.json`` (peft-style: one JSON file per concept,
+``save_pretrained`` / ``from_pretrained`` symmetric, unknown keys warned about and kept out).
+
+Example:
+
+    >>> from transformers_stream_aligner import GEMMA_WRAPPER, StreamAlignerConfig
+    >>> config = StreamAlignerConfig(prompt_wrapper=GEMMA_WRAPPER)
+    >>> config.wrap(config.format_instruction(question="Q?", prefix="A.", last="B."))
+    '<start_of_turn>user\n##Question: Q? | ##Answer_Prefix: A. | ##Answer_Last_Sentence: B. | ##Your_Revision: <end_of_turn>\n<start_of_turn>model'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .sentence_splitter import DEFAULT_TERMINATORS
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CONFIG_NAME",
+    "GEMMA_WRAPPER",
+    "REFERENCE_INSTRUCTION_TEMPLATE",
+    "StreamAlignerConfig",
+]
+
+CONFIG_NAME = "stream_aligner_config.json"
+
+#: The reference user turn, verbatim (note the trailing space).
+REFERENCE_INSTRUCTION_TEMPLATE = (
+    "##Question: {question} | ##Answer_Prefix: {prefix} | ##Answer_Last_Sentence: {last} | ##Your_Revision: "
+)
+#: The reference code's hand-written Gemma turn markers (no newline after ``model``; BOS from the tokenizer).
+GEMMA_WRAPPER = "<start_of_turn>user\n{instruction}<end_of_turn>\n<start_of_turn>model"
+
+_INSTRUCTION_FIELDS = ("question", "prefix", "last")
+_PLACEHOLDER = re.compile(r"\{(question|prefix|last|instruction)\}")
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    """Substitute ``{name}`` placeholders in one pass (values are never re-scanned, braces elsewhere kept)."""
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)] if m.group(1) in values else m.group(0), template)
+
+
+@dataclass
+class StreamAlignerConfig:
+    """Prompt, decoding and sentence settings of a Stream Aligner checkpoint.
+
+    Args:
+        instruction_template: the aligner's user turn, with ``{question}``, ``{prefix}`` and ``{last}``
+            placeholders. Defaults to the reference template.
+        prompt_wrapper: how the instruction becomes the model's input text.
+            ``None`` (default): the aligner tokenizer's chat template (one user turn plus the generation
+            prompt); a tokenizer without a chat template gets the instruction as plain text.
+            A string with an ``{instruction}`` placeholder is used verbatim, e.g. :data:`GEMMA_WRAPPER`
+            for the reference checkpoints. ``""`` is not allowed; use ``"{instruction}"`` for plain text.
+        system_prompt: optional system message when the chat template is used.
+        add_special_tokens: whether tokenizing the prompt adds the tokenizer's special tokens (BOS). ``None``
+            (default) means: no for a chat template (it writes its own), yes for a raw wrapper.
+        max_correction_tokens: upper bound on tokens the aligner may write for one sentence; corrections
+            longer than this are rejected by stream-aligned generation.
+        do_sample, temperature, top_p: the aligner's decoding (greedy by default).
+        terminators: characters that end a sentence.
+        max_sentence_tokens: an upstream sentence that reaches this many tokens without ending is cut there
+            and aligned as it is (text that never ends a sentence cannot stall alignment).
+        base_model: the model the aligner was trained from (for the model card), if known.
+    """
+
+    instruction_template: str = REFERENCE_INSTRUCTION_TEMPLATE
+    prompt_wrapper: str | None = None
+    system_prompt: str | None = None
+    add_special_tokens: bool | None = None
+    max_correction_tokens: int = 256
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    terminators: str = DEFAULT_TERMINATORS
+    max_sentence_tokens: int = 256
+    base_model: str | None = None
+    library_version: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the problem when a field is unusable."""
+        missing = [name for name in _INSTRUCTION_FIELDS if "{" + name + "}" not in self.instruction_template]
+        if missing:
+            raise ValueError(
+                "StreamAlignerConfig.instruction_template is missing the placeholder(s) "
+                + ", ".join("{" + m + "}" for m in missing)
+                + f": {self.instruction_template!r}"
+            )
+        if self.prompt_wrapper is not None and "{instruction}" not in self.prompt_wrapper:
+            raise ValueError(
+                "StreamAlignerConfig.prompt_wrapper is missing the placeholder {instruction}: "
+                f"{self.prompt_wrapper!r} (use None for the tokenizer's chat template)"
+            )
+        if self.max_correction_tokens < 1:
+            raise ValueError(f"max_correction_tokens must be >= 1, got {self.max_correction_tokens}")
+        if self.max_sentence_tokens < 2:
+            raise ValueError(f"max_sentence_tokens must be >= 2, got {self.max_sentence_tokens}")
+        if not self.terminators:
+            raise ValueError("terminators must name at least one character")
+
+    # ------------------------------------------------------------------ prompt text
+    def format_instruction(self, *, question: str, prefix: str, last: str) -> str:
+        """The user turn for one sentence (placeholders filled, nothing else touched)."""
+        return _fill(self.instruction_template, {"question": question, "prefix": prefix, "last": last})
+
+    def wrap(self, instruction: str, tokenizer: Any | None = None) -> str:
+        """Turn an instruction into the aligner's input text (see ``prompt_wrapper``)."""
+        if self.prompt_wrapper is not None:
+            return _fill(self.prompt_wrapper, {"instruction": instruction})
+        if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+            messages = []
+            if self.system_prompt is not None:
+                messages.append({"role": "system", "content": self.system_prompt})
+            messages.append({"role": "user", "content": instruction})
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return instruction
+
+    def uses_chat_template(self, tokenizer: Any | None) -> bool:
+        return self.prompt_wrapper is None and tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
+
+    def prompt_adds_special_tokens(self, tokenizer: Any | None) -> bool:
+        if self.add_special_tokens is not None:
+            return self.add_special_tokens
+        return not self.uses_chat_template(tokenizer)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StreamAlignerConfig:
+        """Build a config from a dict; unknown keys are warned about and ignored (never silently)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            logger.warning(
+                "StreamAlignerConfig: ignoring unknown key(s) %s (written by a newer version or a typo?)",
+                ", ".join(unknown),
+            )
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
+        """Write ``stream_aligner_config.json`` into ``save_directory`` and return its path."""
+        from . import __version__
+
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, CONFIG_NAME)
+        data = self.to_dict()
+        data["library_version"] = __version__
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> StreamAlignerConfig:
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path} is not valid JSON: {err}") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        subfolder: str = "",
+    ) -> StreamAlignerConfig | None:
+        """Load ``stream_aligner_config.json`` from a directory or a Hub repo.
+
+        Returns ``None`` when the checkpoint has no such file (a plain causal-LM aligner checkpoint):
+        the caller then uses the reference defaults.
+        """
+        from transformers.utils import cached_file
+
+        resolved = cached_file(
+            pretrained_model_name_or_path,
+            CONFIG_NAME,
+            revision=revision,
+            token=token,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            subfolder=subfolder,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+        )
+        if resolved is None:
+            return None
+        return cls.from_json_file(resolved)
