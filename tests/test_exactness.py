@@ -1,0 +1,106 @@
+"""Stream alignment is exact: identity aligner == plain generate; rewriting aligner == uncached decoding."""
+
+import torch
+from helpers import assert_rewrite_exact, prompt_ids, rewrite
+from transformers import DynamicCache, LlamaForCausalLM
+
+from transformers_stream_aligner import StreamAlignedGenerationMixin, enable_stream_alignment
+
+
+def identity(question, prefix, last):
+    return last
+
+
+def test_identity_equals_plain_generate(tiny):
+    model, tok = tiny
+    enable_stream_alignment(model, tok)
+    for text in ["The cat is", "My friend", "\n1."]:
+        ids = prompt_ids(tok, text)
+        plain = model.generate(ids, max_new_tokens=90, do_sample=False)
+        out = model.generate(ids, max_new_tokens=90, do_sample=False, aligner=identity, return_dict_in_generate=True)
+        assert torch.equal(plain, out.sequences)
+        trace = out.alignment_trace[0]
+        assert sum(r.aligned for r in trace) >= 3, "the tiny model should write several sentences"
+        assert not any(r.changed for r in trace)
+
+
+def test_rewriting_aligner_is_exact(tiny):
+    model, tok = tiny
+    enable_stream_alignment(model, tok)
+    changed = 0
+    for text in ["The cat is", "The answer", "Dr. Smith"]:
+        ids = prompt_ids(tok, text)
+        out = model.generate(ids, max_new_tokens=90, do_sample=False, aligner=rewrite, return_dict_in_generate=True)
+        trace = out.alignment_trace[0]
+        changed += sum(r.changed for r in trace)
+        assert_rewrite_exact(model, out.sequences, trace)
+        # the corrected texts make up the decoded answer
+        assert "".join(r.corrected_text for r in trace) == tok.decode(out.sequences[0, ids.shape[1] :], skip_special_tokens=True)
+    assert changed >= 2, "the rewriting aligner should change some sentences"
+
+
+def test_identity_with_sampling_equals_plain_sampling(tiny_llama):
+    model, tok = tiny_llama
+    enable_stream_alignment(model, tok)
+    ids = prompt_ids(tok)
+    torch.manual_seed(123)
+    plain = model.generate(ids, max_new_tokens=60, do_sample=True, top_k=0, temperature=1.0)
+    torch.manual_seed(123)
+    aligned = model.generate(ids, max_new_tokens=60, do_sample=True, top_k=0, temperature=1.0, aligner=identity)
+    assert torch.equal(plain, aligned)
+
+
+def test_sampling_with_rewriting_aligner_runs(tiny_llama):
+    model, tok = tiny_llama
+    enable_stream_alignment(model, tok)
+    torch.manual_seed(0)
+    out = model.generate(prompt_ids(tok), max_new_tokens=60, do_sample=True, aligner=rewrite, return_dict_in_generate=True)
+    assert out.sequences.shape[1] <= prompt_ids(tok).shape[1] + 60
+    assert out.alignment_trace[0]
+
+
+def test_max_new_tokens_bounds_the_corrected_output(tiny_llama):
+    model, tok = tiny_llama
+    enable_stream_alignment(model, tok)
+
+    def longer(q, p, last):
+        return last + " It is very good indeed, as everyone knows."
+
+    ids = prompt_ids(tok)
+    for budget in (5, 17, 40):
+        out = model.generate(ids, max_new_tokens=budget, do_sample=False, aligner=longer, return_dict_in_generate=True)
+        assert out.sequences.shape[1] - ids.shape[1] <= budget
+        assert sum(len(r.corrected_ids) for r in out.alignment_trace[0]) == out.sequences.shape[1] - ids.shape[1]
+
+
+def test_user_cache_and_mixin_class(tiny_llama):
+    model, tok = tiny_llama
+
+    class AlignedLlama(StreamAlignedGenerationMixin, LlamaForCausalLM):
+        pass
+
+    aligned = AlignedLlama(model.config).to(torch.float64).eval()
+    aligned.load_state_dict(model.state_dict())
+    ids = prompt_ids(tok)
+    plain = aligned.generate(ids, max_new_tokens=50, do_sample=False)  # no aligner: stock generate
+    cache = DynamicCache(config=aligned.config)
+    out = aligned.generate(
+        ids, max_new_tokens=50, do_sample=False, aligner=rewrite, tokenizer=tok, past_key_values=cache,
+        return_dict_in_generate=True,
+    )
+    assert out.past_key_values is cache
+    assert cache.get_seq_length() == out.sequences.shape[1] - 1 or cache.get_seq_length() < out.sequences.shape[1]
+    assert_rewrite_exact(model, out.sequences, out.alignment_trace[0])
+    ident = aligned.generate(ids, max_new_tokens=50, do_sample=False, aligner=identity, tokenizer=tok)
+    assert torch.equal(plain, ident)
+
+
+def test_without_aligner_generate_is_untouched(tiny_llama):
+    model, tok = tiny_llama
+    enable_stream_alignment(model, tok)
+    ids = prompt_ids(tok)
+    a = model.generate(ids, max_new_tokens=20, do_sample=False)
+    b = type(model).generate(model, ids, max_new_tokens=20, do_sample=False)
+    assert torch.equal(a, b)
+    out = model.generate(ids, max_new_tokens=5, do_sample=False, return_dict_in_generate=True)
+    assert not hasattr(out, "alignment_trace")
