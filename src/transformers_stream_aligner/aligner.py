@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -155,28 +156,34 @@ class StreamAligner:
             "cache_dir": cache_dir,
             "local_files_only": local_files_only,
         }
-        if config is None:
-            config = StreamAlignerConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        try:
             if config is None:
-                logger.info(
-                    "%s has no %s: using the reference prompt defaults", pretrained_model_name_or_path, CONFIG_NAME
-                )
-                config = StreamAlignerConfig()
-        tokenizer = AutoTokenizer.from_pretrained(
-            pretrained_model_name_or_path, trust_remote_code=trust_remote_code, **hub_kwargs
-        )
-        load_kwargs = dict(model_kwargs)
-        if dtype is not None:
-            load_kwargs["dtype"] = dtype
-        if device_map is not None:
-            load_kwargs["device_map"] = device_map
-        model = AutoModelForCausalLM.from_pretrained(
-            pretrained_model_name_or_path,
-            use_safetensors=True,
-            trust_remote_code=trust_remote_code,
-            **hub_kwargs,
-            **load_kwargs,
-        )
+                config = StreamAlignerConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+                if config is None:
+                    logger.info(
+                        "%s has no %s: using the reference prompt defaults", pretrained_model_name_or_path, CONFIG_NAME
+                    )
+                    config = StreamAlignerConfig()
+            tokenizer = AutoTokenizer.from_pretrained(
+                pretrained_model_name_or_path, trust_remote_code=trust_remote_code, **hub_kwargs
+            )
+            load_kwargs = dict(model_kwargs)
+            if dtype is not None:
+                load_kwargs["dtype"] = dtype
+            if device_map is not None:
+                load_kwargs["device_map"] = device_map
+            model = AutoModelForCausalLM.from_pretrained(
+                pretrained_model_name_or_path,
+                use_safetensors=True,
+                trust_remote_code=trust_remote_code,
+                **hub_kwargs,
+                **load_kwargs,
+            )
+        except OSError as err:
+            raise OSError(
+                f"could not load the aligner {str(pretrained_model_name_or_path)!r} "
+                f"(safetensors weights and a tokenizer are required): {err}"
+            ) from err
         if device is not None:
             model = model.to(device)
         model.eval()
@@ -212,7 +219,7 @@ class StreamAligner:
 
         Returns the ``huggingface_hub.CommitInfo`` of that commit.
         """
-        from huggingface_hub import HfApi
+        from huggingface_hub import CommitOperationAdd, HfApi
 
         api = HfApi(token=token)
         repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
@@ -222,9 +229,14 @@ class StreamAligner:
         with tempfile.TemporaryDirectory() as tmp:
             self.save_pretrained(tmp)
             self.model_card(repo_id=repo_id).save(os.path.join(tmp, "README.md"))
-            return api.upload_folder(
+            operations = [
+                CommitOperationAdd(path_in_repo=path.relative_to(tmp).as_posix(), path_or_fileobj=str(path))
+                for path in sorted(Path(tmp).rglob("*"))
+                if path.is_file()
+            ]
+            return api.create_commit(
                 repo_id=repo_id,
-                folder_path=tmp,
+                operations=operations,
                 commit_message=commit_message or "Upload Stream Aligner checkpoint",
                 revision=revision,
                 create_pr=create_pr,

