@@ -196,7 +196,6 @@ def test_push_to_hub_makes_one_commit_with_everything(aligner, monkeypatch):
 
 def test_stream_aligner_drives_generate(aligner, tiny_llama):
     from helpers import assert_rewrite_exact, prompt_ids
-
     from transformers_stream_aligner import enable_stream_alignment
 
     model, tok = tiny_llama

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from helpers import assert_rewrite_exact, prompt_ids, rewrite
 
+from helpers import assert_rewrite_exact, prompt_ids, rewrite
 from transformers_stream_aligner import AlignerOutputError, StreamAlignmentError, enable_stream_alignment
 
 
@@ -164,5 +164,6 @@ def test_sentence_that_never_ends_is_cut_at_max_sentence_tokens(llama):
                          aligner=aligner, tokenizer=tok, max_sentence_tokens=64, return_dict_in_generate=True)
     assert torch.equal(out.sequences, plain)
     trace = out.alignment_trace[0]
-    assert len(seen) >= 1000 // 64
+    assert len(seen) == sum(r.aligned for r in trace) == -(-1000 // 64)  # 15 full pieces + the final fragment
     assert all(len(r.original_ids) <= 64 for r in trace)
+    assert sum(len(r.corrected_ids) for r in trace) == 1000

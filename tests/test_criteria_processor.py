@@ -1,7 +1,7 @@
 import torch
-from helpers import prompt_ids
 from transformers import DynamicCache, LogitsProcessorList, StoppingCriteriaList
 
+from helpers import prompt_ids
 from transformers_stream_aligner import (
     HoldCompletedRowsLogitsProcessor,
     SentenceBoundaryCriteria,

@@ -1,9 +1,9 @@
 """Stream alignment is exact: identity aligner == plain generate; rewriting aligner == uncached decoding."""
 
 import torch
-from helpers import assert_rewrite_exact, prompt_ids, rewrite
 from transformers import DynamicCache, LlamaForCausalLM
 
+from helpers import assert_rewrite_exact, prompt_ids, rewrite
 from transformers_stream_aligner import StreamAlignedGenerationMixin, enable_stream_alignment
 
 
@@ -104,3 +104,28 @@ def test_without_aligner_generate_is_untouched(tiny_llama):
     assert torch.equal(a, b)
     out = model.generate(ids, max_new_tokens=5, do_sample=False, return_dict_in_generate=True)
     assert not hasattr(out, "alignment_trace")
+
+
+def test_object_with_correct_method_gets_one_request_per_sentence(tiny_llama):
+    from transformers_stream_aligner import AlignmentRequest
+
+    model, tok = tiny_llama
+    enable_stream_alignment(model, tok)
+
+    class Corrector:
+        def __init__(self):
+            self.batches = []
+
+        def correct(self, requests):
+            self.batches.append(list(requests))
+            assert all(isinstance(r, AlignmentRequest) for r in requests)
+            return [rewrite(r.question, r.prefix, r.last) for r in requests]
+
+    corrector = Corrector()
+    out = model.generate(prompt_ids(tok), max_new_tokens=60, do_sample=False, aligner=corrector,
+                         return_dict_in_generate=True)
+    via_fn = model.generate(prompt_ids(tok), max_new_tokens=60, do_sample=False, aligner=rewrite)
+    assert torch.equal(out.sequences, via_fn)
+    assert len(corrector.batches) == sum(r.aligned for r in out.alignment_trace[0])
+    last_aligned = [r for r in out.alignment_trace[0] if r.aligned][-1]
+    assert corrector.batches[-1][0].last == last_aligned.original_text.strip()

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from helpers import assert_rewrite_exact
 
+from helpers import assert_rewrite_exact
 from transformers_stream_aligner import StreamAligner, StreamAlignerConfig, enable_stream_alignment
 
 pytestmark = pytest.mark.slow

@@ -3,9 +3,9 @@ from contextlib import redirect_stdout
 from threading import Thread
 
 import torch
-from helpers import prompt_ids, rewrite
 from transformers import TextStreamer, pipeline
 
+from helpers import prompt_ids, rewrite
 from transformers_stream_aligner import (
     StreamAlignerIteratorStreamer,
     StreamAlignerStreamer,

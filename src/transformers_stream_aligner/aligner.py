@@ -20,9 +20,9 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from pathlib import Path
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch

@@ -33,7 +33,14 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from .aligner import AlignmentRequest, StreamAligner, as_correction_fn
 from .boundary import decode_span, find_token_boundary
-from .cache import cache_can_crop, crop_cache_to, has_sliding_layers, make_rollback_cache, prepare_user_cache, trim_cache
+from .cache import (
+    cache_can_crop,
+    crop_cache_to,
+    has_sliding_layers,
+    make_rollback_cache,
+    prepare_user_cache,
+    trim_cache,
+)
 from .logits_process import HoldCompletedRowsLogitsProcessor
 from .prompt import question_from_prompt
 from .sentence_splitter import DEFAULT_TERMINATORS, split_whitespace

@@ -25,8 +25,6 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 __all__ = [
     "DEFAULT_TERMINATORS",
     "find_sentence_end",
