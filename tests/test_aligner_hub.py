@@ -203,3 +203,12 @@ def test_stream_aligner_drives_generate(aligner, tiny_llama):
     out = model.generate(prompt_ids(tok), max_new_tokens=40, do_sample=False, aligner=aligner,
                          return_dict_in_generate=True, invalid_correction="keep_original")
     assert_rewrite_exact(model, out.sequences, out.alignment_trace[0])
+
+
+def test_truncated_correction_is_warned_about(tiny_llama, caplog):
+    model, tok = tiny_llama
+    short = StreamAligner(model, tok, StreamAlignerConfig(max_correction_tokens=3))
+    with caplog.at_level(logging.WARNING):
+        out = short.correct(REQS[:1])
+    assert len(tok(out[0], add_special_tokens=False).input_ids) <= 3
+    assert "reached max_correction_tokens=3 without an EOS" in caplog.text

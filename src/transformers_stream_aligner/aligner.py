@@ -305,6 +305,14 @@ class StreamAligner:
 
         out = GenerationMixin.generate(self.model, **enc, **gen_kwargs)
         new_tokens = out[:, enc["input_ids"].shape[1] :]
+        eos = torch.tensor(self._eos_token_ids or [-1], device=new_tokens.device)
+        for row, request in enumerate(requests):
+            if new_tokens.shape[1] >= self.config.max_correction_tokens and not torch.isin(new_tokens[row], eos).any():
+                logger.warning(
+                    "aligner correction of %r reached max_correction_tokens=%d without an EOS; it is cut there",
+                    request.last[:80],
+                    self.config.max_correction_tokens,
+                )
         texts = tok.batch_decode(new_tokens, skip_special_tokens=True)
         return [t.strip() for t in texts]
 

@@ -19,7 +19,7 @@ def make_rollback_cache(model: Any) -> Any:
     """A new ``DynamicCache`` for ``model`` whose every layer can be cropped exactly.
 
     Sliding-window layers get past recording switched on (so their full states are kept until the next
-    crop, which trims them again).
+    crop, which trims them again). Returns a new cache; nothing else is touched.
     """
     from transformers import DynamicCache
 
@@ -39,11 +39,12 @@ def prepare_user_cache(cache: Any) -> None:
 
 
 def has_sliding_layers(cache: Any) -> bool:
+    """Whether ``cache`` has sliding-window layers. Does not mutate ``cache``."""
     return any(getattr(layer, "is_sliding", False) for layer in getattr(cache, "layers", []))
 
 
 def cache_can_crop(cache: Any) -> bool:
-    """Whether ``crop`` restores an exact earlier state of ``cache``."""
+    """Whether ``crop`` restores an exact earlier state of ``cache``. Does not mutate ``cache``."""
     if cache is None or not hasattr(cache, "crop"):
         return False
     croppable = getattr(cache, "is_croppable", None)

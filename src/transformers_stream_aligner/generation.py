@@ -269,7 +269,8 @@ def stream_aligned_generate(
             :class:`AlignerOutputError`, or ``"keep_original"``: keep the sentence as generated, with a warning.
             An exception raised by the aligner itself always propagates as :class:`StreamAlignmentError`.
         generation_config, logits_processor, stopping_criteria, **kwargs: as in ``generate``;
-            ``max_new_tokens`` bounds the final, corrected output.
+            ``max_new_tokens`` bounds the final, corrected output. A cache passed as ``past_key_values``
+            is **mutated** (filled, cut back after corrections) and returned in the output.
         streamer: receives the prompt once, each accepted corrected sentence, then ``end()`` once. If it
             has ``put_draft``, it also receives the upstream's draft tokens as they are generated.
 
