@@ -27,25 +27,42 @@ def test_criteria_stops_plain_generate_after_one_sentence_plus_lookahead(tiny_ll
     assert find_token_boundary(tok, seq, n, len(seq), final=False) == cut
 
 
+def _done_length(tok, seq, n):
+    """Length of the row when its sentence became certain (sentence + look-ahead)."""
+    for length in range(n + 1, len(seq) + 1):
+        if find_token_boundary(tok, seq, n, length, final=False) is not None:
+            return length
+    return None
+
+
 def test_criteria_per_row_in_a_batch_and_hold_processor(tiny_llama):
     model, tok = tiny_llama
     tok.padding_side = "left"
     batch = tok(["The cat is", "My friend looks very"], return_tensors="pt", padding=True)
     n = batch.input_ids.shape[1]
-    crit = SentenceBoundaryCriteria(tok, [n, n], eos_token_id=tok.eos_token_id)
-    hold = HoldCompletedRowsLogitsProcessor(crit, tok.pad_token_id)
-    out = model.generate(**batch, max_new_tokens=80, do_sample=False,
-                         stopping_criteria=StoppingCriteriaList([crit]), logits_processor=LogitsProcessorList([hold]))
+
+    def run(with_hold):
+        crit = SentenceBoundaryCriteria(tok, [n, n])
+        processors = [HoldCompletedRowsLogitsProcessor(crit, tok.pad_token_id)] if with_hold else []
+        # eos_token_id=None: no EOS criterion, so transformers itself would not pad finished rows
+        out = model.generate(**batch, max_new_tokens=80, do_sample=False, eos_token_id=None,
+                             stopping_criteria=StoppingCriteriaList([crit]),
+                             logits_processor=LogitsProcessorList(processors))
+        return crit, out
+
+    crit, out = run(with_hold=True)
     assert crit.done == [True, True]
+    lengths = [_done_length(tok, out[row].tolist(), n) for row in range(2)]
+    assert lengths[0] != lengths[1], "the rows should finish at different steps"
     for row in range(2):
         seq = out[row].tolist()
-        end = len(seq)
-        while seq[end - 1] == tok.pad_token_id:
-            end -= 1
-        # a held row only added padding after its sentence was complete
-        assert find_token_boundary(tok, seq, n, end, final=False) == crit.cuts[row]
-        assert all(t == tok.pad_token_id for t in seq[end:])
-    assert len({c - n for c in crit.cuts}) >= 1
+        assert find_token_boundary(tok, seq, n, lengths[row], final=False) == crit.cuts[row]
+        assert seq[lengths[row]:] == [tok.pad_token_id] * (len(seq) - lengths[row])  # held: only padding
+
+    # Without the processor, the row that finished first keeps writing real tokens.
+    _, free = run(with_hold=False)
+    first = lengths.index(min(lengths))
+    assert any(t != tok.pad_token_id for t in free[first, min(lengths):].tolist())
 
 
 def test_max_sentence_tokens_cap():

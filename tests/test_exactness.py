@@ -55,8 +55,11 @@ def test_sampling_with_rewriting_aligner_runs(tiny_llama):
     enable_stream_alignment(model, tok)
     torch.manual_seed(0)
     out = model.generate(prompt_ids(tok), max_new_tokens=60, do_sample=True, aligner=rewrite, return_dict_in_generate=True)
-    assert out.sequences.shape[1] <= prompt_ids(tok).shape[1] + 60
-    assert out.alignment_trace[0]
+    n = prompt_ids(tok).shape[1]
+    assert out.sequences.shape[1] <= n + 60
+    trace = out.alignment_trace[0]
+    assert [t for r in trace for t in r.corrected_ids] == out.sequences[0, n:].tolist()  # records tile the output
+    assert any(r.changed for r in trace)
 
 
 def test_max_new_tokens_bounds_the_corrected_output(tiny_llama):
@@ -89,7 +92,7 @@ def test_user_cache_and_mixin_class(tiny_llama):
         return_dict_in_generate=True,
     )
     assert out.past_key_values is cache
-    assert cache.get_seq_length() == out.sequences.shape[1] - 1 or cache.get_seq_length() < out.sequences.shape[1]
+    assert ids.shape[1] < cache.get_seq_length() <= out.sequences.shape[1] - 1  # used, and never ahead of the output
     assert_rewrite_exact(model, out.sequences, out.alignment_trace[0])
     ident = aligned.generate(ids, max_new_tokens=50, do_sample=False, aligner=identity, tokenizer=tok)
     assert torch.equal(plain, ident)

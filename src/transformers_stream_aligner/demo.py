@@ -52,12 +52,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from . import StreamAligner, StreamAlignerConfig, StreamAlignerStreamer, enable_stream_alignment
     from .models import load_smollm2
 
-    torch.manual_seed(0)
     t0 = time.perf_counter()
     model, tokenizer = load_smollm2(args.cache_dir)
     enable_stream_alignment(model, tokenizer)
@@ -83,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             out = model.generate(
-            **inputs,
+                **inputs,
                 aligner=aligner,
                 aligner_question=question,
                 max_new_tokens=args.max_new_tokens,

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from transformers import GenerationMixin, LogitsProcessorList, StoppingCriteriaList
+from transformers import GenerationMixin, LogitsProcessorList, StaticCache, StoppingCriteriaList
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from .aligner import AlignmentRequest, StreamAligner, as_correction_fn
@@ -331,12 +331,10 @@ def stream_aligned_generate(
     # The KV cache we keep across rounds.
     use_cache = config.use_cache if config.use_cache is not None else True
     cache = model_kwargs.pop("past_key_values", None)
-    static = config.cache_implementation == "static" or type(cache).__name__ == "StaticCache"
+    static = config.cache_implementation == "static" or isinstance(cache, StaticCache)
     warned_fallback = False
     if use_cache:
         if cache is None and static:
-            from transformers import StaticCache
-
             cache = StaticCache(config=model.config, max_cache_len=prompt_len + budget + 1)
             config.cache_implementation = None
         elif cache is None:
@@ -403,6 +401,7 @@ def stream_aligned_generate(
 
     start = prompt_len
     user_stopped = False
+    round_cut: int | None = None  # sentence end found by the criterion in the last round
     while True:
         eos_pos = next((i for i in range(start, len(ids)) if ids[i] in settings.eos_ids), None)
         region_end = eos_pos if eos_pos is not None else len(ids)
@@ -416,18 +415,22 @@ def stream_aligned_generate(
         if start >= region_end and final:
             break
 
-        cut = find_token_boundary(
-            tokenizer,
-            ids,
-            start,
-            region_end,
-            final=final,
-            terminators=settings.terminators,
-            max_sentence_tokens=settings.max_sentence_tokens,
-        )
+        if round_cut is not None:
+            cut, round_cut = round_cut, None  # the criterion already found it: do not decode again
+        else:
+            cut = find_token_boundary(
+                tokenizer,
+                ids,
+                start,
+                region_end,
+                final=final,
+                terminators=settings.terminators,
+                max_sentence_tokens=settings.max_sentence_tokens,
+            )
         if cut is None:
             # ---- upstream round: generate until the sentence (and its look-ahead) is complete.
             if cache is not None and cache.get_seq_length() >= len(ids):
+                # Only a user cache pre-filled with the whole prompt: generate needs >= 1 uncached token.
                 crop_cache_to(cache, len(ids) - 1)
             criteria.reset([start])
             round_ids = torch.tensor([ids], dtype=torch.long, device=device)
@@ -456,6 +459,7 @@ def stream_aligned_generate(
             new_ids = out[0].tolist()
             produced = len(new_ids) - len(ids)
             ids = new_ids
+            round_cut = criteria.cuts[0]
             if not criteria.done[0] and produced < budget_left:
                 user_stopped = True  # a user stopping criterion ended the round: align what there is, stop
             continue

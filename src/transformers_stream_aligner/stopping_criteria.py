@@ -82,39 +82,35 @@ class SentenceBoundaryCriteria(StoppingCriteria):
         self.cuts: list[int | None] = [None] * n
         self.done: list[bool] = [False] * n if active is None else [not a for a in active]
 
-    def row_status(self, ids: Sequence[int], start: int) -> tuple[bool, int | None]:
-        """``(done, cut)`` for one row whose sentence starts at ``start``."""
-        end = len(ids)
-        for i in range(start, end):
-            if ids[i] in self.eos_token_ids:
-                return True, None
-        cut = find_token_boundary(
-            self.tokenizer,
-            ids,
-            start,
-            end,
-            final=False,
-            terminators=self.terminators,
-            max_sentence_tokens=self.max_sentence_tokens,
-        )
-        return cut is not None, cut
-
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None = None, **kwargs: Any) -> torch.BoolTensor:
         batch = input_ids.shape[0]
         if batch != len(self.sentence_starts):
             raise ValueError(
                 f"SentenceBoundaryCriteria was set up for {len(self.sentence_starts)} rows, got {batch}"
             )
-        rows = input_ids.tolist()
+        newest = input_ids[:, -1].tolist()
         for row in range(batch):
             if self.done[row]:
                 continue
-            # Only the newest token can change the decision; rows check the EOS cheaply first.
-            if rows[row][-1] in self.eos_token_ids:
+            # Only the newest token is new since the last call: an EOS ends the row at once.
+            if newest[row] in self.eos_token_ids:
                 self.done[row] = True
                 continue
-            done, cut = self.row_status(rows[row], self.sentence_starts[row])
-            if done:
+            # Read only the current sentence (plus one token of context for decoding), never the
+            # whole answer: the per-token cost is bounded by max_sentence_tokens.
+            start = self.sentence_starts[row]
+            lo = max(start - 1, 0)
+            segment = input_ids[row, lo:].tolist()
+            cut = find_token_boundary(
+                self.tokenizer,
+                segment,
+                start - lo,
+                len(segment),
+                final=False,
+                terminators=self.terminators,
+                max_sentence_tokens=self.max_sentence_tokens,
+            )
+            if cut is not None:
                 self.done[row] = True
-                self.cuts[row] = cut
+                self.cuts[row] = cut + lo
         return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
