@@ -19,6 +19,7 @@ from .boundary import decode_span, find_token_boundary
 from .generation import (
     AlignerOutputError,
     AlignmentRecord,
+    AlignmentStats,
     StreamAlignedGenerateOutput,
     StreamAlignedGenerationMixin,
     StreamAlignmentError,
@@ -30,7 +31,7 @@ from .prompt import question_from_prompt
 from .sentence_splitter import DEFAULT_TERMINATORS, find_sentence_end, split_sentences, split_whitespace
 from .stopping_criteria import SentenceBoundaryCriteria
 from .stream_aligner_config import CONFIG_NAME, GEMMA_WRAPPER, REFERENCE_INSTRUCTION_TEMPLATE, StreamAlignerConfig
-from .streamers import StreamAlignerIteratorStreamer, StreamAlignerStreamer
+from .streamers import StreamAlignerIteratorStreamer, StreamAlignerStreamer, StreamEvent
 
 __all__ = [
     "CONFIG_NAME",
@@ -39,6 +40,7 @@ __all__ = [
     "REFERENCE_INSTRUCTION_TEMPLATE",
     "AlignerOutputError",
     "AlignmentRecord",
+    "AlignmentStats",
     "AlignmentRequest",
     "HoldCompletedRowsLogitsProcessor",
     "SentenceBoundaryCriteria",
@@ -49,6 +51,7 @@ __all__ = [
     "StreamAlignerIteratorStreamer",
     "StreamAlignerStreamer",
     "StreamAlignmentError",
+    "StreamEvent",
     "SupportsCorrect",
     "__version__",
     "as_correction_fn",

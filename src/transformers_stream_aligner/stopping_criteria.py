@@ -45,8 +45,16 @@ class SentenceBoundaryCriteria(StoppingCriteria):
         eos_token_id: end-of-answer token(s); a row that produces one is done (the text before it is
             the final fragment).
 
+    The criterion keeps, per row, the tokens of the current sentence (plus one token of context for
+    decoding) and adds the newest token at each call: it never re-reads the answer before the
+    sentence. By default these tokens are taken from ``input_ids[row, start - 1:]`` at the first call;
+    a caller whose ``input_ids`` contain masked holes (batched stream alignment) passes them to
+    :meth:`reset` as ``sentence_ids`` instead.
+
     After a round, :attr:`cuts` holds for each row the index where its sentence ends (``None`` if the
-    row did not complete one) and :attr:`done` which rows stopped.
+    row did not complete one), :attr:`done` which rows stopped, :attr:`produced` how many tokens each
+    row added before it stopped, and :attr:`stopped_early` which rows were stopped from outside
+    (:meth:`stop_row`, e.g. by a user's criterion) or by their token limit.
     """
 
     def __init__(
@@ -72,15 +80,42 @@ class SentenceBoundaryCriteria(StoppingCriteria):
         self.eos_token_ids = frozenset(eos)
         self.reset(sentence_starts)
 
-    def reset(self, sentence_starts: Sequence[int], active: Sequence[bool] | None = None) -> None:
+    def reset(
+        self,
+        sentence_starts: Sequence[int],
+        active: Sequence[bool] | None = None,
+        *,
+        sentence_ids: Sequence[Sequence[int]] | None = None,
+        max_new_tokens: Sequence[int | None] | None = None,
+    ) -> None:
         """Start a new round: each row's sentence starts at ``sentence_starts[row]``.
 
-        Rows with ``active[row] == False`` count as done from the start (they are held).
+        Args:
+            sentence_starts: index of each row's sentence start (cuts are reported in the same coordinates).
+            active: rows with ``active[row] == False`` count as done from the start (they are held).
+            sentence_ids: per row, the tokens from ``sentence_starts[row] - 1`` (one token of context;
+                none when the start is 0) to the end of what the row has so far. Default: read them from
+                ``input_ids`` at the first call.
+            max_new_tokens: per row, stop after this many new tokens (``None``: no limit).
         """
         self.sentence_starts = list(sentence_starts)
         n = len(self.sentence_starts)
         self.cuts: list[int | None] = [None] * n
         self.done: list[bool] = [False] * n if active is None else [not a for a in active]
+        if len(self.done) != n:
+            raise ValueError(f"active has {len(self.done)} rows, sentence_starts {n}")
+        self.produced: list[int] = [0] * n
+        self.stopped_early: list[bool] = [False] * n
+        self.limits: list[int | None] = [None] * n if max_new_tokens is None else list(max_new_tokens)
+        self._tokens: list[list[int] | None] = [None] * n if sentence_ids is None else [list(s) for s in sentence_ids]
+        if len(self._tokens) != n or len(self.limits) != n:
+            raise ValueError("sentence_ids / max_new_tokens must have one entry per row")
+
+    def stop_row(self, row: int) -> None:
+        """Mark ``row`` done without a sentence end (its newest token is kept)."""
+        if not self.done[row]:
+            self.done[row] = True
+            self.stopped_early[row] = True
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None = None, **kwargs: Any) -> torch.BoolTensor:
         batch = input_ids.shape[0]
@@ -92,20 +127,26 @@ class SentenceBoundaryCriteria(StoppingCriteria):
         for row in range(batch):
             if self.done[row]:
                 continue
+            start = self.sentence_starts[row]
+            lo = max(start - 1, 0)
+            tokens = self._tokens[row]
+            if tokens is None:
+                # First call of a round without explicit ids: the sentence so far is in input_ids.
+                tokens = self._tokens[row] = input_ids[row, lo:].tolist()
+            else:
+                tokens.append(newest[row])
+            self.produced[row] += 1
             # Only the newest token is new since the last call: an EOS ends the row at once.
             if newest[row] in self.eos_token_ids:
                 self.done[row] = True
                 continue
-            # Read only the current sentence (plus one token of context for decoding), never the
-            # whole answer: the per-token cost is bounded by max_sentence_tokens.
-            start = self.sentence_starts[row]
-            lo = max(start - 1, 0)
-            segment = input_ids[row, lo:].tolist()
+            # Only the current sentence (plus one context token) is decoded, never the whole answer:
+            # the per-token cost is bounded by max_sentence_tokens.
             cut = find_token_boundary(
                 self.tokenizer,
-                segment,
+                tokens,
                 start - lo,
-                len(segment),
+                len(tokens),
                 final=False,
                 terminators=self.terminators,
                 max_sentence_tokens=self.max_sentence_tokens,
@@ -113,4 +154,7 @@ class SentenceBoundaryCriteria(StoppingCriteria):
             if cut is not None:
                 self.done[row] = True
                 self.cuts[row] = cut + lo
+            elif self.limits[row] is not None and self.produced[row] >= self.limits[row]:
+                self.done[row] = True
+                self.stopped_early[row] = True
         return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)

@@ -16,11 +16,12 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from transformers import TextIteratorStreamer, TextStreamer
 
-__all__ = ["StreamAlignerIteratorStreamer", "StreamAlignerStreamer"]
+__all__ = ["StreamAlignerIteratorStreamer", "StreamAlignerStreamer", "StreamEvent"]
 
 
 class StreamAlignerStreamer(TextStreamer):
@@ -64,11 +65,33 @@ class StreamAlignerStreamer(TextStreamer):
             self.on_finalized_text(self.draft_format.format(draft=record.original_text))
 
 
+@dataclass
+class StreamEvent:
+    """One event of a per-row :class:`StreamAlignerIteratorStreamer`.
+
+    Attributes:
+        row: the row of the batch (index into ``sequences``).
+        text: the corrected text of the piece (empty for a lone EOS and for the final event).
+        record: the :class:`AlignmentRecord` (original and corrected ids and text); ``None`` for the
+            final event of a row.
+        finished: ``True`` for the row's last event (it has nothing more to say).
+    """
+
+    row: int
+    text: str
+    record: Any = None
+    finished: bool = False
+
+
 class StreamAlignerIteratorStreamer(TextIteratorStreamer):
     """A ``TextIteratorStreamer`` of corrected text, for serving generation from another thread.
 
     Iterating yields text pieces of the corrected answer. :attr:`records` collects each accepted
     :class:`AlignmentRecord` (original and corrected ids and text) as it is accepted.
+
+    With ``per_row=True`` (needed for batches, also fine for one row) iterating yields a
+    :class:`StreamEvent` per accepted sentence of any row, as soon as it is accepted, and one event
+    with ``finished=True`` when a row ends.
 
     Example:
 
@@ -76,12 +99,44 @@ class StreamAlignerIteratorStreamer(TextIteratorStreamer):
         >>> streamer = StreamAlignerIteratorStreamer(tokenizer)  # doctest: +SKIP
         >>> Thread(target=model.generate, kwargs=dict(input_ids=ids, aligner=a, streamer=streamer)).start()  # doctest: +SKIP
         >>> "".join(streamer)  # doctest: +SKIP
+        >>> batch_streamer = StreamAlignerIteratorStreamer(tokenizer, per_row=True)  # doctest: +SKIP
+        >>> Thread(target=model.generate, kwargs=dict(**batch, aligner=a, streamer=batch_streamer)).start()  # doctest: +SKIP
+        >>> for event in batch_streamer:  # doctest: +SKIP
+        ...     print(event.row, event.text)
     """
 
-    def __init__(self, tokenizer: Any, skip_prompt: bool = True, timeout: float | None = None, **decode_kwargs: Any):
+    def __init__(
+        self,
+        tokenizer: Any,
+        skip_prompt: bool = True,
+        timeout: float | None = None,
+        *,
+        per_row: bool = False,
+        **decode_kwargs: Any,
+    ) -> None:
         decode_kwargs.setdefault("skip_special_tokens", True)
         super().__init__(tokenizer, skip_prompt=skip_prompt, timeout=timeout, **decode_kwargs)
+        self.per_row = per_row
         self.records: list[Any] = []
 
     def put_alignment(self, record: Any) -> None:
+        """Called with each accepted :class:`AlignmentRecord` (``record.row`` says which row)."""
         self.records.append(record)
+        if self.per_row:
+            self.text_queue.put(StreamEvent(record.row, record.corrected_text, record), timeout=self.timeout)
+
+    def end_row(self, row: int) -> None:
+        """Called once when ``row`` has finished (per-row mode)."""
+        if self.per_row:
+            self.text_queue.put(StreamEvent(row, "", None, finished=True), timeout=self.timeout)
+
+    def put(self, value: Any) -> None:
+        if self.per_row:
+            return  # per-row mode streams records, not token ids
+        super().put(value)
+
+    def end(self) -> None:
+        if self.per_row:
+            self.text_queue.put(self.stop_signal, timeout=self.timeout)
+            return
+        super().end()
