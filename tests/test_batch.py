@@ -59,16 +59,17 @@ def _assert_rows_equal_alone(model, tok, out, width, aligner, prompts=PROMPTS, *
     return ended_early
 
 
+@pytest.mark.parametrize("completed_rows", ["draft", "hold"])
 @pytest.mark.parametrize("aligner", [identity, rewrite], ids=["identity", "rewrite"])
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
-def test_batch_rows_equal_rows_alone(arch, aligner):
+def test_batch_rows_equal_rows_alone(arch, aligner, completed_rows):
     from tiny_models import cached_tiny
 
     model, tok = cached_tiny(arch)
     enable_stream_alignment(model, tok)
     batch = _left_batch(tok)
     kw = dict(max_new_tokens=60, do_sample=False, eos_token_id=_eos(tok, EARLY_END[arch]))
-    out = model.generate(**batch, aligner=aligner, return_dict_in_generate=True, **kw)
+    out = model.generate(**batch, aligner=aligner, return_dict_in_generate=True, completed_rows=completed_rows, **kw)
     ended_early = _assert_rows_equal_alone(model, tok, out, batch.input_ids.shape[1], aligner, **kw)
     assert ended_early >= 1, "some row should end before the others"
     assert len({len(tok(p).input_ids) for p in PROMPTS}) >= 3, "prompts of different lengths"
@@ -89,6 +90,22 @@ def test_identity_batch_equals_plain_batched_generate(tiny):
         warnings.simplefilter("ignore")  # the sliding-window model warns that it goes row by row
         out = model.generate(**batch, aligner=identity, **kw)
     assert torch.equal(plain, out)
+
+
+def test_drafting_rows_save_forwards_and_hold_mode_pads(tiny_llama):
+    model, tok = tiny_llama
+    enable_stream_alignment(model, tok)
+    batch = _left_batch(tok)
+    kw = dict(max_new_tokens=60, do_sample=False, return_dict_in_generate=True)
+    stats = {}
+    for mode in ("draft", "hold"):
+        out = model.generate(**batch, aligner=identity, completed_rows=mode, **kw)
+        stats[mode] = out.alignment_stats
+    # identity aligner: drafted sentences are all kept, so fewer rounds and far fewer wasted slots
+    assert stats["draft"].rounds < stats["hold"].rounds
+    assert stats["draft"].held_share < stats["hold"].held_share / 2
+    with pytest.raises(ValueError, match="completed_rows"):
+        model.generate(**batch, aligner=identity, completed_rows="wait", max_new_tokens=5)
 
 
 def test_one_aligner_call_per_round_with_all_ready_rows(tiny_llama):

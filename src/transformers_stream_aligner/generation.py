@@ -74,6 +74,7 @@ _ALIGNER_KWARGS = (
     "max_correction_tokens",
     "terminators",
     "invalid_correction",
+    "completed_rows",
 )
 _UNSUPPORTED_OUTPUTS = ("output_scores", "output_logits", "output_attentions", "output_hidden_states")
 DEFAULT_MAX_CORRECTION_TOKENS = 256
@@ -126,6 +127,7 @@ class AlignmentStats:
         refed_tokens: tokens taken back out of the cache and forwarded again (one per row and round at
             most, when a row had nothing new to feed).
         cache_resets: times the cache was emptied and re-filled because it could not be cut back.
+        peak_cache_columns: the most columns the KV cache held (the longest row plus masked holes).
     """
 
     rounds: int = 0
@@ -136,6 +138,7 @@ class AlignmentStats:
     upstream_real_tokens: int = 0
     refed_tokens: int = 0
     cache_resets: int = 0
+    peak_cache_columns: int = 0
 
     @property
     def held_share(self) -> float:
@@ -355,6 +358,7 @@ class _Run:
         user_criteria: list[Any],
         invalid_correction: str,
         warned_fallback: bool,
+        completed_rows: str = "draft",
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -374,6 +378,7 @@ class _Run:
         self.streamer = streamer
         self.per_row_streamer = bool(getattr(streamer, "per_row", False))
         self.invalid_correction = invalid_correction
+        self.drafting = completed_rows == "draft"
         self.warned_fallback = warned_fallback
         self.special_ids = special_token_ids(tokenizer)
         self.start = list(self.prompt_len)
@@ -392,6 +397,7 @@ class _Run:
             terminators=settings.terminators,
             max_sentence_tokens=settings.max_sentence_tokens,
             eos_token_id=sorted(settings.eos_ids),
+            hold_completed=not self.drafting,
         )
         self.processors = LogitsProcessorList([*user_processors, HoldCompletedRowsLogitsProcessor(self.criteria, config.pad_token_id)])
         self.stopping = StoppingCriteriaList([self.criteria])
@@ -457,6 +463,7 @@ class _Run:
         while True:
             cuts: dict[int, int] = {}
             to_generate: list[int] = []
+            can_draft: list[int] = []  # rows with a complete sentence that may generate past it
             for r in range(self.batch):
                 if self.finished[r]:
                     continue
@@ -488,25 +495,34 @@ class _Run:
                     to_generate.append(r)
                 else:
                     cuts[r] = cut
+                    if not final:
+                        can_draft.append(r)
             if to_generate:
-                # Rows with a complete sentence wait (held) while the others finish theirs.
-                self.upstream_round(to_generate)
+                # Rows with a complete sentence wait while the others finish theirs: held, or drafting
+                # their next sentence (kept if the aligner leaves theirs unchanged).
+                self.upstream_round(to_generate, can_draft if self.drafting else [])
             elif cuts:
                 self.align(cuts)
             else:
                 break
 
-    def upstream_round(self, rows: list[int]) -> None:
-        """Generate until every row in ``rows`` has completed its sentence (plus look-ahead)."""
-        active = [r in rows for r in range(self.batch)]
+    def upstream_round(self, rows: list[int], drafting: list[int]) -> None:
+        """Generate until every row in ``rows`` has completed its sentence (plus look-ahead).
+
+        Rows in ``drafting`` already have a complete sentence waiting for the aligner; they keep
+        generating (a draft of what follows it) instead of being held.
+        """
+        fed = sorted([*rows, *drafting])
+        active = [r in fed for r in range(self.batch)]
         limits = [self.budget_left(r) if active[r] else None for r in range(self.batch)]
         self.criteria.reset(
             self.start,
             active,
             sentence_ids=[ids[max(s - 1, 0) :] for ids, s in zip(self.ids, self.start, strict=True)],
             max_new_tokens=limits,
+            complete=[r in drafting for r in range(self.batch)],
         )
-        round_input = self.layout.prepare_round(self.ids, rows)
+        round_input = self.layout.prepare_round(self.ids, fed)
         round_config = copy.copy(self.config)
         round_config.max_new_tokens = max(limit for limit in limits if limit is not None)
         if self.draft is not None:
@@ -524,9 +540,11 @@ class _Run:
             **self.model_kwargs,
         )
         block_end = round_input.input_ids.shape[1]
-        produced = {r: self.criteria.produced[r] for r in rows}
-        for r in rows:
+        produced = {r: self.criteria.produced[r] for r in fed}
+        for r in fed:
             self.ids[r].extend(out[r, block_end : block_end + produced[r]].tolist())
+            if r in drafting:
+                continue  # its pending sentence end (round_cut) stays as it is
             self.round_cut[r] = self.criteria.cuts[r]
             if (self.criteria.stopped_early[r] or not self.criteria.done[r]) and self.budget_left(r) > 0:
                 self.user_stopped[r] = True  # a stopping criterion of the user's ended the row: align what there is
@@ -535,6 +553,7 @@ class _Run:
         self.stats.upstream_slots += self.batch * (out.shape[1] - 1 - round_input.block_start)
         self.stats.upstream_real_tokens += real
         self.stats.refed_tokens += round_input.refed
+        self.stats.peak_cache_columns = max(self.stats.peak_cache_columns, self.layout.width)
 
     def check_correction(self, corrected: Any, content: str, lead: str, trail: str) -> tuple[str | None, str, list[int] | None]:
         """Validate one correction; returns ``(problem, corrected, corrected_ids)``."""
@@ -672,6 +691,7 @@ def stream_aligned_generate(
     max_correction_tokens: int | None = None,
     terminators: str | None = None,
     invalid_correction: str = "raise",
+    completed_rows: str = "draft",
     generation_config: Any = None,
     logits_processor: LogitsProcessorList | None = None,
     stopping_criteria: StoppingCriteriaList | None = None,
@@ -702,6 +722,10 @@ def stream_aligned_generate(
             :class:`AlignerOutputError` naming the row, after applying the other rows' corrections; or
             ``"keep_original"``: keep the sentence as generated, with a warning. An exception raised by
             the aligner itself always propagates as :class:`StreamAlignmentError`.
+        completed_rows: in a batch, what a row whose sentence is complete does while the other rows
+            finish theirs: ``"draft"`` (default) keeps generating its next sentence, which is kept if the
+            aligner leaves the finished sentence unchanged and discarded otherwise (never more forwards
+            than holding, exact either way); ``"hold"`` pads it until the round ends (the paper's lockstep).
         generation_config, logits_processor, stopping_criteria, **kwargs: as in ``generate``;
             ``max_new_tokens`` bounds each row's final, corrected output. A cache passed as
             ``past_key_values`` is **mutated** (filled, cut back after corrections).
@@ -733,6 +757,8 @@ def stream_aligned_generate(
     correct = as_correction_fn(aligner)
     if invalid_correction not in ("raise", "keep_original"):
         raise ValueError(f"invalid_correction must be 'raise' or 'keep_original', got {invalid_correction!r}")
+    if completed_rows not in ("draft", "hold"):
+        raise ValueError(f"completed_rows must be 'draft' or 'hold', got {completed_rows!r}")
     settings = _settings_from(
         aligner,
         {
@@ -852,6 +878,7 @@ def stream_aligned_generate(
                 max_correction_tokens=max_correction_tokens,
                 terminators=terminators,
                 invalid_correction=invalid_correction,
+                completed_rows=completed_rows,
                 generation_config=config,
                 logits_processor=logits_processor,
                 stopping_criteria=StoppingCriteriaList(user_criteria),
@@ -880,6 +907,7 @@ def stream_aligned_generate(
         user_criteria=user_criteria,
         invalid_correction=invalid_correction,
         warned_fallback=warned_fallback,
+        completed_rows=completed_rows,
     )
     run.run()
     sequences = run.sequences()
@@ -1007,7 +1035,9 @@ def _row_by_row(
         results.append(input_ids[r].tolist() + seq[real.shape[1] :])
         traces.append([shift(x, r, offset) for x in out.alignment_trace[0]])
         for key, value in out.alignment_stats.to_dict().items():
-            if key != "held_share":
+            if key == "peak_cache_columns":
+                stats.peak_cache_columns = max(stats.peak_cache_columns, value)
+            elif key != "held_share":
                 setattr(stats, key, getattr(stats, key) + value)
     sequences = merged(results)
     if streamer is not None:

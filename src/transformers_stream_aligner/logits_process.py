@@ -1,8 +1,9 @@
 """`HoldCompletedRowsLogitsProcessor`: keeps rows whose sentence is complete from adding tokens.
 
 In a batch, rows finish their sentences at different steps. Once :class:`SentenceBoundaryCriteria`
-marks a row done, this processor forces the pad token for it until the round ends, so the held row
-adds nothing the splice has to undo (the pad is dropped afterwards). At batch size 1 the round ends
+holds a row (its sentence is complete, or it reached EOS or its token limit), this processor forces
+the pad token for it until the round ends, so the held row adds nothing the splice has to undo (the
+pad is dropped afterwards). At batch size 1 the round ends
 as soon as the only row is done, so the processor never has to act.
 
 Example:
@@ -28,10 +29,11 @@ __all__ = ["HoldCompletedRowsLogitsProcessor"]
 
 
 class HoldCompletedRowsLogitsProcessor(LogitsProcessor):
-    """Force ``pad_token_id`` for every row whose ``criteria.done[row]`` is true.
+    """Force ``pad_token_id`` for every row the criteria hold (``criteria.held[row]``, else ``criteria.done[row]``).
 
     Args:
-        criteria: an object with a ``done`` list of booleans per row (a :class:`SentenceBoundaryCriteria`).
+        criteria: an object with a ``held`` (or ``done``) list of booleans per row (a
+            :class:`SentenceBoundaryCriteria`).
         pad_token_id: the token held rows produce.
     """
 
@@ -42,10 +44,12 @@ class HoldCompletedRowsLogitsProcessor(LogitsProcessor):
         self.pad_token_id = int(pad_token_id)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        done = self.criteria.done
-        if not any(done):
+        rows = getattr(self.criteria, "held", None)
+        if rows is None:
+            rows = self.criteria.done
+        if not any(rows):
             return scores
-        held = torch.tensor(done, dtype=torch.bool, device=scores.device)
+        held = torch.tensor(rows, dtype=torch.bool, device=scores.device)
         forced = torch.full_like(scores, -float("inf"))
         forced[:, self.pad_token_id] = 0.0
         return torch.where(held[:, None], forced, scores)

@@ -44,6 +44,9 @@ class SentenceBoundaryCriteria(StoppingCriteria):
             text that never ends a sentence cannot run unaligned.
         eos_token_id: end-of-answer token(s); a row that produces one is done (the text before it is
             the final fragment).
+        hold_completed: whether a row whose sentence is complete is *held* (stops, and produces padding
+            with :class:`HoldCompletedRowsLogitsProcessor`) while the other rows finish theirs (default), or
+            keeps generating a draft of its next sentence until every row is done.
 
     The criterion keeps, per row, the tokens of the current sentence (plus one token of context for
     decoding) and adds the newest token at each call: it never re-reads the answer before the
@@ -52,9 +55,11 @@ class SentenceBoundaryCriteria(StoppingCriteria):
     :meth:`reset` as ``sentence_ids`` instead.
 
     After a round, :attr:`cuts` holds for each row the index where its sentence ends (``None`` if the
-    row did not complete one), :attr:`done` which rows stopped, :attr:`produced` how many tokens each
-    row added before it stopped, and :attr:`stopped_early` which rows were stopped from outside
-    (:meth:`stop_row`, e.g. by a user's criterion) or by their token limit.
+    row did not complete one), :attr:`done` which rows completed a sentence or stopped, :attr:`held`
+    which rows stopped adding tokens, :attr:`produced` how many real tokens each row added, and
+    :attr:`stopped_early` which rows were stopped from outside (:meth:`stop_row`, e.g. by a user's
+    criterion) or by their token limit. A row counts as finished for ``generate`` once it is held, and
+    every row once all are done.
     """
 
     def __init__(
@@ -65,12 +70,14 @@ class SentenceBoundaryCriteria(StoppingCriteria):
         terminators: str = DEFAULT_TERMINATORS,
         max_sentence_tokens: int | None = 256,
         eos_token_id: int | Iterable[int] | None = None,
+        hold_completed: bool = True,
     ) -> None:
         if tokenizer is None:
             raise ValueError("SentenceBoundaryCriteria needs the upstream tokenizer")
         self.tokenizer = tokenizer
         self.terminators = terminators
         self.max_sentence_tokens = max_sentence_tokens
+        self.hold_completed = hold_completed
         if eos_token_id is None:
             eos: list[int] = []
         elif isinstance(eos_token_id, int):
@@ -87,6 +94,7 @@ class SentenceBoundaryCriteria(StoppingCriteria):
         *,
         sentence_ids: Sequence[Sequence[int]] | None = None,
         max_new_tokens: Sequence[int | None] | None = None,
+        complete: Sequence[bool] | None = None,
     ) -> None:
         """Start a new round: each row's sentence starts at ``sentence_starts[row]``.
 
@@ -97,13 +105,20 @@ class SentenceBoundaryCriteria(StoppingCriteria):
                 none when the start is 0) to the end of what the row has so far. Default: read them from
                 ``input_ids`` at the first call.
             max_new_tokens: per row, stop after this many new tokens (``None``: no limit).
+            complete: rows whose current sentence is already complete: done from the start, and held
+                unless ``hold_completed`` is off (then they draft ahead).
         """
         self.sentence_starts = list(sentence_starts)
         n = len(self.sentence_starts)
         self.cuts: list[int | None] = [None] * n
-        self.done: list[bool] = [False] * n if active is None else [not a for a in active]
-        if len(self.done) != n:
-            raise ValueError(f"active has {len(self.done)} rows, sentence_starts {n}")
+        self.held: list[bool] = [False] * n if active is None else [not a for a in active]
+        if len(self.held) != n:
+            raise ValueError(f"active has {len(self.held)} rows, sentence_starts {n}")
+        self.done: list[bool] = list(self.held)
+        for row, is_complete in enumerate(complete or []):
+            if is_complete:
+                self.done[row] = True
+                self.held[row] = self.held[row] or self.hold_completed
         self.produced: list[int] = [0] * n
         self.stopped_early: list[bool] = [False] * n
         self.limits: list[int | None] = [None] * n if max_new_tokens is None else list(max_new_tokens)
@@ -112,10 +127,15 @@ class SentenceBoundaryCriteria(StoppingCriteria):
             raise ValueError("sentence_ids / max_new_tokens must have one entry per row")
 
     def stop_row(self, row: int) -> None:
-        """Mark ``row`` done without a sentence end (its newest token is kept)."""
-        if not self.done[row]:
+        """Hold ``row`` from now on, with or without a sentence end (its newest token is kept)."""
+        if not self.held[row]:
             self.done[row] = True
+            self.held[row] = True
             self.stopped_early[row] = True
+
+    def _hold(self, row: int) -> None:
+        self.done[row] = True
+        self.held[row] = True
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor | None = None, **kwargs: Any) -> torch.BoolTensor:
         batch = input_ids.shape[0]
@@ -125,7 +145,14 @@ class SentenceBoundaryCriteria(StoppingCriteria):
             )
         newest = input_ids[:, -1].tolist()
         for row in range(batch):
-            if self.done[row]:
+            if self.held[row]:
+                continue
+            self.produced[row] += 1
+            if self.done[row]:  # drafting ahead: only EOS and the token limit matter
+                if newest[row] in self.eos_token_ids or (
+                    self.limits[row] is not None and self.produced[row] >= self.limits[row]
+                ):
+                    self._hold(row)
                 continue
             start = self.sentence_starts[row]
             lo = max(start - 1, 0)
@@ -135,10 +162,9 @@ class SentenceBoundaryCriteria(StoppingCriteria):
                 tokens = self._tokens[row] = input_ids[row, lo:].tolist()
             else:
                 tokens.append(newest[row])
-            self.produced[row] += 1
             # Only the newest token is new since the last call: an EOS ends the row at once.
             if newest[row] in self.eos_token_ids:
-                self.done[row] = True
+                self._hold(row)
                 continue
             # Only the current sentence (plus one context token) is decoded, never the whole answer:
             # the per-token cost is bounded by max_sentence_tokens.
@@ -152,9 +178,12 @@ class SentenceBoundaryCriteria(StoppingCriteria):
                 max_sentence_tokens=self.max_sentence_tokens,
             )
             if cut is not None:
-                self.done[row] = True
                 self.cuts[row] = cut + lo
-            elif self.limits[row] is not None and self.produced[row] >= self.limits[row]:
                 self.done[row] = True
-                self.stopped_early[row] = True
-        return torch.tensor(self.done, dtype=torch.bool, device=input_ids.device)
+                self.held[row] = self.hold_completed
+            if not self.held[row] and self.limits[row] is not None and self.produced[row] >= self.limits[row]:
+                self._hold(row)
+                self.stopped_early[row] = cut is None
+        if all(self.done):
+            return torch.ones(batch, dtype=torch.bool, device=input_ids.device)
+        return torch.tensor(self.held, dtype=torch.bool, device=input_ids.device)

@@ -1,0 +1,216 @@
+"""Benchmark: one batch of 8 prompts against the same 8 prompts one at a time (SmolLM2-135M-Instruct, CPU).
+
+Same prompts, same aligner, same settings, in one run; repetitions are interleaved (batch, singles,
+batch, singles, ...) so that the machine's noise hits both alike, and medians are reported. Peak
+memory is measured in a fresh child process per mode (peak RSS after loading the model).
+
+    python benchmarks/batch_vs_single.py                 # both aligners, 3 repetitions
+    python benchmarks/batch_vs_single.py --aligner identity --repeats 1 --max-new-tokens 64
+
+Prints a markdown table and writes JSON (``--json``, default ``benchmarks/results/batch_vs_single.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+QUESTIONS = [
+    "What is 17*23?",
+    "Give two tips for staying focused while studying.",
+    "Why is the sky blue?",
+    "How do I boil an egg?",
+    "What causes the seasons on Earth?",
+    "Name three uses of a paperclip.",
+    "Explain what a prime number is.",
+    "How can I save money on groceries?",
+]
+UNTRAINED_SYSTEM_PROMPT = (
+    "You correct one sentence of an answer. Reply with the corrected last sentence only, nothing else. "
+    "If it is already correct, repeat it unchanged."
+)
+
+
+def identity(question: str, prefix: str, last: str) -> str:
+    return last
+
+
+def load(cache_dir: str | None) -> tuple[Any, Any]:
+    from transformers_stream_aligner import enable_stream_alignment
+    from transformers_stream_aligner.models import load_smollm2
+
+    model, tok = load_smollm2(cache_dir)
+    tok.padding_side = "left"
+    enable_stream_alignment(model, tok)
+    return model, tok
+
+
+def make_aligner(name: str, model: Any, tok: Any) -> Any:
+    if name == "identity":
+        return identity
+    from transformers_stream_aligner import StreamAligner, StreamAlignerConfig
+
+    # SmolLM2 itself as an (untrained) model aligner with the reference prompt, as in `make demo`.
+    config = StreamAlignerConfig(max_correction_tokens=64, system_prompt=UNTRAINED_SYSTEM_PROMPT)
+    return StreamAligner(model, tok, config)
+
+
+def encode(tok: Any, questions: list[str]) -> dict[str, torch.Tensor]:
+    chats = [[{"role": "user", "content": q}] for q in questions]
+    return tok.apply_chat_template(chats, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True)
+
+
+def generated_rows(tok: Any, sequences: torch.Tensor, width: int, traces: list[list[Any]]) -> list[list[int]]:
+    return [[t for r in trace for t in r.corrected_ids] for trace in traces]
+
+
+def run_batch(model: Any, tok: Any, aligner: Any, questions: list[str], max_new_tokens: int,
+              completed_rows: str = "draft") -> dict[str, Any]:
+    inputs = encode(tok, questions)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = model.generate(**inputs, aligner=aligner, aligner_question=questions, max_new_tokens=max_new_tokens,
+                             do_sample=False, return_dict_in_generate=True, invalid_correction="keep_original",
+                             max_correction_tokens=64, completed_rows=completed_rows)
+    seconds = time.perf_counter() - t0
+    rows = generated_rows(tok, out.sequences, inputs["input_ids"].shape[1], out.alignment_trace)
+    return {"seconds": seconds, "rows": rows, "stats": out.alignment_stats.to_dict()}
+
+
+def run_singles(model: Any, tok: Any, aligner: Any, questions: list[str], max_new_tokens: int) -> dict[str, Any]:
+    rows, stats = [], []
+    t0 = time.perf_counter()
+    for q in questions:
+        inputs = encode(tok, [q])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = model.generate(**inputs, aligner=aligner, aligner_question=q, max_new_tokens=max_new_tokens,
+                                 do_sample=False, return_dict_in_generate=True, invalid_correction="keep_original",
+                                 max_correction_tokens=64)
+        rows += generated_rows(tok, out.sequences, inputs["input_ids"].shape[1], out.alignment_trace)
+        stats.append(out.alignment_stats.to_dict())
+    seconds = time.perf_counter() - t0
+    summed = {k: sum(s[k] for s in stats) for k in ("rounds", "aligner_calls", "sentences_aligned", "sentences_changed",
+                                                     "upstream_slots", "upstream_real_tokens")}
+    summed["peak_cache_columns"] = max(s["peak_cache_columns"] for s in stats)
+    return {"seconds": seconds, "rows": rows, "stats": summed}
+
+
+def child(args: argparse.Namespace) -> None:
+    """Run one mode once in this fresh process and print its memory use as JSON."""
+    model, tok = load(args.cache_dir)
+    aligner = make_aligner(args.aligner[0], model, tok)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    questions = QUESTIONS[: args.batch_size]
+    if args.child == "singles":
+        result = run_singles(model, tok, aligner, questions, args.max_new_tokens)
+    else:
+        result = run_batch(model, tok, aligner, questions, args.max_new_tokens, args.child.split("-")[1])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"rss_after_load_mib": base / 1024, "peak_rss_mib": peak / 1024,
+                      "peak_over_load_mib": (peak - base) / 1024, "seconds": result["seconds"]}))
+
+
+def memory(args: argparse.Namespace, aligner: str, mode: str) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--child", mode, "--aligner", aligner, "--batch-size", str(args.batch_size),
+           "--max-new-tokens", str(args.max_new_tokens)]
+    if args.cache_dir:
+        cmd += ["--cache-dir", args.cache_dir]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--aligner", nargs="+", default=["identity", "smollm2"], choices=["identity", "smollm2"])
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-memory", action="store_true", help="skip the child processes that measure memory")
+    parser.add_argument("--cache-dir", default=os.environ.get("STREAM_ALIGNER_CACHE"))
+    parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "batch_vs_single.json"))
+    parser.add_argument("--child", choices=["batch-draft", "batch-hold", "singles"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    if args.batch_size > len(QUESTIONS):
+        parser.error(f"--batch-size is at most {len(QUESTIONS)}")
+
+    questions = QUESTIONS[: args.batch_size]
+    model, tok = load(args.cache_dir)
+    report: dict[str, Any] = {
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "settings": {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
+                     "model": "SmolLM2-135M-Instruct float32", "greedy": True},
+        "results": {},
+    }
+    modes = ("batch-draft", "batch-hold", "singles")
+    for name in args.aligner:
+        aligner = make_aligner(name, model, tok)
+        run_batch(model, tok, aligner, questions[:2], 8)  # warm-up
+        runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+        for i in range(args.repeats):
+            for mode in modes:
+                if mode == "singles":
+                    runs[mode].append(run_singles(model, tok, aligner, questions, args.max_new_tokens))
+                else:
+                    runs[mode].append(run_batch(model, tok, aligner, questions, args.max_new_tokens, mode.split("-")[1]))
+            print(f"[{name}] repeat {i + 1}: " + ", ".join(f"{m} {runs[m][-1]['seconds']:.1f} s" for m in modes),
+                  file=sys.stderr)
+        entry: dict[str, Any] = {}
+        singles_rows = runs["singles"][-1]["rows"]
+        for mode in modes:
+            last = runs[mode][-1]
+            seconds = statistics.median(r["seconds"] for r in runs[mode])
+            tokens = sum(len(r) for r in last["rows"])
+            entry[mode] = {
+                "seconds": [r["seconds"] for r in runs[mode]],
+                "seconds_median": seconds,
+                "tokens": tokens,
+                "tokens_per_s": tokens / seconds,
+                "rows_identical_to_singles": sum(x == y for x, y in zip(last["rows"], singles_rows, strict=True)),
+                "stats": last["stats"],
+            }
+            if not args.no_memory:
+                entry[mode]["memory"] = memory(args, name, mode)
+        for mode in ("batch-draft", "batch-hold"):
+            entry[mode]["throughput_ratio_vs_singles"] = entry[mode]["tokens_per_s"] / entry["singles"]["tokens_per_s"]
+        report["results"][name] = entry
+
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2))
+    print(f"\nSmolLM2-135M-Instruct, CPU ({report['machine']['threads']} threads), batch of {args.batch_size} vs "
+          f"{args.batch_size} single runs, max_new_tokens={args.max_new_tokens}, greedy, median of {args.repeats}\n")
+    print("| aligner | mode | seconds | tokens | tokens/s | throughput vs singles | held share | upstream forwards "
+          "(row-slots) | aligner calls | peak cache columns | rows = singles | peak RSS over load (MiB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, entry in report["results"].items():
+        for mode, e in entry.items():
+            st = e["stats"]
+            ratio = e.get("throughput_ratio_vs_singles")
+            mem = f"{e['memory']['peak_over_load_mib']:.0f}" if "memory" in e else "-"
+            held = 1 - st["upstream_real_tokens"] / st["upstream_slots"] if st["upstream_slots"] else 0.0
+            print(f"| {name} | {mode} | {e['seconds_median']:.1f} | {e['tokens']} | {e['tokens_per_s']:.1f} | "
+                  f"{'**%.2f×**' % ratio if ratio else '1 (baseline)'} | {held:.0%} | {st['upstream_slots']} | "
+                  f"{st['aligner_calls']} | {st['peak_cache_columns']} | {e['rows_identical_to_singles']}/{args.batch_size}"
+                  f" | {mem} |")
+    print(f"\nJSON: {args.json}")
+
+
+if __name__ == "__main__":
+    main()
