@@ -23,7 +23,9 @@ Invariants, per row ``r`` with real tokens ``ids[r]``:
 * ``width`` (the number of columns) equals the cache's length.
 
 At batch size 1 there are never holes: replaced tokens are always at the end and are cropped away,
-which is exactly the single-sequence splice.
+which is exactly the single-sequence splice. Rows that have finished are dropped from the batch with
+:meth:`select` (``Cache.batch_select_indices``), so they cost nothing afterwards; the layout's rows are
+therefore *slots*, and the caller keeps the map from slots to its own rows.
 """
 
 from __future__ import annotations
@@ -171,6 +173,18 @@ class BatchLayout:
         self.seq = self.seq[:, :keep]
         self.mask = self.mask[:, :keep]
         return True
+
+    def select(self, slots: Sequence[int]) -> bool:
+        """Keep only ``slots`` (in this order) in the batch. **Mutates** the cache (``batch_select_indices``,
+        then :meth:`crop_trailing`, whose result it returns)."""
+        index = torch.tensor(list(slots), dtype=torch.long, device=self.device)
+        if self.cache is not None and self.width > 0:
+            self.cache.batch_select_indices(index)
+        self.seq = self.seq[index]
+        self.mask = self.mask[index]
+        self.cols = [self.cols[s] for s in slots]
+        self.batch_size = len(self.cols)
+        return self.crop_trailing()
 
     def reset(self) -> None:
         """Empty the cache (**mutates** it) and the layout: every token becomes pending."""

@@ -388,6 +388,8 @@ class _Run:
         self.round_cut: list[int | None] = [None] * self.batch
         self.stats = AlignmentStats()
 
+        # The cache's batch holds the unfinished rows only: slots[i] is the row in cache slot i.
+        self.slots = list(range(self.batch))
         self.layout = BatchLayout(self.batch, config.pad_token_id, self.device, cache)
         if cache is not None and cache.get_seq_length() > 0:  # a user's cache pre-filled with the prompt
             self.layout.place_prefilled(prompt_rows, prompt_mask, cache.get_seq_length())
@@ -512,17 +514,24 @@ class _Run:
         Rows in ``drafting`` already have a complete sentence waiting for the aligner; they keep
         generating (a draft of what follows it) instead of being held.
         """
-        fed = sorted([*rows, *drafting])
-        active = [r in fed for r in range(self.batch)]
-        limits = [self.budget_left(r) if active[r] else None for r in range(self.batch)]
+        if any(self.finished[r] for r in self.slots):
+            # Finished rows leave the batch: they would only be padded from now on.
+            keep = [i for i, r in enumerate(self.slots) if not self.finished[r]]
+            if not self.layout.select(keep):
+                self.note_reset()
+            self.slots = [self.slots[i] for i in keep]
+        slots = self.slots
+        fed = set(rows) | set(drafting)
+        fed_slots = [i for i, r in enumerate(slots) if r in fed]
+        limits = [self.budget_left(r) if r in fed else None for r in slots]
         self.criteria.reset(
-            self.start,
-            active,
-            sentence_ids=[ids[max(s - 1, 0) :] for ids, s in zip(self.ids, self.start, strict=True)],
+            [self.start[r] for r in slots],
+            [r in fed for r in slots],
+            sentence_ids=[self.ids[r][max(self.start[r] - 1, 0) :] for r in slots],
             max_new_tokens=limits,
-            complete=[r in drafting for r in range(self.batch)],
+            complete=[r in drafting for r in slots],
         )
-        round_input = self.layout.prepare_round(self.ids, fed)
+        round_input = self.layout.prepare_round([self.ids[r] for r in slots], fed_slots)
         round_config = copy.copy(self.config)
         round_config.max_new_tokens = max(limit for limit in limits if limit is not None)
         if self.draft is not None:
@@ -540,17 +549,18 @@ class _Run:
             **self.model_kwargs,
         )
         block_end = round_input.input_ids.shape[1]
-        produced = {r: self.criteria.produced[r] for r in fed}
-        for r in fed:
-            self.ids[r].extend(out[r, block_end : block_end + produced[r]].tolist())
+        produced = {i: self.criteria.produced[i] for i in fed_slots}
+        for i in fed_slots:
+            r = slots[i]
+            self.ids[r].extend(out[i, block_end : block_end + produced[i]].tolist())
             if r in drafting:
                 continue  # its pending sentence end (round_cut) stays as it is
-            self.round_cut[r] = self.criteria.cuts[r]
-            if (self.criteria.stopped_early[r] or not self.criteria.done[r]) and self.budget_left(r) > 0:
+            self.round_cut[r] = self.criteria.cuts[i]
+            if (self.criteria.stopped_early[i] or not self.criteria.done[i]) and self.budget_left(r) > 0:
                 self.user_stopped[r] = True  # a stopping criterion of the user's ended the row: align what there is
         real = self.layout.absorb_round(out, round_input, produced)
         self.stats.rounds += 1
-        self.stats.upstream_slots += self.batch * (out.shape[1] - 1 - round_input.block_start)
+        self.stats.upstream_slots += len(slots) * (out.shape[1] - 1 - round_input.block_start)
         self.stats.upstream_real_tokens += real
         self.stats.refed_tokens += round_input.refed
         self.stats.peak_cache_columns = max(self.stats.peak_cache_columns, self.layout.width)
@@ -638,7 +648,7 @@ class _Run:
         if not self.layout.crop_trailing():
             self.note_reset()
         if self.cache is not None and has_sliding_layers(self.cache) and cache_can_crop(self.cache):
-            if all(self.layout.placed(r) <= self.start[r] for r in range(self.batch)):
+            if all(self.layout.placed(i) <= self.start[r] for i, r in enumerate(self.slots)):
                 trim_cache(self.cache)  # every cached token is accepted for good
         if failure is not None:
             row, problem, content = failure
@@ -662,7 +672,7 @@ class _Run:
             corrected_ids = corrected_ids[: len(corrected_ids) + room]
             new = new[: self.prompt_len[row] + self.budget]
         self.ids[row] = new
-        self.layout.replace(row, start + common)
+        self.layout.replace(self.slots.index(row), start + common)
         shown_text = decode_span(self.tokenizer, new, start, len(new))
         self.emit(row, AlignmentRecord(start, original_ids, list(corrected_ids), original_text, shown_text))
         self.advance(row, len(new))
