@@ -104,7 +104,7 @@ def run_singles(model: Any, tok: Any, aligner: Any, questions: list[str], max_ne
         stats.append(out.alignment_stats.to_dict())
     seconds = time.perf_counter() - t0
     summed = {k: sum(s[k] for s in stats) for k in ("rounds", "aligner_calls", "sentences_aligned", "sentences_changed",
-                                                     "upstream_slots", "upstream_real_tokens")}
+                                                     "upstream_columns", "upstream_slots", "upstream_real_tokens")}
     summed["peak_cache_columns"] = max(s["peak_cache_columns"] for s in stats)
     return {"seconds": seconds, "rows": rows, "stats": summed}
 

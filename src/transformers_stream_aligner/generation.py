@@ -122,7 +122,9 @@ class AlignmentStats:
         rounds: upstream rounds (``generate`` calls on the KV cache).
         aligner_calls: calls of the aligner (one per round of sentences, whatever the batch size).
         sentences_aligned: sentences sent to the aligner; ``sentences_changed``: those it changed.
-        upstream_slots: row-positions the upstream forwarded (batch rows × columns, summed over forwards).
+        upstream_columns: positions the upstream forwarded (one per token of a single sequence).
+        upstream_slots: row-positions the upstream forwarded (batch rows × columns, summed over forwards;
+            rows that have finished leave the batch).
         upstream_real_tokens: of those, real tokens of a row (the rest are held rows and masked holes).
         refed_tokens: tokens taken back out of the cache and forwarded again (one per row and round at
             most, when a row had nothing new to feed).
@@ -134,6 +136,7 @@ class AlignmentStats:
     aligner_calls: int = 0
     sentences_aligned: int = 0
     sentences_changed: int = 0
+    upstream_columns: int = 0
     upstream_slots: int = 0
     upstream_real_tokens: int = 0
     refed_tokens: int = 0
@@ -560,6 +563,7 @@ class _Run:
                 self.user_stopped[r] = True  # a stopping criterion of the user's ended the row: align what there is
         real = self.layout.absorb_round(out, round_input, produced)
         self.stats.rounds += 1
+        self.stats.upstream_columns += out.shape[1] - 1 - round_input.block_start
         self.stats.upstream_slots += len(slots) * (out.shape[1] - 1 - round_input.block_start)
         self.stats.upstream_real_tokens += real
         self.stats.refed_tokens += round_input.refed
