@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 export STREAM_ALIGNER_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install demo test test-fast lint bench-batch clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+
+bench-batch: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/batch_vs_single.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -2,7 +2,9 @@
 
 Same prompts, same aligner, same settings, in one run; repetitions are interleaved (batch, singles,
 batch, singles, ...) so that the machine's noise hits both alike, and medians are reported. Peak
-memory is measured in a fresh child process per mode (peak RSS after loading the model).
+memory is measured in a fresh child process per mode, after a warm-up: the resident memory sampled
+during the run minus the resident memory at its start; the KV cache's own peak is computed from the
+widest layout the run reached.
 
     python benchmarks/batch_vs_single.py                 # both aligners, 3 repetitions
     python benchmarks/batch_vs_single.py --aligner identity --repeats 1 --max-new-tokens 64
@@ -47,6 +49,66 @@ def identity(question: str, prefix: str, last: str) -> str:
     return last
 
 
+class TimedAligner:
+    """Wraps an aligner and adds up the seconds spent inside its ``correct`` calls."""
+
+    def __init__(self, aligner: Any) -> None:
+        from transformers_stream_aligner import as_correction_fn
+
+        self.fn = as_correction_fn(aligner)
+        self.seconds = 0.0
+
+    def correct(self, requests: list[Any]) -> list[str]:
+        t0 = time.perf_counter()
+        try:
+            return self.fn(requests)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+
+class PeakRSS:
+    """Samples the process's resident memory (``/proc/self/status``) every 5 ms in a thread: peak - start."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.start = self.peak = self.read()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def read() -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self.read())
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.read())
+
+    @property
+    def mib(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+def kv_cache_mib(model: Any, slots: int, columns: int) -> float:
+    """Bytes of a KV cache of ``slots`` rows × ``columns`` positions for ``model`` (float32)."""
+    c = model.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    return 2 * c.num_hidden_layers * slots * c.num_key_value_heads * head_dim * columns * 4 / 2**20
+
+
 def load(cache_dir: str | None) -> tuple[Any, Any]:
     from transformers_stream_aligner import enable_stream_alignment
     from transformers_stream_aligner.models import load_smollm2
@@ -79,40 +141,50 @@ def generated_rows(tok: Any, sequences: torch.Tensor, width: int, traces: list[l
 def run_batch(model: Any, tok: Any, aligner: Any, questions: list[str], max_new_tokens: int,
               completed_rows: str = "draft") -> dict[str, Any]:
     inputs = encode(tok, questions)
+    timed = TimedAligner(aligner)
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), PeakRSS() as rss:
         warnings.simplefilter("ignore")
-        out = model.generate(**inputs, aligner=aligner, aligner_question=questions, max_new_tokens=max_new_tokens,
+        out = model.generate(**inputs, aligner=timed, aligner_question=questions, max_new_tokens=max_new_tokens,
                              do_sample=False, return_dict_in_generate=True, invalid_correction="keep_original",
                              max_correction_tokens=64, completed_rows=completed_rows)
     seconds = time.perf_counter() - t0
     rows = generated_rows(tok, out.sequences, inputs["input_ids"].shape[1], out.alignment_trace)
-    return {"seconds": seconds, "rows": rows, "stats": out.alignment_stats.to_dict()}
+    stats = out.alignment_stats.to_dict()
+    return {"seconds": seconds, "aligner_seconds": timed.seconds, "rows": rows, "stats": stats,
+            "peak_rss_over_start_mib": rss.mib,
+            "kv_cache_peak_mib": kv_cache_mib(model, len(questions), stats["peak_cache_columns"])}
 
 
 def run_singles(model: Any, tok: Any, aligner: Any, questions: list[str], max_new_tokens: int) -> dict[str, Any]:
     rows, stats = [], []
+    timed = TimedAligner(aligner)
     t0 = time.perf_counter()
+    rss = PeakRSS().__enter__()
     for q in questions:
         inputs = encode(tok, [q])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            out = model.generate(**inputs, aligner=aligner, aligner_question=q, max_new_tokens=max_new_tokens,
+            out = model.generate(**inputs, aligner=timed, aligner_question=q, max_new_tokens=max_new_tokens,
                                  do_sample=False, return_dict_in_generate=True, invalid_correction="keep_original",
                                  max_correction_tokens=64)
         rows += generated_rows(tok, out.sequences, inputs["input_ids"].shape[1], out.alignment_trace)
         stats.append(out.alignment_stats.to_dict())
     seconds = time.perf_counter() - t0
+    rss.__exit__()
     summed = {k: sum(s[k] for s in stats) for k in ("rounds", "aligner_calls", "sentences_aligned", "sentences_changed",
                                                      "upstream_columns", "upstream_slots", "upstream_real_tokens")}
     summed["peak_cache_columns"] = max(s["peak_cache_columns"] for s in stats)
-    return {"seconds": seconds, "rows": rows, "stats": summed}
+    return {"seconds": seconds, "aligner_seconds": timed.seconds, "rows": rows, "stats": summed,
+            "peak_rss_over_start_mib": rss.mib, "kv_cache_peak_mib": kv_cache_mib(model, 1, summed["peak_cache_columns"])}
 
 
 def child(args: argparse.Namespace) -> None:
     """Run one mode once in this fresh process and print its memory use as JSON."""
     model, tok = load(args.cache_dir)
     aligner = make_aligner(args.aligner[0], model, tok)
+    # Warm up first: the weights are memory-mapped and only count as resident once a forward touched them.
+    run_batch(model, tok, aligner, QUESTIONS[:2], 8)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     questions = QUESTIONS[: args.batch_size]
     if args.child == "singles":
@@ -121,7 +193,8 @@ def child(args: argparse.Namespace) -> None:
         result = run_batch(model, tok, aligner, questions, args.max_new_tokens, args.child.split("-")[1])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"rss_after_load_mib": base / 1024, "peak_rss_mib": peak / 1024,
-                      "peak_over_load_mib": (peak - base) / 1024, "seconds": result["seconds"]}))
+                      "peak_during_run_over_start_mib": result["peak_rss_over_start_mib"],
+                      "seconds": result["seconds"]}))
 
 
 def memory(args: argparse.Namespace, aligner: str, mode: str) -> dict[str, float]:
@@ -181,13 +254,16 @@ def main() -> None:
             entry[mode] = {
                 "seconds": [r["seconds"] for r in runs[mode]],
                 "seconds_median": seconds,
+                "aligner_seconds_median": statistics.median(r["aligner_seconds"] for r in runs[mode]),
                 "tokens": tokens,
                 "tokens_per_s": tokens / seconds,
                 "rows_identical_to_singles": sum(x == y for x, y in zip(last["rows"], singles_rows, strict=True)),
                 "stats": last["stats"],
+                "kv_cache_peak_mib": last["kv_cache_peak_mib"],
+                "peak_rss_over_start_mib": max(r["peak_rss_over_start_mib"] for r in runs[mode]),
             }
             if not args.no_memory:
-                entry[mode]["memory"] = memory(args, name, mode)
+                entry[mode]["memory_fresh_process"] = memory(args, name, mode)
         for mode in ("batch-draft", "batch-hold"):
             entry[mode]["throughput_ratio_vs_singles"] = entry[mode]["tokens_per_s"] / entry["singles"]["tokens_per_s"]
         report["results"][name] = entry
@@ -196,19 +272,21 @@ def main() -> None:
     Path(args.json).write_text(json.dumps(report, indent=2))
     print(f"\nSmolLM2-135M-Instruct, CPU ({report['machine']['threads']} threads), batch of {args.batch_size} vs "
           f"{args.batch_size} single runs, max_new_tokens={args.max_new_tokens}, greedy, median of {args.repeats}\n")
-    print("| aligner | mode | seconds | tokens | tokens/s | throughput vs singles | held share | upstream forwards "
-          "(row-slots) | aligner calls | peak cache columns | rows = singles | peak RSS over load (MiB) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| aligner | mode | seconds (median) | of which aligner | tokens | tokens/s | throughput vs singles | "
+          "held share | upstream row-slots | aligner calls | peak cache columns | KV cache peak (MiB) | "
+          "peak RSS during run (MiB) | rows = singles |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, entry in report["results"].items():
         for mode, e in entry.items():
             st = e["stats"]
             ratio = e.get("throughput_ratio_vs_singles")
-            mem = f"{e['memory']['peak_over_load_mib']:.0f}" if "memory" in e else "-"
+            shown = f"**{ratio:.2f}×**" if ratio else "1 (baseline)"
             held = 1 - st["upstream_real_tokens"] / st["upstream_slots"] if st["upstream_slots"] else 0.0
-            print(f"| {name} | {mode} | {e['seconds_median']:.1f} | {e['tokens']} | {e['tokens_per_s']:.1f} | "
-                  f"{'**%.2f×**' % ratio if ratio else '1 (baseline)'} | {held:.0%} | {st['upstream_slots']} | "
-                  f"{st['aligner_calls']} | {st['peak_cache_columns']} | {e['rows_identical_to_singles']}/{args.batch_size}"
-                  f" | {mem} |")
+            mem = e.get("memory_fresh_process", {}).get("peak_during_run_over_start_mib", e["peak_rss_over_start_mib"])
+            print(f"| {name} | {mode} | {e['seconds_median']:.1f} | {e['aligner_seconds_median']:.1f} | {e['tokens']} | "
+                  f"{e['tokens_per_s']:.1f} | {shown} | {held:.0%} | {st['upstream_slots']} | {st['aligner_calls']} | "
+                  f"{st['peak_cache_columns']} | {e['kv_cache_peak_mib']:.1f} | {mem:.0f} | "
+                  f"{e['rows_identical_to_singles']}/{args.batch_size} |")
     print(f"\nJSON: {args.json}")
 
 
