@@ -299,3 +299,35 @@ def test_pipeline_batch(tiny_llama):
     batched = pipe(PROMPTS[:4], batch_size=4, **kw)
     single = [pipe(p, **kw) for p in PROMPTS[:4]]
     assert [b[0]["generated_text"] for b in batched] == [s[0]["generated_text"] for s in single]
+
+
+def test_stop_strings_and_user_criteria_stop_rows_like_plain_generate(tiny_llama):
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    model, tok = tiny_llama
+    enable_stream_alignment(model, tok)
+    batch = _left_batch(tok)
+    kw = dict(max_new_tokens=60, do_sample=False, stop_strings=["wrong"], tokenizer=tok)
+    plain = model.generate(**batch, **kw)
+    out = model.generate(**batch, aligner=identity, return_dict_in_generate=True, **kw)
+    assert torch.equal(plain, out.sequences)
+    width = batch.input_ids.shape[1]
+    texts = [tok.decode(out.sequences[row, width:], skip_special_tokens=True) for row in range(len(PROMPTS))]
+    stopped = [row for row, text in enumerate(texts) if text.endswith("wrong")]
+    assert len(stopped) >= 2
+
+    class StopRowOneAfter(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.tensor([row == 1 for row in range(input_ids.shape[0])]) & (input_ids.shape[1] > width + 12)
+
+    out = model.generate(**batch, aligner=identity, max_new_tokens=40, do_sample=False, return_dict_in_generate=True,
+                         stopping_criteria=StoppingCriteriaList([StopRowOneAfter()]))
+    lengths = [sum(len(r.corrected_ids) for r in trace) for trace in out.alignment_trace]
+    assert lengths[1] < 40 and max(lengths) == 40
+
+
+def test_repetition_penalty_in_a_batch_warns(tiny_llama):
+    model, tok = tiny_llama
+    enable_stream_alignment(model, tok)
+    with pytest.warns(UserWarning, match="repetition_penalty"):
+        model.generate(**_left_batch(tok), aligner=identity, max_new_tokens=5, repetition_penalty=1.2)

@@ -57,3 +57,26 @@ def test_smollm2_as_an_untrained_stream_aligner(smollm2):
     trace = out.alignment_trace[0]
     assert trace and trace[0].original_text.strip().startswith("17*23")
     assert_rewrite_exact(model, out.sequences, trace)
+
+
+def test_smollm2_batch_rows_equal_rows_alone(smollm2):
+    model, tok = smollm2
+    enable_stream_alignment(model, tok)
+    questions = ["What is 17*23?", "Why is the sky blue?", "Name three uses of a paperclip."]
+    tok.padding_side = "left"
+    batch = tok.apply_chat_template([[{"role": "user", "content": q}] for q in questions], add_generation_prompt=True,
+                                    padding=True, return_tensors="pt", return_dict=True)
+    def rewrite(q, p, last):
+        return fix_arithmetic(q, p, last).replace(" the ", " the whole ")
+
+    kw = dict(max_new_tokens=48, do_sample=False, aligner=rewrite, return_dict_in_generate=True)
+    out = model.generate(**batch, **kw)
+    width = batch["input_ids"].shape[1]
+    for row, q in enumerate(questions):
+        ids = chat_ids(tok, q)["input_ids"]
+        alone = model.generate(ids, **kw)
+        mine = alone.sequences[0, ids.shape[1] :].tolist()
+        assert out.sequences[row, width : width + len(mine)].tolist() == mine
+        assert [r.corrected_text for r in out.alignment_trace[row]] == [r.corrected_text for r in alone.alignment_trace[0]]
+    assert out.alignment_stats.aligner_calls < sum(r.aligned for t in out.alignment_trace for r in t)
+    assert out.alignment_stats.sentences_changed >= 2

@@ -874,6 +874,17 @@ def stream_aligned_generate(
             f"streamer {type(streamer).__name__} shows one sequence, but the batch has {batch} rows: use "
             "StreamAlignerIteratorStreamer(tokenizer, per_row=True) for batches"
         )
+    if batch > 1 and (
+        (config.repetition_penalty or 1.0) != 1.0 or (config.no_repeat_ngram_size or 0) > 0 or logits_processor
+    ):
+        warnings.warn(
+            "in a batch, logits processors see the batch's padded layout: masked columns (padding, held steps and "
+            "replaced sentences) are in input_ids, and rows that finished leave the batch. repetition_penalty, "
+            "no_repeat_ngram_size and custom processors that read input_ids can therefore differ from running "
+            "each row alone",
+            UserWarning,
+            stacklevel=3,
+        )
     if batch > 1 and (has_sliding_layers(cache) if cache is not None else _model_has_sliding_window(model)):
         if user_cache:
             raise ValueError(
