@@ -137,7 +137,8 @@ def encode(tok: Any, questions: list[str]) -> dict[str, torch.Tensor]:
     return tok.apply_chat_template(chats, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True)
 
 
-def generated_rows(tok: Any, sequences: torch.Tensor, width: int, traces: list[list[Any]]) -> list[list[int]]:
+def generated_rows(traces: list[list[Any]]) -> list[list[int]]:
+    """Each row's generated tokens, as its records tile them (no padding)."""
     return [[t for r in trace for t in r.corrected_ids] for trace in traces]
 
 
@@ -156,7 +157,7 @@ def run_batch(model: Any, tok: Any, aligner: Any, questions: list[str], max_new_
                              do_sample=False, return_dict_in_generate=True, invalid_correction="keep_original",
                              max_correction_tokens=64, completed_rows=completed_rows)
     seconds = time.perf_counter() - t0
-    rows = generated_rows(tok, out.sequences, inputs["input_ids"].shape[1], out.alignment_trace)
+    rows = generated_rows(out.alignment_trace)
     stats = out.alignment_stats.to_dict()
     return {"seconds": seconds, "aligner_seconds": timed.seconds, "rows": rows, "stats": stats,
             "peak_rss_over_start_mib": rss.mib,
@@ -175,7 +176,7 @@ def run_singles(model: Any, tok: Any, aligner: Any, questions: list[str], max_ne
             out = model.generate(**inputs, aligner=timed, aligner_question=q, max_new_tokens=max_new_tokens,
                                  do_sample=False, return_dict_in_generate=True, invalid_correction="keep_original",
                                  max_correction_tokens=64)
-        rows += generated_rows(tok, out.sequences, inputs["input_ids"].shape[1], out.alignment_trace)
+        rows += generated_rows(out.alignment_trace)
         stats.append(out.alignment_stats.to_dict())
     seconds = time.perf_counter() - t0
     rss.__exit__()

@@ -12,6 +12,20 @@ def rewrite(question, prefix, last):
     return out
 
 
+class RecordingAligner:
+    """An aligner object (``correct(list)``) that rewrites like :func:`rewrite` and records each call's requests."""
+
+    def __init__(self):
+        self.batches = []
+
+    def correct(self, requests):
+        from transformers_stream_aligner import AlignmentRequest
+
+        assert all(isinstance(r, AlignmentRequest) for r in requests)
+        self.batches.append(list(requests))
+        return [rewrite(r.question, r.prefix, r.last) for r in requests]
+
+
 def assert_rewrite_exact(model, sequences, trace):
     """Every record: uncached greedy decoding from sequences[:start] gives original_ids, and
     corrected_ids stand at start. Records tile the generated part in order."""

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import TextStreamer
 
-from helpers import rewrite
+from helpers import RecordingAligner, rewrite
 from transformers_stream_aligner import (
     AlignerOutputError,
     StreamAlignerIteratorStreamer,
@@ -114,22 +114,14 @@ def test_one_aligner_call_per_round_with_all_ready_rows(tiny_llama):
     model, tok = tiny_llama
     enable_stream_alignment(model, tok)
 
-    class Recorder:
-        def __init__(self):
-            self.calls = []
-
-        def correct(self, requests):
-            self.calls.append([r.last for r in requests])
-            return [rewrite(r.question, r.prefix, r.last) for r in requests]
-
-    aligner = Recorder()
+    aligner = RecordingAligner()
     batch = _left_batch(tok)
     out = model.generate(**batch, aligner=aligner, max_new_tokens=60, do_sample=False, return_dict_in_generate=True)
     aligned = sum(r.aligned for trace in out.alignment_trace for r in trace)
-    assert sum(len(c) for c in aligner.calls) == aligned
-    assert len(aligner.calls) == out.alignment_stats.aligner_calls
-    assert max(len(c) for c in aligner.calls) == len(PROMPTS), "all rows should share an aligner call"
-    assert len(aligner.calls) < aligned / 2
+    assert sum(len(c) for c in aligner.batches) == aligned
+    assert len(aligner.batches) == out.alignment_stats.aligner_calls
+    assert max(len(c) for c in aligner.batches) == len(PROMPTS), "all rows should share an aligner call"
+    assert len(aligner.batches) < aligned / 2
 
 
 def test_right_padding_is_handled(tiny_llama):

@@ -3,7 +3,7 @@
 import torch
 from transformers import DynamicCache, LlamaForCausalLM
 
-from helpers import assert_rewrite_exact, prompt_ids, rewrite
+from helpers import RecordingAligner, assert_rewrite_exact, prompt_ids, rewrite
 from transformers_stream_aligner import StreamAlignedGenerationMixin, enable_stream_alignment
 
 
@@ -110,21 +110,9 @@ def test_without_aligner_generate_is_untouched(tiny_llama):
 
 
 def test_object_with_correct_method_gets_one_request_per_sentence(tiny_llama):
-    from transformers_stream_aligner import AlignmentRequest
-
     model, tok = tiny_llama
     enable_stream_alignment(model, tok)
-
-    class Corrector:
-        def __init__(self):
-            self.batches = []
-
-        def correct(self, requests):
-            self.batches.append(list(requests))
-            assert all(isinstance(r, AlignmentRequest) for r in requests)
-            return [rewrite(r.question, r.prefix, r.last) for r in requests]
-
-    corrector = Corrector()
+    corrector = RecordingAligner()
     out = model.generate(prompt_ids(tok), max_new_tokens=60, do_sample=False, aligner=corrector,
                          return_dict_in_generate=True)
     via_fn = model.generate(prompt_ids(tok), max_new_tokens=60, do_sample=False, aligner=rewrite)

@@ -1,16 +1,18 @@
 """Stream-aligned ``generate``: the loop that ties the pieces together.
 
-Data path, one sentence at a time (see ``docs/design.md``):
+Data path, one sentence at a time per row (see ``docs/design.md``):
 
-1. **upstream round** – the stock ``GenerationMixin.generate`` runs on the full sequence with our KV
-   cache, stopped by :class:`SentenceBoundaryCriteria` once the sentence is complete (plus look-ahead);
+1. **upstream round** – the stock ``GenerationMixin.generate`` runs on the whole (padded) batch with our
+   KV cache, stopped by :class:`SentenceBoundaryCriteria` once every row that needs one has a complete
+   sentence (plus look-ahead);
 2. **boundary** – :func:`find_token_boundary` gives the token index where the sentence ends;
-3. **aligner** – the sentence (whitespace stripped) goes to the aligner with the question and the
-   corrected answer so far;
+3. **aligner** – each complete sentence (whitespace stripped) goes to the aligner with the question and
+   the corrected answer so far, all rows in one call;
 4. **splice** – unchanged: nothing to do, the look-ahead is kept. Changed: the correction (plus the
    original whitespace) is tokenized as plain text and replaces the sentence and its look-ahead;
-5. **cache** – cut back to the longest common prefix of old and new ids; the next round feeds only
-   the rest. Caches that cannot be cut are re-filled from scratch (one warning per call);
+5. **cache** – kept up to the longest common prefix of old and new ids (the rest is masked out, and cut
+   off where no row needs it: :mod:`.batch_layout`); the next round feeds only the new tokens. Caches
+   that cannot be cut are re-filled from scratch (one warning per call);
 6. **streamer** – receives the prompt once, then each accepted (corrected) sentence, then ``end()``.
 
 Exactness: with an aligner that returns every sentence unchanged the tokens equal plain ``generate``;
@@ -353,6 +355,7 @@ class _Run:
         model_kwargs: dict[str, Any],
         prompt_rows: torch.Tensor,
         prompt_mask: torch.Tensor,
+        rows: list[list[int]],
         questions: list[str],
         budget: int,
         cache: Any,
@@ -373,7 +376,7 @@ class _Run:
         self.width = prompt_rows.shape[1]
         self.batch = prompt_rows.shape[0]
         self.device = prompt_rows.device
-        self.ids: list[list[int]] = _rows(prompt_rows, prompt_mask)
+        self.ids = rows  # each row's unpadded prompt; the answer is appended
         self.prompt_len = [len(row) for row in self.ids]
         self.questions = questions
         self.budget = budget
@@ -563,34 +566,34 @@ class _Run:
                 self.user_stopped[r] = True  # a stopping criterion of the user's ended the row: align what there is
         real = self.layout.absorb_round(out, round_input, produced)
         self.stats.rounds += 1
-        self.stats.upstream_columns += out.shape[1] - 1 - round_input.block_start
-        self.stats.upstream_slots += len(slots) * (out.shape[1] - 1 - round_input.block_start)
+        forwarded = out.shape[1] - 1 - round_input.block_start  # the last sampled token is not forwarded
+        self.stats.upstream_columns += forwarded
+        self.stats.upstream_slots += len(slots) * forwarded
         self.stats.upstream_real_tokens += real
         self.stats.refed_tokens += round_input.refed
         self.stats.peak_cache_columns = max(self.stats.peak_cache_columns, self.layout.width)
 
-    def check_correction(self, corrected: Any, content: str, lead: str, trail: str) -> tuple[str | None, str, list[int] | None]:
-        """Validate one correction; returns ``(problem, corrected, corrected_ids)``."""
+    def check_correction(self, corrected: Any, content: str, lead: str, trail: str) -> tuple[str | None, list[int] | None]:
+        """Validate one correction; returns ``(problem, corrected_ids)``, ids ``None`` when unchanged or unusable."""
         if not isinstance(corrected, str):
-            return f"the aligner returned {type(corrected).__name__}, not str, for sentence {content!r}", content, None
+            return f"the aligner returned {type(corrected).__name__}, not str, for sentence {content!r}", None
         if not corrected.strip():
-            return f"the aligner returned empty text for sentence {content!r}", content, None
+            return f"the aligner returned empty text for sentence {content!r}", None
         corrected = corrected.strip()
         if corrected == content:
-            return None, corrected, None
+            return None, None
         try:
             corrected_ids = tokenize_plain_text(self.tokenizer, lead + corrected + trail)
         except ValueError as err:
-            return f"the aligner's correction of sentence {content!r} is unusable: {err}", content, None
+            return f"the aligner's correction of sentence {content!r} is unusable: {err}", None
         n_tokens = len(corrected_ids) - len(tokenize_plain_text(self.tokenizer, lead + trail))
         if n_tokens > self.settings.max_correction_tokens:
             return (
                 f"the aligner's correction of sentence {content!r} has {n_tokens} tokens, over "
                 f"max_correction_tokens={self.settings.max_correction_tokens}: {corrected[:200]!r}",
-                content,
                 None,
             )
-        return None, corrected, corrected_ids
+        return None, corrected_ids
 
     def align(self, cuts: dict[int, int]) -> None:
         """One aligner call for every row with a complete sentence, then the splices."""
@@ -634,7 +637,7 @@ class _Run:
         failure: tuple[int, str, str] | None = None
         for (r, cut, original_text, lead, content, trail), answer in zip(pending, answers, strict=True):
             self.stats.sentences_aligned += 1
-            problem, corrected, corrected_ids = self.check_correction(answer, content, lead, trail)
+            problem, corrected_ids = self.check_correction(answer, content, lead, trail)
             if problem is not None:
                 if self.invalid_correction == "raise":
                     failure = failure or (r, problem, content)
@@ -648,7 +651,7 @@ class _Run:
                 self.emit(r, AlignmentRecord(start, original_ids, list(original_ids), original_text, original_text))
                 self.advance(r, cut)
                 continue
-            self.splice(r, cut, corrected_ids)
+            self.splice(r, cut, corrected_ids, original_text)
         if not self.layout.crop_trailing():
             self.note_reset()
         if self.cache is not None and has_sliding_layers(self.cache) and cache_can_crop(self.cache):
@@ -662,13 +665,13 @@ class _Run:
         self.start[row] = cut
         self.round_cut[row] = None
 
-    def splice(self, row: int, cut: int, corrected_ids: list[int]) -> None:
-        """Put ``corrected_ids`` in place of the sentence ``ids[row][start:cut]`` and its look-ahead."""
+    def splice(self, row: int, cut: int, corrected_ids: list[int], original_text: str) -> None:
+        """Put ``corrected_ids`` in place of the sentence ``ids[row][start:cut]`` (``original_text``) and
+        its look-ahead."""
         assert not self.special_ids.intersection(corrected_ids)
         self.stats.sentences_changed += 1
         ids, start = self.ids[row], self.start[row]
         original_ids = ids[start:cut]
-        original_text = decode_span(self.tokenizer, ids, start, cut)
         common = longest_common_prefix(original_ids, corrected_ids)
         new = ids[:start] + corrected_ids
         room = self.prompt_len[row] + self.budget - len(new)
@@ -716,8 +719,9 @@ def stream_aligned_generate(
 
     Works on a batch of any size (left- or right-padded, with ``attention_mask``) and with
     ``num_return_sequences > 1`` when sampling. Each row finds its own sentence ends; rows whose
-    sentence is complete are held until the others complete theirs, then all of them are corrected in
-    one aligner call and the rows continue together. Every row gets exactly what it gets alone.
+    sentence is complete wait (drafting ahead, or held: ``completed_rows``) until the others complete
+    theirs, then all of them are corrected in one aligner call and the rows continue together. Every
+    row gets exactly what it gets alone.
 
     Args:
         model: the upstream causal LM.
@@ -885,6 +889,8 @@ def stream_aligned_generate(
             UserWarning,
             stacklevel=3,
         )
+    rows = _rows(input_ids, prompt_mask)
+    questions = _questions(aligner_question, tokenizer, rows, n_inputs, expand)
     if batch > 1 and (has_sliding_layers(cache) if cache is not None else _model_has_sliding_window(model)):
         if user_cache:
             raise ValueError(
@@ -895,7 +901,7 @@ def stream_aligned_generate(
             model,
             input_ids,
             prompt_mask,
-            questions=_questions(aligner_question, tokenizer, _rows(input_ids, prompt_mask), n_inputs, expand),
+            questions=questions,
             call=dict(
                 aligner=aligner,
                 tokenizer=tokenizer,
@@ -924,7 +930,8 @@ def stream_aligned_generate(
         model_kwargs=model_kwargs,
         prompt_rows=input_ids,
         prompt_mask=prompt_mask,
-        questions=_questions(aligner_question, tokenizer, _rows(input_ids, prompt_mask), n_inputs, expand),
+        rows=rows,
+        questions=questions,
         budget=budget,
         cache=cache,
         streamer=streamer,

@@ -129,8 +129,7 @@ class SentenceBoundaryCriteria(StoppingCriteria):
     def stop_row(self, row: int) -> None:
         """Hold ``row`` from now on, with or without a sentence end (its newest token is kept)."""
         if not self.held[row]:
-            self.done[row] = True
-            self.held[row] = True
+            self._hold(row)
             self.stopped_early[row] = True
 
     def _hold(self, row: int) -> None:
