@@ -40,3 +40,16 @@ def assert_rewrite_exact(model, sequences, trace):
         assert redo[0, rec.start :].tolist() == rec.original_ids, f"record at {rec.start} not reproduced"
         pos += len(rec.corrected_ids)
     assert pos == len(seq)
+
+
+def populate_hub_cache(src_dir, cache_dir, repo_id, *, repo_type="model", revision="0123456789abcdef0123456789abcdef01234567"):
+    """Lay out ``src_dir``'s files as the Hub cache does (``<type>s--org--name/snapshots/<rev>``, ``refs/main``)."""
+    org, name = repo_id.split("/")
+    repo = cache_dir / f"{repo_type}s--{org}--{name}"
+    snap = repo / "snapshots" / revision
+    snap.mkdir(parents=True)
+    for f in src_dir.iterdir():
+        (snap / f.name).write_bytes(f.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    return snap

@@ -10,6 +10,7 @@ import textwrap
 import pytest
 import torch
 
+from helpers import populate_hub_cache
 from transformers_stream_aligner import (
     CONFIG_NAME,
     GEMMA_WRAPPER,
@@ -111,23 +112,11 @@ def test_safetensors_only(tiny_llama, tmp_path):
         StreamAligner.from_pretrained(tmp_path, use_safetensors=False)
 
 
-def _populate_hub_cache(src_dir, cache_dir, repo_id, revision="0123456789abcdef0123456789abcdef01234567"):
-    org, name = repo_id.split("/")
-    repo = cache_dir / f"models--{org}--{name}"
-    snap = repo / "snapshots" / revision
-    snap.mkdir(parents=True)
-    for f in os.listdir(src_dir):
-        (snap / f).write_bytes((src_dir / f).read_bytes())
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(revision)
-    return snap
-
-
 def test_load_by_repo_id_from_offline_hub_cache(aligner, tmp_path):
     saved = tmp_path / "saved"
     aligner.save_pretrained(saved)
     hub_cache = tmp_path / "hub"
-    _populate_hub_cache(saved, hub_cache, "stream-aligner-tests/tiny-aligner")
+    populate_hub_cache(saved, hub_cache, "stream-aligner-tests/tiny-aligner")
     expected = aligner.correct(REQS[:2])
     script = textwrap.dedent(
         f"""

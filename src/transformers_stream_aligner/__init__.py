@@ -32,9 +32,44 @@ from .sentence_splitter import DEFAULT_TERMINATORS, find_sentence_end, split_sen
 from .stopping_criteria import SentenceBoundaryCriteria
 from .stream_aligner_config import CONFIG_NAME, GEMMA_WRAPPER, REFERENCE_INSTRUCTION_TEMPLATE, StreamAlignerConfig
 from .streamers import StreamAlignerIteratorStreamer, StreamAlignerStreamer, StreamEvent
+from .training_data import (
+    IGNORE_INDEX,
+    RECORD_FIELDS,
+    EncodingReport,
+    TrainingDataError,
+    encode_record,
+    encode_records,
+    read_records,
+    validate_records,
+)
+
+
+def __getattr__(name: str):
+    # The training entry points import transformers.Trainer (and through it accelerate): load them lazily.
+    if name == "AlignerTrainingConfig":
+        from .training_config import AlignerTrainingConfig
+
+        return AlignerTrainingConfig
+    if name in ("train_aligner", "TrainingResult"):
+        from . import training
+
+        return getattr(training, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CONFIG_NAME",
+    "IGNORE_INDEX",
+    "RECORD_FIELDS",
+    "AlignerTrainingConfig",
+    "EncodingReport",
+    "TrainingDataError",
+    "TrainingResult",
+    "encode_record",
+    "encode_records",
+    "read_records",
+    "train_aligner",
+    "validate_records",
     "DEFAULT_TERMINATORS",
     "GEMMA_WRAPPER",
     "REFERENCE_INSTRUCTION_TEMPLATE",

@@ -104,6 +104,8 @@ class StreamAligner:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config if config is not None else StreamAlignerConfig()
+        #: Training facts for the model card (set by :func:`train_aligner`; ``None`` otherwise).
+        self.training_facts: dict[str, Any] | None = None
         self._eos_token_ids = _eos_ids(model, tokenizer)
         if getattr(self.tokenizer, "pad_token_id", None) is None:
             # Batched prompts need a pad token; like most recipes, reuse EOS (this sets it on the tokenizer).
@@ -127,12 +129,15 @@ class StreamAligner:
         dtype: Any = None,
         trust_remote_code: bool = False,
         config: StreamAlignerConfig | None = None,
+        base_model_name_or_path: str | os.PathLike | None = None,
         **model_kwargs: Any,
     ) -> StreamAligner:
         """Load an aligner from a local directory or a Hub repo id.
 
         A checkpoint without ``stream_aligner_config.json`` (a plain causal LM, e.g. an existing
         aligner checkpoint) loads with the reference defaults. Weights load from safetensors only.
+        A LoRA adapter checkpoint (``adapter_config.json``, as ``stream-aligner train --lora`` writes)
+        loads onto the base model its config names (needs ``peft``), or onto ``base_model_name_or_path``.
 
         Args:
             pretrained_model_name_or_path: directory or Hub repo id.
@@ -141,6 +146,8 @@ class StreamAligner:
             device_map, dtype: passed to ``AutoModelForCausalLM.from_pretrained``.
             trust_remote_code: off unless you pass ``True``.
             config: override the saved :class:`StreamAlignerConfig`.
+            base_model_name_or_path: for an adapter checkpoint, the base model to load it onto (default:
+                ``base_model_name_or_path`` in its ``adapter_config.json``).
             **model_kwargs: further keywords for ``AutoModelForCausalLM.from_pretrained``.
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -172,13 +179,24 @@ class StreamAligner:
                 load_kwargs["dtype"] = dtype
             if device_map is not None:
                 load_kwargs["device_map"] = device_map
-            model = AutoModelForCausalLM.from_pretrained(
-                pretrained_model_name_or_path,
-                use_safetensors=True,
-                trust_remote_code=trust_remote_code,
-                **hub_kwargs,
-                **load_kwargs,
-            )
+            if base_model_name_or_path is None:
+                model = AutoModelForCausalLM.from_pretrained(
+                    pretrained_model_name_or_path,
+                    use_safetensors=True,
+                    trust_remote_code=trust_remote_code,
+                    **hub_kwargs,
+                    **load_kwargs,
+                )
+            else:
+                model = AutoModelForCausalLM.from_pretrained(
+                    base_model_name_or_path, use_safetensors=True, trust_remote_code=trust_remote_code, **load_kwargs
+                )
+                adapter_kwargs = {k: v for k, v in hub_kwargs.items() if k != "local_files_only" and v is not None}
+                model.load_adapter(
+                    os.fspath(pretrained_model_name_or_path),
+                    local_files_only=local_files_only,
+                    adapter_kwargs=adapter_kwargs,
+                )
         except OSError as err:
             raise OSError(
                 f"could not load the aligner {str(pretrained_model_name_or_path)!r} "
@@ -191,7 +209,10 @@ class StreamAligner:
 
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, save_directory: str | os.PathLike, **save_kwargs: Any) -> None:
-        """Write model (safetensors), tokenizer, ``stream_aligner_config.json`` and a model card."""
+        """Write model (safetensors), tokenizer, ``stream_aligner_config.json`` and a model card.
+
+        A peft model (or one with a loaded adapter) saves its adapter only, which loads back onto its base.
+        """
         os.makedirs(save_directory, exist_ok=True)
         self.model.save_pretrained(save_directory, safe_serialization=True, **save_kwargs)
         self.tokenizer.save_pretrained(save_directory)
@@ -245,10 +266,9 @@ class StreamAligner:
     # ------------------------------------------------------------------ prompting and correcting
     def build_prompt(self, request: AlignmentRequest) -> str:
         """The aligner's full input text for one request (instruction template + chat wrapper)."""
-        instruction = self.config.format_instruction(
-            question=request.question, prefix=request.prefix, last=request.last
+        return self.config.build_prompt(
+            question=request.question, prefix=request.prefix, last=request.last, tokenizer=self.tokenizer
         )
-        return self.config.wrap(instruction, self.tokenizer)
 
     @torch.no_grad()
     def correct(self, requests: Sequence[AlignmentRequest], *, batch_size: int | None = None) -> list[str]:

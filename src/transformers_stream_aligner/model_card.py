@@ -19,7 +19,8 @@ generated (Lou et al., *Stream Aligner*, AAAI 2025, arXiv:2501.05336).
 - Base model: {base_model}
 - Architecture: `{architecture}`
 - Prompt configuration: `{config_name}` (saved with the weights; training and inference use the same one)
-
+- Weights: {weights}
+{training}
 ## Prompt
 
 Instruction template:
@@ -50,16 +51,36 @@ print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_token
 """
 
 
+def _is_adapter(model: Any) -> bool:
+    """True for a peft model or a transformers model with a loaded adapter (both save the adapter only)."""
+    return hasattr(model, "peft_config") or bool(getattr(model, "_hf_peft_config_loaded", False))
+
+
+def _training_section(facts: dict[str, Any] | None) -> str:
+    if not facts:
+        return ""
+    rows = "\n".join(f"| {key} | {value} |" for key, value in facts.items())
+    return (
+        "\n## Training\n\nTrained with `stream-aligner train` (transformers `Trainer`; loss on the correction and "
+        "EOS only, the prompt masked).\n\n| setting | value |\n|---|---|\n" + rows + "\n"
+    )
+
+
 def build_model_card(aligner: Any, repo_id: str | None = None) -> Any:
-    """A ``huggingface_hub.ModelCard`` for ``aligner`` (library name, tags, base model, template, usage)."""
+    """A ``huggingface_hub.ModelCard`` for ``aligner``: library name, tags, base model, template, usage, and the
+    training recipe and data size when ``aligner.training_facts`` is set."""
     from huggingface_hub import ModelCard, ModelCardData
 
     config = aligner.config
     model_config = getattr(aligner.model, "config", None)
     base_model = config.base_model
+    adapter = _is_adapter(aligner.model)
+    tags = ["stream-aligner", "transformers-stream-aligner", "alignment", "text-generation"]
+    if adapter:
+        tags += ["peft", "lora"]
     data = ModelCardData(
         library_name="transformers",
-        tags=["stream-aligner", "transformers-stream-aligner", "alignment", "text-generation"],
+        tags=tags,
         base_model=base_model,
         pipeline_tag="text-generation",
     )
@@ -73,6 +94,10 @@ def build_model_card(aligner: Any, repo_id: str | None = None) -> Any:
         base_model=f"`{base_model}`" if base_model else "unknown",
         architecture=(getattr(model_config, "architectures", None) or [type(aligner.model).__name__])[0],
         config_name=CONFIG_NAME,
+        weights="a LoRA adapter (peft); `StreamAligner.from_pretrained` loads it onto the base model"
+        if adapter
+        else "full model (safetensors)",
+        training=_training_section(getattr(aligner, "training_facts", None)),
         instruction_template=config.instruction_template,
         wrapper=wrapper,
         repo_id=repo_id or "path/to/this/checkpoint",

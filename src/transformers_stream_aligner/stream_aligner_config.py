@@ -9,7 +9,7 @@ Example:
 
     >>> from transformers_stream_aligner import GEMMA_WRAPPER, StreamAlignerConfig
     >>> config = StreamAlignerConfig(prompt_wrapper=GEMMA_WRAPPER)
-    >>> config.wrap(config.format_instruction(question="Q?", prefix="A.", last="B."))
+    >>> config.build_prompt(question="Q?", prefix="A.", last="B.")
     '<start_of_turn>user\n##Question: Q? | ##Answer_Prefix: A. | ##Answer_Last_Sentence: B. | ##Your_Revision: <end_of_turn>\n<start_of_turn>model'
 """
 
@@ -130,6 +130,18 @@ class StreamAlignerConfig:
             messages.append({"role": "user", "content": instruction})
             return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return instruction
+
+    def build_prompt(self, *, question: str, prefix: str, last: str, tokenizer: Any | None = None) -> str:
+        """The aligner's full input text for one sentence: instruction template, then the wrapper.
+
+        Inference (:meth:`StreamAligner.build_prompt`) and training (:mod:`.training_data`) both call this.
+        """
+        return self.wrap(self.format_instruction(question=question, prefix=prefix, last=last), tokenizer)
+
+    def encode_prompt(self, tokenizer: Any, *, question: str, prefix: str, last: str) -> list[int]:
+        """Token ids of :meth:`build_prompt`, tokenized as :meth:`StreamAligner.correct` tokenizes it."""
+        text = self.build_prompt(question=question, prefix=prefix, last=last, tokenizer=tokenizer)
+        return list(tokenizer(text, add_special_tokens=self.prompt_adds_special_tokens(tokenizer))["input_ids"])
 
     def uses_chat_template(self, tokenizer: Any | None) -> bool:
         return self.prompt_wrapper is None and tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))

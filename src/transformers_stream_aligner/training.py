@@ -1,0 +1,435 @@
+"""Train an aligner on ``transformers.Trainer``: records in, a :class:`StreamAligner` checkpoint out.
+
+The data path: records (:func:`.training_data.read_records`) are checked
+(:func:`.training_data.validate_records`, errors name the record and field), tokenized with the same
+prompt code inference uses and with labels ``-100`` on the prompt (:func:`.training_data.encode_records`),
+padded by ``DataCollatorForSeq2Seq`` and trained by ``Trainer`` (progress bars, logging, resumable
+checkpoints in ``<output_dir>-checkpoints``, multi-GPU through accelerate). The result is saved with
+:meth:`StreamAligner.save_pretrained`: weights or a LoRA adapter (peft), tokenizer,
+``stream_aligner_config.json`` and a model card with the recipe and data size. It is written to a
+temporary directory and moved into ``output_dir`` only when everything succeeded, so a failed run
+leaves ``output_dir`` as it was.
+
+Example (command line: ``stream-aligner train --base-model DIR --train-file data.jsonl --output-dir out``):
+
+    >>> from transformers_stream_aligner import AlignerTrainingConfig, StreamAligner, train_aligner
+    >>> result = train_aligner("path/to/base", "records.jsonl",
+    ...                        AlignerTrainingConfig(output_dir="my-aligner"))  # doctest: +SKIP
+    >>> StreamAligner.from_pretrained("my-aligner")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .aligner import StreamAligner
+from .stream_aligner_config import StreamAlignerConfig
+from .training_config import AlignerTrainingConfig
+from .training_data import EncodingReport, encode_records, read_records, validate_records
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrainingResult", "train_aligner"]
+
+
+@dataclass
+class TrainingResult:
+    """What :func:`train_aligner` produced and measured.
+
+    Attributes:
+        output_dir: the saved aligner checkpoint.
+        base_model: what it was trained from.
+        lora: the LoRA settings (``r``, ``lora_alpha``, ``target_modules``...) or ``None`` for full fine-tuning.
+        train_data, eval_data: :class:`EncodingReport` of each data set (``eval_data`` ``None`` without one).
+        global_step: optimizer steps taken.
+        train_loss: mean training loss over the run; eval_loss: final evaluation loss (or ``None``).
+        train_runtime_s: seconds inside ``Trainer.train``; total_runtime_s: the whole call.
+        peak_rss_mib: peak resident memory of the process (includes everything loaded before).
+        commit_url: the Hub commit when pushed.
+    """
+
+    output_dir: str
+    base_model: str
+    lora: dict[str, Any] | None
+    train_data: EncodingReport
+    eval_data: EncodingReport | None
+    global_step: int
+    train_loss: float | None
+    eval_loss: float | None
+    train_runtime_s: float
+    total_runtime_s: float
+    peak_rss_mib: float
+    recipe: dict[str, Any] = field(default_factory=dict)
+    commit_url: str | None = None
+
+    def card_facts(self) -> dict[str, Any]:
+        """Facts for the model card's training section (see :func:`.model_card.build_model_card`)."""
+        facts: dict[str, Any] = {
+            "base model": self.base_model,
+            "method": "LoRA (peft): " + ", ".join(f"{k}={v}" for k, v in self.lora.items())
+            if self.lora
+            else "full fine-tuning",
+            "training records": self.train_data.records,
+            "training examples": self.train_data.examples,
+            "prefix shortened / dropped (too long)": f"{self.train_data.truncated} / {self.train_data.dropped}",
+            "target tokens (loss)": self.train_data.target_tokens,
+        }
+        if self.eval_data is not None:
+            facts["evaluation records"] = self.eval_data.records
+        facts.update(self.recipe)
+        facts["optimizer steps"] = self.global_step
+        if self.train_loss is not None:
+            facts["mean training loss"] = round(self.train_loss, 4)
+        if self.eval_loss is not None:
+            facts["final evaluation loss"] = round(self.eval_loss, 4)
+        facts["training time"] = f"{self.train_runtime_s:.1f} s"
+        return facts
+
+
+def _recipe(config: AlignerTrainingConfig, world_size: int) -> dict[str, Any]:
+    return {
+        "epochs": config.num_train_epochs if config.max_steps <= 0 else f"max_steps={config.max_steps}",
+        "learning rate": config.learning_rate,
+        "schedule": getattr(config.lr_scheduler_type, "value", config.lr_scheduler_type),
+        "warm-up": config.warmup_steps if config.warmup_steps >= 1 else f"{config.warmup_steps:g} of the steps",
+        "weight decay": config.weight_decay,
+        "Adam betas": f"({config.adam_beta1}, {config.adam_beta2})",
+        "batch size": f"{config.per_device_train_batch_size} per device x {config.gradient_accumulation_steps} "
+        f"accumulation x {world_size} device(s)",
+        "max length": config.max_length,
+        "precision": "bf16" if config.bf16 else ("fp16" if config.fp16 else "float32"),
+        "seed": config.seed,
+    }
+
+
+def _check_output_dir(config: AlignerTrainingConfig) -> Path:
+    out = Path(config.output_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"output_dir {str(out)!r} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not config.overwrite_output_dir:
+        raise FileExistsError(
+            f"output_dir {str(out)!r} is not empty; pass overwrite_output_dir=True (--overwrite-output-dir) to "
+            "replace it once training has succeeded"
+        )
+    return out
+
+
+def _install_atomically(staging: Path, out: Path) -> None:
+    """Move the finished ``staging`` directory to ``out``; a previous ``out`` is replaced only at the end."""
+    backup = None
+    if out.exists():
+        backup = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+        os.replace(out, backup)
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        if backup is not None:
+            os.replace(backup, out)
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def _load_model(base_model: str, *, dtype: Any, trust_remote_code: bool) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            base_model, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+    except OSError as err:
+        raise OSError(f"could not load the base model {base_model!r} (safetensors weights required): {err}") from err
+
+
+def _peak_rss_mib() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def train_aligner(
+    base_model: str | os.PathLike,
+    train_file: str | os.PathLike,
+    config: AlignerTrainingConfig,
+    *,
+    eval_file: str | os.PathLike | None = None,
+    aligner_config: StreamAlignerConfig | None = None,
+    lora_config: Any | None = None,
+    dtype: Any = None,
+    trust_remote_code: bool = False,
+    resume_from_checkpoint: str | bool | None = None,
+    callbacks: list[Any] | None = None,
+    data_split: str = "train",
+    eval_split: str | None = None,
+) -> TrainingResult:
+    """Fine-tune ``base_model`` into a Stream Aligner checkpoint in ``config.output_dir``.
+
+    Args:
+        base_model: a local directory or Hub id of a causal LM (safetensors) with its tokenizer. If it
+            holds a ``stream_aligner_config.json`` (an aligner trained before), that prompt config is kept.
+        train_file, eval_file: records (see :func:`.training_data.read_records` for the accepted sources).
+        config: :class:`AlignerTrainingConfig` (the reference recipe by default).
+        aligner_config: prompt and decoding settings saved with the result (default: the base's own, else
+            the reference template with the tokenizer's chat template).
+        lora_config: a ``peft.LoraConfig`` to train a LoRA adapter instead of all weights.
+        dtype: dtype to load the base model in (default float32; use ``config.bf16`` for mixed precision).
+        trust_remote_code: off unless you pass ``True``.
+        resume_from_checkpoint: a checkpoint path, or ``True`` for the last one in ``config.trainer_output_dir``.
+        callbacks: extra ``TrainerCallback`` objects.
+        data_split, eval_split: split names when the data is loaded with ``datasets``.
+
+    Returns:
+        a :class:`TrainingResult`.
+
+    Raises:
+        TrainingDataError: bad or empty data (before any model is loaded or anything is written).
+        FileExistsError: ``output_dir`` is not empty and ``config.overwrite_output_dir`` is off.
+    """
+    import torch
+    from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Trainer, set_seed
+
+    started = time.perf_counter()
+    base_model = os.fspath(base_model)
+    out = _check_output_dir(config)
+
+    # 1. tokenizer and prompt config: everything about the data is checked before the model is loaded.
+    tokenizer = AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust_remote_code)
+    if aligner_config is None:
+        aligner_config = StreamAlignerConfig.from_pretrained(base_model) or StreamAlignerConfig()
+    if aligner_config.base_model is None:
+        aligner_config = dataclasses.replace(aligner_config, base_model=base_model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    train_source = os.fspath(train_file)
+    train_records = validate_records(read_records(train_source, split=data_split), source=train_source, tokenizer=tokenizer)
+    train_examples, train_report = encode_records(
+        train_records, tokenizer, aligner_config, max_length=config.max_length, desc="Tokenizing training records"
+    )
+    if not train_examples:
+        raise ValueError(f"{train_source}: no record fits in max_length={config.max_length} tokens")
+    eval_examples = eval_report = None
+    if eval_file is not None:
+        eval_source = os.fspath(eval_file)
+        eval_records = validate_records(
+            read_records(eval_source, split=eval_split or data_split), source=eval_source, tokenizer=tokenizer
+        )
+        eval_examples, eval_report = encode_records(
+            eval_records, tokenizer, aligner_config, max_length=config.max_length, desc="Tokenizing evaluation records"
+        )
+    logger.info("training data: %s", train_report.summary())
+
+    # 2. model (LoRA on top when asked); seeded so the adapter's initialisation is reproducible.
+    set_seed(config.seed)
+    model = _load_model(base_model, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code)
+    lora_facts = None
+    if lora_config is not None:
+        from peft import get_peft_model
+
+        targets = lora_config.target_modules  # as asked (peft resolves it in place to module names)
+        model = get_peft_model(model, lora_config)
+        lora_facts = {
+            "r": lora_config.r,
+            "lora_alpha": lora_config.lora_alpha,
+            "lora_dropout": lora_config.lora_dropout,
+            "target_modules": targets if isinstance(targets, str) or targets is None else sorted(targets),
+        }
+
+    # 3. Trainer: checkpoints in their own directory, never pushed (the finished aligner is).
+    trainer_args = dataclasses.replace(config, output_dir=config.trainer_output_dir, push_to_hub=False)
+    if eval_examples is not None and getattr(trainer_args.eval_strategy, "value", trainer_args.eval_strategy) == "no":
+        trainer_args = dataclasses.replace(trainer_args, eval_strategy="epoch")
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "right"
+    try:
+        trainer = Trainer(
+            model=model,
+            args=trainer_args,
+            train_dataset=train_examples,
+            eval_dataset=eval_examples,
+            data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True),
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+        train_output = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+        eval_loss = trainer.evaluate()["eval_loss"] if eval_examples else None
+    finally:
+        tokenizer.padding_side = padding_side
+    model = trainer.model
+    model.eval()
+
+    # 4. save into a staging directory next to output_dir, then move it into place.
+    result = TrainingResult(
+        output_dir=str(out),
+        base_model=base_model,
+        lora=lora_facts,
+        train_data=train_report,
+        eval_data=eval_report,
+        global_step=train_output.global_step,
+        train_loss=train_output.training_loss,
+        eval_loss=eval_loss,
+        train_runtime_s=float(train_output.metrics.get("train_runtime", 0.0)),
+        total_runtime_s=0.0,
+        peak_rss_mib=_peak_rss_mib(),
+        recipe=_recipe(config, trainer.args.world_size),
+    )
+    aligner = StreamAligner(model, tokenizer, aligner_config)
+    aligner.training_facts = result.card_facts()
+    if trainer.is_world_process_zero():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        try:
+            aligner.save_pretrained(staging)
+            _install_atomically(staging, out)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        if config.push_to_hub:
+            if not config.hub_model_id:
+                raise ValueError("push_to_hub needs hub_model_id (the repo to push the aligner to)")
+            commit = aligner.push_to_hub(
+                config.hub_model_id, private=config.hub_private_repo, token=config.hub_token
+            )
+            result.commit_url = getattr(commit, "commit_url", None)
+        if not config.keep_checkpoints and Path(config.trainer_output_dir).is_dir():
+            shutil.rmtree(config.trainer_output_dir, ignore_errors=True)
+    result.total_runtime_s = time.perf_counter() - started
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- command line
+# flag -> AlignerTrainingConfig field; the defaults shown in --help are read from the config itself.
+_TRAINING_FLAGS: dict[str, tuple[type, str]] = {
+    "num_train_epochs": (float, "training epochs"),
+    "max_steps": (int, "stop after this many optimizer steps (overrides epochs)"),
+    "learning_rate": (float, "peak learning rate"),
+    "lr_scheduler_type": (str, "learning-rate schedule"),
+    "warmup_steps": (float, "warm-up steps, or a ratio of all steps when < 1"),
+    "weight_decay": (float, "weight decay"),
+    "per_device_train_batch_size": (int, "examples per device and step"),
+    "per_device_eval_batch_size": (int, "evaluation examples per device and step"),
+    "gradient_accumulation_steps": (int, "steps to accumulate before each optimizer step"),
+    "max_length": (int, "longest example in tokens (longer records lose leading prefix sentences)"),
+    "seed": (int, "random seed"),
+    "logging_steps": (float, "log the loss every this many steps"),
+    "save_steps": (float, "save a resumable checkpoint every this many steps"),
+    "save_total_limit": (int, "keep at most this many checkpoints"),
+    "checkpoint_dir": (str, "where resumable checkpoints go"),
+}
+
+
+def build_parser(parser: Any = None) -> Any:
+    """Arguments of ``stream-aligner train`` (defaults: the reference recipe)."""
+    import argparse
+
+    parser = parser or argparse.ArgumentParser(prog="stream-aligner train")
+    parser.description = (
+        "Fine-tune a causal LM into a Stream Aligner on records with question/prefix/last/correction "
+        "(JSON or JSONL, hf://datasets/<owner>/<name>/<file>, or a data set name for `datasets`)."
+    )
+    req = parser.add_argument_group("data and model")
+    req.add_argument("--base-model", required=True, help="directory or Hub id of the model to train; 'smollm2' = the embedded SmolLM2-135M-Instruct")
+    req.add_argument("--train-file", required=True, help="training records")
+    req.add_argument("--eval-file", help="evaluation records (evaluated each epoch)")
+    req.add_argument("--output-dir", required=True, help="where the trained aligner is saved (must be empty or absent)")
+    req.add_argument("--split", default="train", help="split name for a `datasets` data set (default: train)")
+    req.add_argument("--overwrite-output-dir", action="store_true", help="replace a non-empty --output-dir after success")
+    req.add_argument("--trust-remote-code", action="store_true", help="allow custom model code from the base model")
+    recipe = parser.add_argument_group("recipe (defaults: the Stream Aligner reference recipe)")
+    fields = AlignerTrainingConfig.__dataclass_fields__
+    for name, (kind, text) in _TRAINING_FLAGS.items():
+        default = fields[name].default
+        recipe.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=f"{text} (default: {default})")
+    recipe.add_argument("--warmup-ratio", dest="warmup_steps", type=float, help="alias of --warmup-steps for a ratio < 1")
+    recipe.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision")
+    recipe.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
+    recipe.add_argument("--resume-from-checkpoint", nargs="?", const=True, default=None,
+                        help="resume from this checkpoint, or the last one in the checkpoint directory")
+    recipe.add_argument("--keep-checkpoints", action="store_true", help="keep the checkpoint directory after success")
+    recipe.add_argument("--no-progress", action="store_true", help="no progress bars")
+    lora = parser.add_argument_group("LoRA (peft)")
+    lora.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of all weights")
+    lora.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default: 16)")
+    lora.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (default: 32)")
+    lora.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (default: 0.05)")
+    lora.add_argument("--lora-target-modules", default="all-linear",
+                      help="comma-separated module names, or 'all-linear' (default)")
+    prompt = parser.add_argument_group("aligner prompt (saved in stream_aligner_config.json)")
+    prompt.add_argument("--aligner-config", help="a stream_aligner_config.json to train with (default: the base's own, else the reference template)")
+    prompt.add_argument("--prompt-wrapper", help="raw wrapper with {instruction} instead of the tokenizer's chat template")
+    prompt.add_argument("--system-prompt", help="system message when the chat template is used")
+    hub = parser.add_argument_group("Hub")
+    hub.add_argument("--push-to-hub", metavar="REPO", help="push the finished aligner to this Hub repo (one commit)")
+    hub.add_argument("--hub-private", action="store_true", help="create the Hub repo as private")
+    return parser
+
+
+def run(args: Any) -> int:
+    """Run ``stream-aligner train``; prints where the aligner went and what was measured."""
+    overrides = {name: getattr(args, name) for name in _TRAINING_FLAGS if getattr(args, name) is not None}
+    base_model = args.base_model
+    if base_model == "smollm2":
+        from .models import smollm2_checkpoint
+
+        base_model = str(smollm2_checkpoint())
+    config = AlignerTrainingConfig(
+        output_dir=args.output_dir,
+        bf16=args.bf16,
+        activation_checkpointing=args.gradient_checkpointing,
+        keep_checkpoints=args.keep_checkpoints,
+        overwrite_output_dir=args.overwrite_output_dir,
+        disable_tqdm=True if args.no_progress else None,
+        push_to_hub=bool(args.push_to_hub),
+        hub_model_id=args.push_to_hub,
+        hub_private_repo=True if args.hub_private else None,
+        **overrides,
+    )
+    aligner_config = StreamAlignerConfig.from_json_file(args.aligner_config) if args.aligner_config else None
+    if args.prompt_wrapper is not None or args.system_prompt is not None:
+        aligner_config = dataclasses.replace(
+            aligner_config or StreamAlignerConfig.from_pretrained(base_model) or StreamAlignerConfig(),
+            **{k: v for k, v in (("prompt_wrapper", args.prompt_wrapper), ("system_prompt", args.system_prompt)) if v is not None},
+        )
+    lora_config = None
+    if args.lora:
+        from peft import LoraConfig
+
+        targets = args.lora_target_modules
+        lora_config = LoraConfig(
+            r=args.lora_r,
+            lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+            target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
+            task_type="CAUSAL_LM",
+        )
+    result = train_aligner(
+        base_model,
+        args.train_file,
+        config,
+        eval_file=args.eval_file,
+        aligner_config=aligner_config,
+        lora_config=lora_config,
+        trust_remote_code=args.trust_remote_code,
+        resume_from_checkpoint=args.resume_from_checkpoint,
+        data_split=args.split,
+    )
+    print(f"[stream-aligner] aligner saved to {result.output_dir}")
+    print(f"[stream-aligner] data: {result.train_data.summary()}")
+    loss = "n/a" if result.train_loss is None else f"{result.train_loss:.4f}"
+    print(
+        f"[stream-aligner] {result.global_step} steps, mean training loss {loss}"
+        + (f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else "")
+        + f"; training {result.train_runtime_s:.1f} s, total {result.total_runtime_s:.1f} s, "
+        f"peak RSS {result.peak_rss_mib:.0f} MiB"
+    )
+    if result.commit_url:
+        print(f"[stream-aligner] pushed: {result.commit_url}")
+    return 0

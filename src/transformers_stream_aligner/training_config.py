@@ -1,0 +1,74 @@
+"""`AlignerTrainingConfig`: ``transformers.TrainingArguments`` with the Stream Aligner reference recipe as defaults.
+
+Defaults (the reference recipe): 3 epochs, learning rate 2e-5, cosine schedule, warm-up over the
+first 3% of steps, no weight decay, Adam betas (0.9, 0.95), seed 42, at most 4096 tokens per
+example, 8 examples per device. Everything else is ``TrainingArguments`` as you know it (``bf16``,
+``gradient_accumulation_steps``, ``save_steps``, ``eval_strategy``, ``report_to``...).
+
+``output_dir`` is where the finished aligner checkpoint goes. ``Trainer``'s own checkpoints (optimizer
+state, for resuming) go to ``checkpoint_dir``, by default ``<output_dir>-checkpoints``, so that a run
+that fails leaves nothing in ``output_dir``.
+
+``push_to_hub`` / ``hub_model_id`` / ``hub_private_repo`` / ``hub_token`` push the finished aligner in
+one commit (:meth:`StreamAligner.push_to_hub`); the intermediate checkpoints are never pushed.
+
+Example:
+
+    >>> from transformers_stream_aligner import AlignerTrainingConfig
+    >>> config = AlignerTrainingConfig(output_dir="my-aligner")
+    >>> (config.num_train_epochs, config.learning_rate, config.lr_scheduler_type.value, config.adam_beta2)
+    (3.0, 2e-05, 'cosine', 0.95)
+    >>> config.trainer_output_dir
+    'my-aligner-checkpoints'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+__all__ = ["AlignerTrainingConfig"]
+
+
+@dataclass
+class AlignerTrainingConfig(TrainingArguments):
+    """Training settings of an aligner (see the module docstring for the defaults).
+
+    Args (beyond ``TrainingArguments``):
+        max_length: longest example in tokens; longer records lose leading prefix sentences.
+        checkpoint_dir: where ``Trainer`` saves resumable checkpoints (default ``<output_dir>-checkpoints``).
+        keep_checkpoints: keep ``checkpoint_dir`` after a successful run (default: removed).
+        overwrite_output_dir: replace an existing, non-empty ``output_dir`` (it is swapped in only after
+            training succeeded).
+    """
+
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Training epochs (reference: 3)."})
+    learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate (reference: 2e-5)."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Schedule (reference: cosine)."})
+    warmup_steps: float = field(
+        default=0.03, metadata={"help": "Warm-up: steps, or a ratio of all steps when < 1 (reference: 0.03)."}
+    )
+    weight_decay: float = field(default=0.0, metadata={"help": "Weight decay (reference: 0)."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "Adam beta1 (reference: 0.9)."})
+    adam_beta2: float = field(default=0.95, metadata={"help": "Adam beta2 (reference: 0.95)."})
+    seed: int = field(default=42, metadata={"help": "Random seed (reference: 42)."})
+    logging_steps: float = field(default=10, metadata={"help": "Log the loss every this many steps."})
+    max_length: int = field(default=4096, metadata={"help": "Longest example in tokens (reference: 4096)."})
+    checkpoint_dir: str | None = field(
+        default=None, metadata={"help": "Trainer checkpoints (default: <output_dir>-checkpoints)."}
+    )
+    keep_checkpoints: bool = field(default=False, metadata={"help": "Keep checkpoint_dir after success."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace a non-empty output_dir."})
+
+    def __post_init__(self) -> None:
+        if self.output_dir is None:
+            raise ValueError("AlignerTrainingConfig needs output_dir (where the trained aligner is saved)")
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}")
+        super().__post_init__()
+
+    @property
+    def trainer_output_dir(self) -> str:
+        """Directory for ``Trainer``'s checkpoints (``checkpoint_dir`` or ``<output_dir>-checkpoints``)."""
+        return self.checkpoint_dir or self.output_dir.rstrip("/\\") + "-checkpoints"
