@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 export STREAM_ALIGNER_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: install demo test test-fast lint bench-batch clean
+.PHONY: install demo test test-fast lint bench-batch bench-train clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ lint: $(STAMP)
 
 bench-batch: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/batch_vs_single.py
+
+bench-train: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/train_smollm2.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -25,24 +25,26 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-_CLAIM = re.compile(r"(\d+)\s*([+\-*x×/÷])\s*(\d+)\s*=\s*(-?\d+(?:\.\d+)?)")
+# "a op b = c", where c is not itself the start of another operation ("27*93 = 27*94" is left alone)
+_CLAIM = re.compile(r"(?<![\d.])(\d+)\s*([+\-*x×/÷])\s*(\d+)\s*=\s*(-?\d+(?:\.\d+)?)\b(?!\s*[+\-*x×/÷]\s*\d)")
 
 
 def fix_arithmetic(question: str, prefix: str, last: str) -> str:
-    """Recompute the result of every ``a op b = c`` claim in the sentence (a stand-in corrector)."""
-
-    def repl(m: re.Match) -> str:
+    """Recompute the result of every ``a op b = c`` claim in the sentence (a stand-in corrector); only ``c``
+    changes, the rest of the sentence is kept as written."""
+    out, end = [], 0
+    for m in _CLAIM.finditer(last):
         a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
-        value = {"+": a + b, "-": a - b, "*": a * b, "x": a * b, "×": a * b}.get(op)
-        if value is None:  # division
-            value = a / b if b else None
-            if value is not None and value == int(value):
-                value = int(value)
-            elif value is not None:
-                value = round(value, 2)
-        return m.group(0) if value is None else f"{m.group(1)} {op} {m.group(3)} = {value}"
-
-    return _CLAIM.sub(repl, last)
+        if op in "/÷":
+            if b == 0:
+                continue
+            value = a / b
+            text = str(int(value)) if value == int(value) else f"{value:.2f}".rstrip("0")
+        else:
+            text = str({"+": a + b, "-": a - b}.get(op, a * b))
+        out.append(last[end : m.start(4)] + text)
+        end = m.end(4)
+    return "".join(out) + last[end:]
 
 
 def questions(n: int, seed: int = 42) -> list[str]:
@@ -100,7 +102,7 @@ def main() -> None:
     results["records"] = len(records)
     results["changed_records"] = sum(r["correction"] != r["last"] for r in records)
     common = ["train", "--base-model", "smollm2", "--train-file", str(data), "--num-train-epochs", args.epochs,
-              "--per-device-train-batch-size", "8", "--max-length", "1024", "--no-progress", "--overwrite-output-dir"]  # fmt: skip
+              "--per-device-train-batch-size", "8", "--max-length", "512", "--no-progress", "--overwrite-output-dir"]  # fmt: skip
     results["full"] = timed(common + ["--output-dir", str(work / "full")], env)
     results["lora"] = timed(
         common + ["--output-dir", str(work / "lora"), "--lora", "--learning-rate", "2e-4"], env

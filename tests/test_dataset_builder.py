@@ -84,8 +84,8 @@ def test_cli_build_dataset_pairs_and_on_policy(tiny_llama, tmp_path, capsys):
     assert cli_main(["build-dataset", "--pairs", str(pairs), "--output", str(out)]) == 0
     assert "7 records from 2 pairs (3 changed" in capsys.readouterr().out
     assert len(out.read_text().splitlines()) == 7
-    with pytest.raises(FileExistsError):
-        cli_main(["build-dataset", "--pairs", str(pairs), "--output", str(out)])
+    assert cli_main(["build-dataset", "--pairs", str(pairs), "--output", str(out)]) == 2
+    assert "exists; pass overwrite=True (--overwrite)" in capsys.readouterr().err
     upstream = tmp_path / "upstream"
     model.save_pretrained(upstream)
     tok.save_pretrained(upstream)

@@ -255,11 +255,12 @@ def test_train_then_infer_lora_adapter(tiny_base, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- nothing partial
-def test_bad_data_writes_nothing(tiny_base, tmp_path):
+def test_bad_data_writes_nothing(tiny_base, tmp_path, capsys):
     out = tmp_path / "aligner"
     bad = _write_jsonl(tmp_path / "bad.jsonl", [RECORD, {**RECORD, "question": 7}])
-    with pytest.raises(TrainingDataError, match="record 1, field 'question'"):
-        cli_main(["train", "--base-model", str(tiny_base), "--train-file", str(bad), "--output-dir", str(out)])
+    code = cli_main(["train", "--base-model", str(tiny_base), "--train-file", str(bad), "--output-dir", str(out)])
+    assert code == 2
+    assert "error: " + str(bad) + ", record 1, field 'question': must be a string, got int" in capsys.readouterr().err
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(TrainingDataError, match="empty"):

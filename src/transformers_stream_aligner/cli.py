@@ -3,35 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from . import __version__
+from .training_data import TrainingDataError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stream-aligner", description="Stream Aligner for transformers")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    from . import demo
+    from . import dataset_builder, demo, training
 
     demo.build_parser(sub.add_parser("demo", help="stream-aligned generation on the embedded SmolLM2 model"))
-    train_parser = sub.add_parser("train", help="train an aligner on question/prefix/last/correction records")
-    from . import training
-
-    training.build_parser(train_parser)
-    from . import dataset_builder
-
+    training.build_parser(
+        sub.add_parser("train", help="train an aligner on question/prefix/last/correction records")
+    )
     dataset_builder.build_parser(
         sub.add_parser("build-dataset", help="turn answers into sentence-level training records (JSONL)")
     )
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        return demo.run(args)
-    if args.command == "train":
-        return training.run(args)
-    if args.command == "build-dataset":
-        return dataset_builder.run(args)
-    parser.error(f"unknown command {args.command}")
-    return 2
+    commands = {"demo": demo.run, "train": training.run, "build-dataset": dataset_builder.run}
+    try:
+        return commands[args.command](args)
+    except (TrainingDataError, FileExistsError, FileNotFoundError) as err:
+        # bad input: one clear line, no traceback (nothing was written)
+        print(f"stream-aligner {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

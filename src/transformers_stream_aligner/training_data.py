@@ -12,7 +12,7 @@ A record longer than ``max_length`` loses whole sentences from the start of its 
 (the correction is never cut); a record that does not fit even with an empty prefix is dropped. Both
 are counted in the :class:`EncodingReport`.
 
-Example (any tokenizer works; the tiny one here has no chat template, so the prompt is plain text):
+Example (with the SmolLM2 tokenizer the loss falls on the correction and ``<|im_end|>`` only):
 
     >>> from transformers_stream_aligner import StreamAlignerConfig, encode_record
     >>> from transformers import AutoTokenizer
