@@ -308,3 +308,35 @@ def test_checkpoints_and_resume(tiny_base, tmp_path):
         resume_from_checkpoint=True,
     )
     assert resumed.global_step == 6
+
+
+def test_cli_push_to_hub_pushes_the_finished_aligner_once(tiny_base, tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from huggingface_hub import HfApi
+
+    commits = []
+
+    def fake_create_repo(self, repo_id, **kwargs):
+        assert kwargs["private"] is True
+        return SimpleNamespace(repo_id=repo_id)
+
+    def fake_create_commit(self, repo_id, operations, **kwargs):
+        files = {op.path_in_repo: open(op.path_or_fileobj, "rb").read() for op in operations}
+        commits.append((repo_id, files))
+        return SimpleNamespace(commit_url=f"https://hub.example/{repo_id}/commit/1")
+
+    monkeypatch.setattr(HfApi, "create_repo", fake_create_repo)
+    monkeypatch.setattr(HfApi, "create_commit", fake_create_commit)
+    data = _write_jsonl(tmp_path / "one.jsonl", [RECORD] * 8)
+    args = ["train", "--base-model", str(tiny_base), "--train-file", str(data), "--output-dir", str(tmp_path / "out"),
+            "--max-steps", "2", "--save-steps", "1", "--no-progress", "--push-to-hub", "me/my-aligner", "--hub-private"]  # fmt: skip
+    assert cli_main(args) == 0
+    assert "pushed: https://hub.example/me/my-aligner/commit/1" in capsys.readouterr().out
+    assert len(commits) == 1  # the finished aligner only, not Trainer's checkpoints
+    repo_id, files = commits[0]
+    assert repo_id == "me/my-aligner"
+    assert {"model.safetensors", "tokenizer.json", "stream_aligner_config.json", "README.md"} <= set(files)
+    assert not [name for name in files if "checkpoint" in name or name.endswith((".bin", ".pt"))]
+    card = files["README.md"].decode()
+    assert 'StreamAligner.from_pretrained("me/my-aligner")' in card and "| optimizer steps | 2 |" in card

@@ -35,7 +35,7 @@ from typing import Any
 from .aligner import StreamAligner
 from .stream_aligner_config import StreamAlignerConfig
 from .training_config import AlignerTrainingConfig
-from .training_data import EncodingReport, encode_records, read_records, validate_records
+from .training_data import EncodingReport, TrainingDataError, encode_records, read_records, validate_records
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +200,8 @@ def train_aligner(
     started = time.perf_counter()
     base_model = os.fspath(base_model)
     out = _check_output_dir(config)
+    if config.push_to_hub and not config.hub_model_id:
+        raise ValueError("push_to_hub needs hub_model_id (the repo to push the finished aligner to)")
 
     # 1. tokenizer and prompt config: everything about the data is checked before the model is loaded.
     tokenizer = AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust_remote_code)
@@ -215,7 +217,7 @@ def train_aligner(
         train_records, tokenizer, aligner_config, max_length=config.max_length, desc="Tokenizing training records"
     )
     if not train_examples:
-        raise ValueError(f"{train_source}: no record fits in max_length={config.max_length} tokens")
+        raise TrainingDataError(f"no record fits in max_length={config.max_length} tokens", source=train_source)
     eval_examples = eval_report = None
     if eval_file is not None:
         eval_source = os.fspath(eval_file)
@@ -293,8 +295,6 @@ def train_aligner(
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
         if config.push_to_hub:
-            if not config.hub_model_id:
-                raise ValueError("push_to_hub needs hub_model_id (the repo to push the aligner to)")
             commit = aligner.push_to_hub(
                 config.hub_model_id, private=config.hub_private_repo, token=config.hub_token
             )
