@@ -37,7 +37,7 @@ from typing import Any
 
 from .aligner import AlignmentRequest, as_correction_fn
 from .sentence_splitter import DEFAULT_TERMINATORS, split_sentences
-from .training_data import RECORD_FIELDS, check_fields, read_records
+from .training_data import RECORD_FIELDS, TrainingDataError, check_fields, read_records
 
 __all__ = ["PairReport", "read_questions", "records_from_pairs", "records_on_policy", "write_records"]
 
@@ -69,7 +69,7 @@ class PairReport:
 
 
 def _sentences(text: str, terminators: str) -> list[str]:
-    """Sentences with content (whitespace-only pieces are glued to the next sentence, as in generation)."""
+    """Sentences with content (a whitespace-only piece joins the next sentence: it has nothing to correct)."""
     pieces, pending = [], ""
     for piece in split_sentences(text, terminators=terminators):
         pending += piece
@@ -228,8 +228,6 @@ def read_questions(source: str | os.PathLike) -> list[str]:
     if path.endswith(".txt"):
         questions = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
         if not questions:
-            from .training_data import TrainingDataError
-
             raise TrainingDataError("holds no questions", source=path)
         return questions
     rows = check_fields(read_records(path), ("question",), non_empty=("question",), source=path, purpose="questions")
