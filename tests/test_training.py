@@ -1,5 +1,6 @@
 """Training an aligner: data checks, label masking, truncation, train -> infer (full and LoRA), atomic output."""
 
+import copy
 import json
 import os
 import subprocess
@@ -43,8 +44,7 @@ def tiny_base(tiny_llama, tmp_path_factory):
     """The tiny Llama saved in float32 as a base model directory (what `--base-model` points at)."""
     model, tok = tiny_llama
     path = tmp_path_factory.mktemp("tiny-base")
-    model.to(torch.float32).save_pretrained(path)
-    model.to(torch.float64)
+    copy.deepcopy(model).to(torch.float32).save_pretrained(path)  # the shared float64 model stays untouched
     tok.save_pretrained(path)
     return path
 
