@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,9 @@ class StreamAligner:
                 raise ValueError("the aligner tokenizer has neither a pad token nor an EOS token")
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self._pad_token_id = self.tokenizer.pad_token_id
+        self._decoder: Any = None  # AlignerDecoder, built on first use (see _fast_decoder)
+        self._decoder_lock = threading.Lock()
+        self._fallback_reason: str | None = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -289,7 +293,77 @@ class StreamAligner:
             results.extend(self._correct_batch(requests[begin : begin + step]))
         return results
 
+    def reset_cache(self) -> None:
+        """Drop the KV cache kept between :meth:`correct` calls (see ``StreamAlignerConfig.reuse_kv_cache``)."""
+        with self._decoder_lock:
+            if self._decoder is not None:
+                self._decoder.reset()
+
+    @property
+    def decoding_stats(self) -> Any:
+        """Work counters of the fast greedy decoder (``AlignerDecodingStats``), ``None`` before its first use."""
+        return None if self._decoder is None else self._decoder.stats
+
+    def _fast_decoder(self) -> Any:
+        """The :class:`~.aligner_decoding.AlignerDecoder` for this aligner, or ``None`` when the stock
+        ``generate`` must decode (sampling, both speed-ups off, an unsupported model or logits processors)."""
+        from .aligner_decoding import AlignerDecoder
+
+        config = self.config
+        if config.do_sample or (config.copy_draft_tokens == 0 and not config.reuse_kv_cache):
+            return None
+        if self._decoder is None:
+            reason = AlignerDecoder.unsupported_reason(self.model)
+            if reason is None and not AlignerDecoder.greedy_is_argmax(getattr(self.model, "generation_config", None)):
+                reason = "its generation_config adds logits processors to greedy decoding"
+            if reason is not None:
+                if self._fallback_reason is None:
+                    logger.info("aligner: copy speculation and KV reuse are off (%s); using generate()", reason)
+                self._fallback_reason = reason
+                return None
+            self._decoder = AlignerDecoder(
+                self.model, eos_token_ids=self._eos_token_ids or [self._pad_token_id], pad_token_id=self._pad_token_id
+            )
+        self._decoder.num_draft_tokens = config.copy_draft_tokens
+        if self._decoder.reuse_cache and not config.reuse_kv_cache:
+            self._decoder.reset()
+        self._decoder.reuse_cache = config.reuse_kv_cache
+        return self._decoder
+
+    def _source_ids(self, last: str) -> list[int]:
+        """The draft for copy speculation: the sentence's tokens, then the EOS a copy would end with."""
+        ids = list(self.tokenizer(last, add_special_tokens=False)["input_ids"])
+        eos = self.tokenizer.eos_token_id
+        if eos is None or eos not in self._eos_token_ids:
+            eos = self._eos_token_ids[0] if self._eos_token_ids else None
+        return ids + ([eos] if eos is not None else [])
+
     def _correct_batch(self, requests: list[AlignmentRequest]) -> list[str]:
+        tok = self.tokenizer
+        limit = self.config.max_correction_tokens
+        decoder = self._fast_decoder()
+        if decoder is not None:
+            prompts = [
+                self.config.encode_prompt(tok, question=r.question, prefix=r.prefix, last=r.last) for r in requests
+            ]
+            sources = [self._source_ids(r.last) for r in requests]
+            with self._decoder_lock:
+                outputs = decoder.generate(prompts, sources=sources, max_new_tokens=limit)
+        else:
+            outputs = self._generate_batch(requests)
+        eos = set(self._eos_token_ids)
+        for output, request in zip(outputs, requests, strict=True):
+            if len(output) >= limit and not eos.intersection(output):
+                logger.warning(
+                    "aligner correction of %r reached max_correction_tokens=%d without an EOS; it is cut there",
+                    request.last[:80],
+                    limit,
+                )
+        texts = tok.batch_decode(outputs, skip_special_tokens=True)
+        return [t.strip() for t in texts]
+
+    def _generate_batch(self, requests: list[AlignmentRequest]) -> list[list[int]]:
+        """Plain batched decoding with the stock ``generate`` (left-padded prompts); new tokens per row."""
         tok = self.tokenizer
         prompts = [self.build_prompt(r) for r in requests]
         old_side = tok.padding_side
@@ -324,17 +398,13 @@ class StreamAligner:
         from transformers import GenerationMixin
 
         out = GenerationMixin.generate(self.model, **enc, **gen_kwargs)
-        new_tokens = out[:, enc["input_ids"].shape[1] :]
-        eos = torch.tensor(self._eos_token_ids or [-1], device=new_tokens.device)
-        for row, request in enumerate(requests):
-            if new_tokens.shape[1] >= self.config.max_correction_tokens and not torch.isin(new_tokens[row], eos).any():
-                logger.warning(
-                    "aligner correction of %r reached max_correction_tokens=%d without an EOS; it is cut there",
-                    request.last[:80],
-                    self.config.max_correction_tokens,
-                )
-        texts = tok.batch_decode(new_tokens, skip_special_tokens=True)
-        return [t.strip() for t in texts]
+        eos = set(self._eos_token_ids)
+        rows = []
+        for row in out[:, enc["input_ids"].shape[1] :].tolist():
+            # Rows that ended early are padded after their EOS: keep up to the EOS.
+            end = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+            rows.append(row[:end])
+        return rows
 
     def __repr__(self) -> str:
         name = getattr(getattr(self.model, "config", None), "_name_or_path", None) or type(self.model).__name__

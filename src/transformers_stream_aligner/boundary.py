@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .sentence_splitter import DEFAULT_TERMINATORS, find_sentence_end
+from .sentence_splitter import DEFAULT_TERMINATORS, find_sentence_end, scan_sentence_end
 
-__all__ = ["decode_span", "find_token_boundary"]
+__all__ = ["SentenceTracker", "decode_span", "find_token_boundary"]
 
 
 def decode_span(tokenizer: Any, ids: Sequence[int], start: int, end: int) -> str:
@@ -87,3 +87,98 @@ def find_token_boundary(
     if max_sentence_tokens is not None and end - start >= max_sentence_tokens:
         return end
     return None
+
+
+class SentenceTracker:
+    """Finds where one sentence ends while its tokens arrive, with constant work per token.
+
+    :func:`find_token_boundary` decodes and scans the whole sentence each time it is called, so calling
+    it after every new token costs time that grows with the sentence. The tracker gives the same cut
+    (``find_token_boundary(tokenizer, tokens, start, len(tokens), final=False, ...)``) but decodes only
+    the newest token (``tokenizers``' ``DecodeStream``) and scans only the new text
+    (:func:`~.sentence_splitter.scan_sentence_end`). Once the text shows a sentence end, the cut is
+    placed by :func:`find_token_boundary` itself (once per sentence), which also checks that the
+    incremental text is the text it decodes; if it ever is not, or the end is of the rare kind that
+    merges with the next sentence, the tracker falls back to calling :func:`find_token_boundary` on
+    every token for the rest of the sentence. Slow (Python) tokenizers always use that fallback.
+
+    Args:
+        tokenizer: the upstream tokenizer.
+        tokens: the tokens so far: ``start`` tokens of context (0 or 1) then the sentence's tokens. The
+            list is copied.
+        start: index in ``tokens`` where the sentence starts.
+        terminators, max_sentence_tokens: as in :func:`find_token_boundary`.
+
+    Example:
+
+        >>> from transformers import AutoTokenizer
+        >>> tok = AutoTokenizer.from_pretrained("path/to/model")  # doctest: +SKIP
+        >>> ids = tok(" It is 3.5 m long. Next", add_special_tokens=False).input_ids  # doctest: +SKIP
+        >>> tracker = SentenceTracker(tok, [], 0)  # doctest: +SKIP
+        >>> [tracker.push(t) for t in ids][-1] == len(ids) - 1  # the cut, before " Next"  # doctest: +SKIP
+        True
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        tokens: Sequence[int],
+        start: int,
+        *,
+        terminators: str = DEFAULT_TERMINATORS,
+        max_sentence_tokens: int | None = None,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.tokens = list(tokens)
+        self.start = start
+        self.terminators = terminators
+        self.max_sentence_tokens = max_sentence_tokens
+        self.text = ""
+        self.resume = 0
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._backend = backend
+        self._stream = None
+        self.exact = backend is None  # fall back to find_token_boundary on every token
+        if not self.exact:
+            from tokenizers.decoders import DecodeStream
+
+            self._stream = DecodeStream(ids=self.tokens[:start], skip_special_tokens=True)
+            for token in self.tokens[start:]:
+                self._append(token)
+
+    def _append(self, token: int) -> None:
+        chunk = self._stream.step(self._backend, token)
+        if chunk:
+            self.text += chunk
+
+    def _exact(self) -> int | None:
+        return find_token_boundary(
+            self.tokenizer,
+            self.tokens,
+            self.start,
+            len(self.tokens),
+            final=False,
+            terminators=self.terminators,
+            max_sentence_tokens=self.max_sentence_tokens,
+        )
+
+    def push(self, token: int | None = None) -> int | None:
+        """Add ``token`` (``None``: only check the tokens given so far); return the cut or ``None``."""
+        if token is not None:
+            self.tokens.append(token)
+            if not self.exact:
+                self._append(token)
+        if self.exact:
+            return self._exact()
+        end, self.resume = scan_sentence_end(self.text, 0, self.resume, final=False, terminators=self.terminators)
+        if end is not None:
+            if decode_span(self.tokenizer, self.tokens, self.start, len(self.tokens)) != self.text:
+                self.exact = True  # the incremental text drifted: be exact from now on
+                return self._exact()
+            cut = self._exact()
+            if cut is None:
+                self.exact = True  # the end shares a token with the next sentence: rare, be exact
+            return cut
+        if self.max_sentence_tokens is not None and len(self.tokens) - self.start >= self.max_sentence_tokens:
+            return len(self.tokens)
+        return None

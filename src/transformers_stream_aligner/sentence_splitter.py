@@ -28,6 +28,7 @@ from __future__ import annotations
 __all__ = [
     "DEFAULT_TERMINATORS",
     "find_sentence_end",
+    "scan_sentence_end",
     "split_sentences",
     "split_whitespace",
 ]
@@ -104,21 +105,45 @@ def find_sentence_end(
         >>> find_sentence_end("It is 3.", final=True)
         8
     """
+    return scan_sentence_end(text, start, final=final, terminators=terminators)[0]
+
+
+def scan_sentence_end(
+    text: str,
+    start: int = 0,
+    resume: int = 0,
+    *,
+    final: bool = False,
+    terminators: str = DEFAULT_TERMINATORS,
+) -> tuple[int | None, int]:
+    """:func:`find_sentence_end` that can resume: returns ``(end, resume)``.
+
+    ``resume`` is where a later call on the same text *with more appended* may start scanning: every
+    terminator before it has been ruled out for good, whatever text follows. Passing it back makes
+    the work per appended character constant instead of proportional to the sentence so far.
+
+    Example:
+
+        >>> scan_sentence_end("It is 3.5 m")
+        (None, 11)
+        >>> scan_sentence_end("It is 3.5 m long. Next", resume=11)
+        (17, 16)
+    """
     n = len(text)
     term_set = frozenset(terminators)
     first_content = start
     while first_content < n and text[first_content].isspace():
         first_content += 1
     if first_content == n:
-        return None
-    i = first_content
+        return None, start
+    i = max(first_content, resume)
     while i < n:
         ch = text[i]
         if ch == "\n":
             p = i
             while text[p - 1] in " \t\r":
                 p -= 1
-            return p
+            return p, i
         if ch not in term_set:
             i += 1
             continue
@@ -130,15 +155,17 @@ def find_sentence_end(
             i += 1
         p = i
         if p == n:
-            return p if final else None
+            return (p, term_start) if final else (None, term_start)
         nxt = text[p]
         if not nxt.isspace():
             if text[term_end - 1] in _CJK_TERMINATORS:
-                return p
+                return p, term_start
             continue  # "3.5", "file.txt", "?!x"
         run = text[term_start:term_end]
         if run == ".":
             if _word_before(text, term_start) in _ABBREVIATIONS and not _newline_follows(text, p):
+                if not final and text[p:].strip(" \t") == "":
+                    return None, term_start  # a newline may still follow ("Dr. \n" ends a sentence)
                 continue
             if _is_list_marker(text, term_start, first_content):
                 continue
@@ -149,11 +176,11 @@ def find_sentence_end(
                 j += 1
             if j == n:
                 if not final:
-                    return None  # need the next word to decide
+                    return None, term_start  # need the next word to decide
             elif text[j].islower():
                 continue
-        return p
-    return n if final else None
+        return p, term_start
+    return (n, n) if final else (None, n)
 
 
 def _newline_follows(text: str, p: int) -> bool:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria
 
-from .boundary import find_token_boundary
+from .boundary import SentenceTracker
 from .sentence_splitter import DEFAULT_TERMINATORS
 
 __all__ = ["SentenceBoundaryCriteria"]
@@ -48,10 +48,11 @@ class SentenceBoundaryCriteria(StoppingCriteria):
             with :class:`HoldCompletedRowsLogitsProcessor`) while the other rows finish theirs (default), or
             keeps generating a draft of its next sentence until every row is done.
 
-    The criterion keeps, per row, the tokens of the current sentence (plus one token of context for
-    decoding) and adds the newest token at each call: it never re-reads the answer before the
-    sentence. By default these tokens are taken from ``input_ids[row, start - 1:]`` at the first call;
-    a caller whose ``input_ids`` contain masked holes (batched stream alignment) passes them to
+    The criterion keeps, per row, a :class:`~.boundary.SentenceTracker` of the current sentence (plus
+    one token of context for decoding) and adds the newest token at each call: it decodes and scans
+    only that token's text, so the work per token does not grow with the sentence or the answer. By
+    default the sentence's tokens are taken from ``input_ids[row, start - 1:]`` at the first call; a
+    caller whose ``input_ids`` contain masked holes (batched stream alignment) passes them to
     :meth:`reset` as ``sentence_ids`` instead.
 
     After a round, :attr:`cuts` holds for each row the index where its sentence ends (``None`` if the
@@ -122,9 +123,22 @@ class SentenceBoundaryCriteria(StoppingCriteria):
         self.produced: list[int] = [0] * n
         self.stopped_early: list[bool] = [False] * n
         self.limits: list[int | None] = [None] * n if max_new_tokens is None else list(max_new_tokens)
-        self._tokens: list[list[int] | None] = [None] * n if sentence_ids is None else [list(s) for s in sentence_ids]
-        if len(self._tokens) != n or len(self.limits) != n:
+        if (sentence_ids is not None and len(sentence_ids) != n) or len(self.limits) != n:
             raise ValueError("sentence_ids / max_new_tokens must have one entry per row")
+        self._trackers: list[SentenceTracker | None] = [None] * n
+        if sentence_ids is not None:
+            for row, tokens in enumerate(sentence_ids):
+                if not self.done[row]:
+                    self._trackers[row] = self._tracker(self.sentence_starts[row], tokens)
+
+    def _tracker(self, start: int, tokens: Sequence[int]) -> SentenceTracker:
+        return SentenceTracker(
+            self.tokenizer,
+            tokens,
+            start - max(start - 1, 0),
+            terminators=self.terminators,
+            max_sentence_tokens=self.max_sentence_tokens,
+        )
 
     def stop_row(self, row: int) -> None:
         """Hold ``row`` from now on, with or without a sentence end (its newest token is kept)."""
@@ -153,29 +167,19 @@ class SentenceBoundaryCriteria(StoppingCriteria):
                 ):
                     self._hold(row)
                 continue
-            start = self.sentence_starts[row]
-            lo = max(start - 1, 0)
-            tokens = self._tokens[row]
-            if tokens is None:
-                # First call of a round without explicit ids: the sentence so far is in input_ids.
-                tokens = self._tokens[row] = input_ids[row, lo:].tolist()
-            else:
-                tokens.append(newest[row])
             # Only the newest token is new since the last call: an EOS ends the row at once.
             if newest[row] in self.eos_token_ids:
                 self._hold(row)
                 continue
-            # Only the current sentence (plus one context token) is decoded, never the whole answer:
-            # the per-token cost is bounded by max_sentence_tokens.
-            cut = find_token_boundary(
-                self.tokenizer,
-                tokens,
-                start - lo,
-                len(tokens),
-                final=False,
-                terminators=self.terminators,
-                max_sentence_tokens=self.max_sentence_tokens,
-            )
+            start = self.sentence_starts[row]
+            lo = max(start - 1, 0)
+            tracker = self._trackers[row]
+            if tracker is None:
+                # First call of a round without explicit ids: the sentence so far is in input_ids.
+                tracker = self._trackers[row] = self._tracker(start, input_ids[row, lo:].tolist())
+                cut = tracker.push()
+            else:
+                cut = tracker.push(newest[row])
             if cut is not None:
                 self.cuts[row] = cut + lo
                 self.done[row] = True

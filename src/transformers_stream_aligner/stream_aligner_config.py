@@ -70,6 +70,11 @@ class StreamAlignerConfig:
         max_correction_tokens: upper bound on tokens the aligner may write for one sentence; corrections
             longer than this are rejected by stream-aligned generation.
         do_sample, temperature, top_p: the aligner's decoding (greedy by default).
+        copy_draft_tokens: greedy decoding drafts up to this many tokens per forward from the sentence being
+            corrected (copy speculation; exact). ``0`` turns it off.
+        reuse_kv_cache: keep the aligner's KV cache between calls and feed only what a new prompt does
+            not share with a cached one (exact). Both speed-ups apply to greedy decoding of models with a
+            plain attention cache (see :mod:`.aligner_decoding`); otherwise the stock ``generate`` runs.
         terminators: characters that end a sentence.
         max_sentence_tokens: an upstream sentence that reaches this many tokens without ending is cut there
             and aligned as it is (text that never ends a sentence cannot stall alignment).
@@ -84,6 +89,8 @@ class StreamAlignerConfig:
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
+    copy_draft_tokens: int = 32
+    reuse_kv_cache: bool = True
     terminators: str = DEFAULT_TERMINATORS
     max_sentence_tokens: int = 256
     base_model: str | None = None
@@ -109,6 +116,8 @@ class StreamAlignerConfig:
             )
         if self.max_correction_tokens < 1:
             raise ValueError(f"max_correction_tokens must be >= 1, got {self.max_correction_tokens}")
+        if self.copy_draft_tokens < 0:
+            raise ValueError(f"copy_draft_tokens must be >= 0, got {self.copy_draft_tokens}")
         if self.max_sentence_tokens < 2:
             raise ValueError(f"max_sentence_tokens must be >= 2, got {self.max_sentence_tokens}")
         if not self.terminators:

@@ -1,0 +1,439 @@
+"""Fast exact greedy decoding for the aligner: copy-speculative drafts and a KV cache kept across sentences.
+
+Stream alignment asks the aligner once per sentence, with prompts that grow by one sentence each time,
+and the correction is usually the sentence itself. :class:`AlignerDecoder` turns both facts into speed
+without changing a token: its output is, token for token, what ``generate(do_sample=False)`` gives.
+
+* **KV reuse across calls.** The aligner's KV cache is kept between calls. Each new prompt is matched
+  to the cached row that shares the longest prefix of token ids with it; that row is cut back to the
+  common prefix and only the rest of the prompt is fed. Consecutive prompts share the system text, the
+  question and the answer prefix, so a sentence costs its own tokens, not the whole answer again.
+* **Copy speculation.** The sentence to correct is the draft (prompt lookup, as transformers'
+  ``prompt_lookup_num_tokens`` does over the whole prompt, but anchored to the sentence): the tokens in
+  it that follow the longest n-gram the output ends with are fed together with the output's newest
+  token, and kept as far as they equal the greedy choice; the first token that differs is the greedy
+  choice itself. The first draft rides along with the prompt, so a sentence the aligner copies costs
+  **one forward**.
+
+Rows of a batch share one cache. A row is cut back by masking its columns out (``attention_mask`` 0);
+positions come from each row's own token count, so masked holes change nothing. Columns that no row
+uses any more are cropped, and a cache with too many holes is compacted by a gather.
+
+Only models whose cache is made of plain ``DynamicLayer`` s (no sliding window, no recurrent state) and
+whose forward takes ``position_ids`` are decoded here; :meth:`AlignerDecoder.unsupported_reason` says
+why not, and :class:`~transformers_stream_aligner.StreamAligner` then uses the stock ``generate``.
+
+Example (a plain copy of the source costs one forward):
+
+    >>> import torch
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> from transformers_stream_aligner.aligner_decoding import AlignerDecoder
+    >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32,
+    ...     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)).eval()
+    >>> decoder = AlignerDecoder(model, eos_token_ids=[0], pad_token_id=0)
+    >>> greedy = decoder.generate([[5, 6, 7]], sources=[[]], max_new_tokens=4)[0]  # no draft
+    >>> decoder.generate([[5, 6, 7]], sources=[greedy], max_new_tokens=4)[0] == greedy
+    True
+    >>> decoder.stats.forwards_last_call  # the whole output checked in one forward (the prompt was cached)
+    1
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from .cache import crop_cache_to
+
+__all__ = ["AlignerDecoder", "AlignerDecodingStats", "propose_copy_draft"]
+
+# GenerationConfig fields that add a logits processor (or change greedy search) when set away from
+# their defaults: the decoder only runs when plain greedy argmax is what ``generate`` would do.
+_PROCESSOR_FIELDS = {
+    "repetition_penalty": (None, 1.0),
+    "encoder_repetition_penalty": (None, 1.0),
+    "no_repeat_ngram_size": (None, 0),
+    "encoder_no_repeat_ngram_size": (None, 0),
+    "bad_words_ids": (None,),
+    "sequence_bias": (None,),
+    "suppress_tokens": (None,),
+    "begin_suppress_tokens": (None,),
+    "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,),
+    "min_length": (None, 0),
+    "min_new_tokens": (None, 0),
+    "exponential_decay_length_penalty": (None,),
+    "renormalize_logits": (None, False),
+    "guidance_scale": (None, 1.0),
+    "watermarking_config": (None,),
+    "epsilon_cutoff": (None, 0.0),
+    "eta_cutoff": (None, 0.0),
+}
+
+
+@dataclass
+class AlignerDecodingStats:
+    """Work counters of an :class:`AlignerDecoder` (cumulative; ``*_last_call`` for the newest call).
+
+    Attributes:
+        calls: ``generate`` calls.
+        forwards: model forwards.
+        fed_tokens: token positions fed (real tokens, prompt and output, drafts included).
+        reused_tokens: prompt tokens found in the cache and not fed again.
+        prompt_tokens: prompt tokens in all (``reused_tokens`` + the part fed).
+        draft_tokens: draft tokens fed; ``accepted_tokens``: of those, the ones greedy decoding agreed with.
+        output_tokens: tokens produced (EOS included).
+        compactions: times the cache was compacted (holes squeezed out).
+        forwards_last_call, fed_tokens_last_call: the same, for the newest call only.
+    """
+
+    calls: int = 0
+    forwards: int = 0
+    fed_tokens: int = 0
+    reused_tokens: int = 0
+    prompt_tokens: int = 0
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+    output_tokens: int = 0
+    compactions: int = 0
+    forwards_last_call: int = 0
+    fed_tokens_last_call: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def propose_copy_draft(source: Sequence[int], output: Sequence[int], k: int, *, max_ngram: int = 3, hint: int = 0) -> tuple[list[int], int]:
+    """The next ``k`` tokens of ``source`` after the longest n-gram (``n <= max_ngram``) that ``output``
+    ends with; returns ``(draft, end)`` where ``end`` is the index in ``source`` the draft starts at.
+
+    With an empty ``output`` the draft is the start of ``source``. When the n-gram occurs more than once,
+    the first occurrence ending at or after ``hint`` (where the previous draft stopped) wins, so a
+    repeated word does not send the draft back. No match gives an empty draft.
+
+    Example:
+
+        >>> propose_copy_draft([1, 2, 3, 4, 2, 3, 5], [9, 2, 3], 2, hint=4)
+        ([5], 6)
+        >>> propose_copy_draft([1, 2, 3, 4], [], 3)
+        ([1, 2, 3], 0)
+    """
+    if k <= 0:
+        return [], hint
+    if not output:
+        return list(source[:k]), 0
+    n_src = len(source)
+    for n in range(min(max_ngram, len(output)), 0, -1):
+        tail = list(output[-n:])
+        ends = [i + n for i in range(n_src - n) if list(source[i : i + n]) == tail]
+        if not ends:
+            continue
+        after = [e for e in ends if e >= hint]
+        end = after[0] if after else ends[-1]
+        return list(source[end : end + k]), end
+    return [], hint
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class AlignerDecoder:
+    """Greedy decoding of a causal LM with copy drafts and a KV cache that lives across calls.
+
+    Args:
+        model: the aligner's causal LM (see :meth:`unsupported_reason`).
+        eos_token_ids: tokens that end an output (kept in it, as ``generate`` keeps them).
+        pad_token_id: filler for masked columns.
+        num_draft_tokens: most draft tokens fed per forward (0: no speculation).
+        max_ngram: longest output tail looked up in the source.
+        reuse_cache: keep the KV cache between calls (off: every call starts from an empty cache).
+        compact_slack: the cache is compacted when it has more than ``compact_slack`` masked columns
+            beyond its longest row (and more than that row's length).
+
+    The decoder owns its cache: :meth:`generate` **mutates** it (cut back, filled, compacted);
+    :meth:`reset` drops it.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        eos_token_ids: Iterable[int],
+        pad_token_id: int,
+        num_draft_tokens: int = 32,
+        max_ngram: int = 3,
+        reuse_cache: bool = True,
+        compact_slack: int = 64,
+    ) -> None:
+        reason = self.unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(f"AlignerDecoder cannot decode this model: {reason}")
+        if num_draft_tokens < 0:
+            raise ValueError(f"num_draft_tokens must be >= 0, got {num_draft_tokens}")
+        self.model = model
+        self.eos = frozenset(int(e) for e in eos_token_ids)
+        self.pad = int(pad_token_id)
+        self.num_draft_tokens = int(num_draft_tokens)
+        self.max_ngram = int(max_ngram)
+        self.reuse_cache = reuse_cache
+        self.compact_slack = int(compact_slack)
+        self.stats = AlignerDecodingStats()
+        self._takes_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.reset()
+
+    # ------------------------------------------------------------------ support
+    @staticmethod
+    def unsupported_reason(model: Any) -> str | None:
+        """Why ``model`` cannot be decoded here (``None`` when it can). Does not touch the model."""
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        config = getattr(model, "config", None)
+        if config is None or getattr(config, "is_encoder_decoder", False):
+            return "it is not a decoder-only transformers model"
+        try:
+            params = inspect.signature(model.forward).parameters
+        except (TypeError, ValueError):
+            return "its forward signature cannot be read"
+        if "position_ids" not in params or "past_key_values" not in params:
+            return "its forward takes no position_ids / past_key_values"
+        try:
+            layers = DynamicCache(config=config).layers
+        except Exception as err:  # noqa: BLE001 - any model the cache cannot describe is unsupported
+            return f"its cache cannot be built ({type(err).__name__})"
+        if any(type(layer) is not DynamicLayer for layer in layers):
+            return "its cache has sliding-window or non-attention layers, which column masks would shift"
+        return None
+
+    @staticmethod
+    def greedy_is_argmax(generation_config: Any) -> bool:
+        """Whether ``generate(do_sample=False)`` with ``generation_config`` is plain argmax (no logits
+        processor that would change the choice)."""
+        if generation_config is None:
+            return True
+        for name, defaults in _PROCESSOR_FIELDS.items():
+            value = getattr(generation_config, name, None)
+            if value not in defaults:
+                return False
+        return True
+
+    # ------------------------------------------------------------------ cache bookkeeping
+    def reset(self) -> None:
+        """Drop the cache (the next call starts from nothing)."""
+        self.cache: Any = None
+        self.mask: torch.Tensor | None = None
+        self.rows: list[list[int]] = []  # per row: the ids whose keys/values are live in the cache
+        self.cols: list[list[int]] = []  # per row: the cache column of each of those ids
+
+    @property
+    def width(self) -> int:
+        """Columns the cache holds (live tokens of the longest row plus masked holes)."""
+        return 0 if self.mask is None else self.mask.shape[1]
+
+    def _layers(self) -> list[Any]:
+        return [layer for layer in self.cache.layers if getattr(layer, "is_initialized", False)]
+
+    def _take_rows(self, order: list[int]) -> None:
+        """New batch layout: row ``i`` is old row ``order[i]`` (``-1``: a new, empty row)."""
+        if self.cache is None or order == list(range(len(self.rows))):
+            if self.cache is None:
+                self.rows = [[] for _ in order]
+                self.cols = [[] for _ in order]
+            return
+        device = self.mask.device
+        n_old = len(self.rows)
+        index = torch.tensor([o if o >= 0 else n_old for o in order], dtype=torch.long, device=device)
+        for layer in self._layers():
+            for name in ("keys", "values"):
+                t = getattr(layer, name)
+                padded = torch.cat([t, t.new_zeros((1, *t.shape[1:]))], dim=0)
+                setattr(layer, name, padded.index_select(0, index))
+        padded_mask = torch.cat([self.mask, self.mask.new_zeros((1, self.mask.shape[1]))], dim=0)
+        self.mask = padded_mask.index_select(0, index)
+        self.rows = [list(self.rows[o]) if o >= 0 else [] for o in order]
+        self.cols = [list(self.cols[o]) if o >= 0 else [] for o in order]
+
+    def _cut(self, row: int, keep: int) -> None:
+        """Keep the first ``keep`` live tokens of ``row``; mask out the rest."""
+        dropped = self.cols[row][keep:]
+        if dropped:
+            self.mask[row, dropped] = 0
+        del self.rows[row][keep:]
+        del self.cols[row][keep:]
+
+    def _crop_trailing(self) -> None:
+        """Crop columns at the end that no row uses."""
+        if self.mask is None:
+            return
+        last = max((c[-1] for c in self.cols if c), default=-1)
+        if self.width > last + 1:
+            crop_cache_to(self.cache, last + 1)
+            self.mask = self.mask[:, : last + 1]
+
+    def _maybe_compact(self) -> None:
+        """Squeeze out masked columns when they outweigh the live ones (a gather; exact)."""
+        longest = max((len(c) for c in self.cols), default=0)
+        holes = self.width - longest
+        if holes <= max(self.compact_slack, longest):
+            return
+        batch = len(self.cols)
+        device = self.mask.device
+        index = torch.zeros((batch, longest), dtype=torch.long, device=device)
+        mask = torch.zeros((batch, longest), dtype=self.mask.dtype, device=device)
+        for b, cols in enumerate(self.cols):
+            if cols:
+                index[b, longest - len(cols) :] = torch.tensor(cols, dtype=torch.long, device=device)
+                mask[b, longest - len(cols) :] = 1
+            self.cols[b] = list(range(longest - len(cols), longest))
+        for layer in self._layers():
+            for name in ("keys", "values"):
+                t = getattr(layer, name)
+                gather = index[:, None, :, None].expand(t.shape[0], t.shape[1], longest, t.shape[3])
+                setattr(layer, name, t.gather(2, gather))
+        self.mask = mask
+        self.stats.compactions += 1
+
+    def _forward(self, blocks: list[list[int]], keep: int) -> torch.Tensor:
+        """Feed each row its block (left-padded into one block of columns); return the logits of the
+        last ``keep`` columns, ``(batch, keep, vocab)``. Mutates the cache and the row records."""
+        from transformers import DynamicCache
+
+        width = max(len(b) for b in blocks)
+        device = self.model.device
+        batch = len(blocks)
+        ids = torch.full((batch, width), self.pad, dtype=torch.long)
+        block_mask = torch.zeros((batch, width), dtype=torch.long)
+        positions = torch.zeros((batch, width), dtype=torch.long)
+        start = self.width
+        for b, block in enumerate(blocks):
+            n_live = len(self.rows[b])
+            positions[b, :] = n_live
+            if block:
+                ids[b, width - len(block) :] = torch.tensor(block, dtype=torch.long)
+                block_mask[b, width - len(block) :] = 1
+                positions[b, width - len(block) :] = torch.arange(n_live, n_live + len(block))
+                self.rows[b].extend(block)
+                self.cols[b].extend(range(start + width - len(block), start + width))
+        block_mask = block_mask.to(device)
+        self.mask = block_mask if self.mask is None else torch.cat([self.mask, block_mask], dim=1)
+        if self.cache is None:
+            self.cache = DynamicCache(config=self.model.config)
+        kwargs: dict[str, Any] = {}
+        if self._takes_logits_to_keep:
+            kwargs["logits_to_keep"] = keep
+        out = self.model(
+            input_ids=ids.to(device),
+            attention_mask=self.mask,
+            position_ids=positions.to(device),
+            past_key_values=self.cache,
+            use_cache=True,
+            **kwargs,
+        )
+        self.stats.forwards += 1
+        self.stats.forwards_last_call += 1
+        fed = sum(len(b) for b in blocks)
+        self.stats.fed_tokens += fed
+        self.stats.fed_tokens_last_call += fed
+        return out.logits[:, -keep:, :]
+
+    # ------------------------------------------------------------------ decoding
+    def _assign(self, prompts: list[list[int]]) -> list[int]:
+        """Match each prompt to the cached row with the longest common prefix; returns the old row per
+        new row (``-1``: none left)."""
+        if not self.reuse_cache or self.cache is None:
+            self.reset()
+            return [-1] * len(prompts)
+        free = list(range(len(self.rows)))
+        order: list[int] = []
+        for prompt in prompts:
+            if not free:
+                order.append(-1)
+                continue
+            best = max(free, key=lambda r: _common_prefix(self.rows[r], prompt))
+            free.remove(best)
+            order.append(best)
+        return order
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Sequence[int]], *, sources: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+        """Greedy outputs for ``prompts`` (one list of new token ids per prompt, ending with an EOS
+        unless ``max_new_tokens`` came first), drafting from ``sources`` (one token list per prompt).
+
+        Exactly the tokens ``model.generate(prompt, do_sample=False, max_new_tokens=...)`` returns for
+        each prompt alone (up to floating-point ties). Mutates the decoder's cache.
+        """
+        prompts = [list(p) for p in prompts]
+        if len(sources) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(sources)} sources")
+        if any(not p for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        sources = [list(s) for s in sources]
+        self.stats.calls += 1
+        self.stats.forwards_last_call = 0
+        self.stats.fed_tokens_last_call = 0
+        self._take_rows(self._assign(prompts))
+        todo: list[list[int]] = []
+        for b, prompt in enumerate(prompts):
+            keep = min(_common_prefix(self.rows[b], prompt), len(prompt) - 1)  # the last token gives the logits
+            self._cut(b, keep)
+            todo.append(prompt[keep:])
+            self.stats.reused_tokens += keep
+            self.stats.prompt_tokens += len(prompt)
+        self._crop_trailing()
+        if self.mask is not None:
+            self._maybe_compact()
+
+        outputs: list[list[int]] = [[] for _ in prompts]
+        hints = [0] * len(prompts)
+        done = [False] * len(prompts)
+        while not all(done):
+            drafts: list[list[int]] = []
+            for b in range(len(prompts)):
+                room = max_new_tokens - len(outputs[b]) - 1
+                if done[b] or room <= 0:
+                    drafts.append([])
+                    continue
+                draft, hints[b] = propose_copy_draft(
+                    sources[b], outputs[b], min(self.num_draft_tokens, room), max_ngram=self.max_ngram, hint=hints[b]
+                )
+                drafts.append(draft)
+            blocks = [[] if done[b] else todo[b] + drafts[b] for b in range(len(prompts))]
+            keep = max(len(drafts[b]) + 1 for b in range(len(prompts)) if not done[b])
+            logits = self._forward(blocks, keep)
+            for b in range(len(prompts)):
+                if done[b]:
+                    continue
+                draft = drafts[b]
+                greedy = logits[b, keep - len(draft) - 1 :].argmax(-1).tolist()
+                accepted = 0
+                while accepted < len(draft) and greedy[accepted] == draft[accepted]:
+                    accepted += 1
+                self._cut(b, len(self.rows[b]) - (len(draft) - accepted))
+                hints[b] += accepted
+                self.stats.draft_tokens += len(draft)
+                self.stats.accepted_tokens += accepted
+                new = draft[:accepted] + [greedy[accepted]]
+                for i, token in enumerate(new):
+                    if token in self.eos:
+                        new = new[: i + 1]
+                        done[b] = True
+                        break
+                new = new[: max_new_tokens - len(outputs[b])]
+                outputs[b].extend(new)
+                if len(outputs[b]) >= max_new_tokens:
+                    done[b] = True
+                todo[b] = [outputs[b][-1]]
+            self._crop_trailing()
+        self.stats.output_tokens += sum(len(o) for o in outputs)
+        return outputs
