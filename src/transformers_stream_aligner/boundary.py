@@ -135,6 +135,8 @@ class SentenceTracker:
         self.max_sentence_tokens = max_sentence_tokens
         self.text = ""
         self.resume = 0
+        self.pending_from = start  # tokens from here on are not in ``text`` yet (an unfinished character)
+        self._special = frozenset(getattr(tokenizer, "all_special_ids", None) or [])
         backend = getattr(tokenizer, "backend_tokenizer", None)
         self._backend = backend
         self._stream = None
@@ -143,13 +145,18 @@ class SentenceTracker:
             from tokenizers.decoders import DecodeStream
 
             self._stream = DecodeStream(ids=self.tokens[:start], skip_special_tokens=True)
-            for token in self.tokens[start:]:
+            tokens, self.tokens = self.tokens, self.tokens[:start]
+            for token in tokens[start:]:
+                self.tokens.append(token)
                 self._append(token)
 
     def _append(self, token: int) -> None:
         chunk = self._stream.step(self._backend, token)
-        if chunk:
+        if chunk is not None:
             self.text += chunk
+            self.pending_from = len(self.tokens)
+        elif token in self._special and self.pending_from == len(self.tokens) - 1:
+            self.pending_from = len(self.tokens)  # a skipped special token: nothing is waiting
 
     def _exact(self) -> int | None:
         return find_token_boundary(
@@ -170,9 +177,17 @@ class SentenceTracker:
                 self._append(token)
         if self.exact:
             return self._exact()
-        end, self.resume = scan_sentence_end(self.text, 0, self.resume, final=False, terminators=self.terminators)
+        # Tokens of an unfinished character are decoded as the full decode shows them (U+FFFD); that text
+        # will change, so the scan position is kept only when nothing is waiting.
+        pending = self.pending_from < len(self.tokens)
+        text = self.text
+        if pending:
+            text += decode_span(self.tokenizer, self.tokens, self.pending_from, len(self.tokens))
+        end, resume = scan_sentence_end(text, 0, self.resume, final=False, terminators=self.terminators)
+        if not pending:
+            self.resume = resume
         if end is not None:
-            if decode_span(self.tokenizer, self.tokens, self.start, len(self.tokens)) != self.text:
+            if decode_span(self.tokenizer, self.tokens, self.start, len(self.tokens)) != text:
                 self.exact = True  # the incremental text drifted: be exact from now on
                 return self._exact()
             cut = self._exact()
