@@ -51,6 +51,7 @@ def test_scan_resume_gives_find_sentence_end_on_every_prefix():
 def _metaspace_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
+
     from tiny_models import corpus
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
