@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 export STREAM_ALIGNER_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: install demo test test-fast lint bench-batch bench-train clean
+.PHONY: install demo test test-fast lint bench bench-batch bench-train clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+
+# Speed against plain generate, a reference-style loop and post-hoc correction (docs/benchmarks.md).
+# The first run also builds the benchmark's copy aligner (~20 min, cached in $(STREAM_ALIGNER_CACHE)).
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[bench]"
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/speed.py
 
 bench-batch: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/batch_vs_single.py

@@ -278,8 +278,12 @@ class StreamAligner:
     def correct(self, requests: Sequence[AlignmentRequest], *, batch_size: int | None = None) -> list[str]:
         """Correct a batch of sentences; returns one corrected sentence per request.
 
-        The prompts are left-padded and decoded together (greedy unless the config says otherwise); each
-        stops at the aligner's own EOS. Returned text has no special tokens and no surrounding whitespace.
+        The prompts are decoded together (greedy unless the config says otherwise); each stops at the
+        aligner's own EOS. Returned text has no special tokens and no surrounding whitespace.
+
+        Greedy decoding drafts from the sentence being corrected and keeps the KV cache between calls
+        (``copy_draft_tokens``, ``reuse_kv_cache``; see :mod:`.aligner_decoding`), with exactly the
+        tokens the stock ``generate`` would give; sampling and unsupported models use ``generate``.
         """
         requests = list(requests)
         if not requests:
