@@ -20,7 +20,7 @@ Figures: wall time and its ratio to ``plain``; time to the first corrected sente
 the post-hoc time to the first corrected token; upstream and aligner forwarded tokens against their
 minimum; per-sentence cost as the answer grows (plotted to ``docs/img/speed_scaling.png``).
 
-    python benchmarks/speed.py                    # 3 prompts x 3 repetitions (~40 min on 2 cores)
+    python benchmarks/speed.py                    # 3 prompts x 3 repetitions (~25 min on 2 cores)
     python benchmarks/speed.py --prompts 1 --repeats 1 --modes plain,identity,model
 """
 
@@ -44,7 +44,9 @@ ROOT = HERE.parent
 PROMPTS = [
     "Write a long essay of at least twenty sentences about the history of the bicycle.",
     "Give me twenty tips for learning a new language, each in one full sentence.",
-    "Write a detailed, multi-paragraph guide to caring for a pet dog.",
+    # Short numbered lines, many of them wrong: the aligner changes some (mostly-copy, not all-copy).
+    "Work through these problems one by one, writing each calculation as a full sentence: 17*23, 45+19, 38*12, "
+    "96-47, 64*8, 125+389, 72*14, 300-158, 19*19, 88+77, 56*3, 910-455.",
 ]
 MODES = ("plain", "identity", "model", "model-plain", "reference", "posthoc")
 MAX_CORRECTION_TOKENS = 64
@@ -118,14 +120,19 @@ TEMPLATES = ["Write a detailed essay of at least fifteen sentences about {}.", "
 
 
 def aligner_questions() -> list[str]:
-    """Held-in long-form questions for the copy aligner's data (none of them is a benchmark prompt)."""
-    return [TEMPLATES[i % len(TEMPLATES)].format(topic) for i, topic in enumerate(TOPICS)]
+    """Held-in questions for the copy aligner's data (none is a benchmark prompt): long-form ones, whose
+    sentences are all copies, and ``train_smollm2.py``'s arithmetic ones, where the corrector changes some."""
+    sys.path.insert(0, str(HERE))
+    from train_smollm2 import questions
+
+    return [TEMPLATES[i % len(TEMPLATES)].format(topic) for i, topic in enumerate(TOPICS)] + questions(40)
 
 
 def ensure_copy_aligner(path: Path) -> Path:
-    """Build the default model aligner once: on-policy records of SmolLM2's long answers to held-in questions
-    (``stream-aligner build-dataset``; the exact arithmetic corrector of ``train_smollm2.py`` changes a
-    few, the rest are copies), then full fine-tuning of SmolLM2-135M (``stream-aligner train``, 1 epoch)."""
+    """Build the default model aligner once: on-policy records of SmolLM2's answers to held-in questions
+    (``stream-aligner build-dataset``; the exact arithmetic corrector of ``train_smollm2.py`` changes the
+    wrong ``a op b = c`` claims, every other sentence is a copy), then full fine-tuning of SmolLM2-135M
+    (``stream-aligner train``, 1 epoch, lr 1e-4)."""
     if (path / "stream_aligner_config.json").is_file():
         return path
     sys.path.insert(0, str(HERE))
