@@ -138,7 +138,7 @@ def ensure_copy_aligner(path: Path) -> Path:
     sys.path.insert(0, str(HERE))
     from train_smollm2 import timed
 
-    print(f"[bench] building the copy aligner in {path} (once; ~20 min on 2 cores) ...", flush=True)
+    print(f"[bench] building the copy aligner in {path} (once; ~30 min on 2 cores) ...", flush=True)
     work = path.parent / (path.name + "-work")
     work.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -1,0 +1,369 @@
+"""Arithmetic: seeded problems, an exact checker aligner and final-answer scoring.
+
+The task of the project's trained demo aligner. Problems are bare expressions ("What is 17*23?") and short
+word problems with 1-2 digit operands and one of + - x /. Every operand triple belongs to exactly one split
+(a hash of ``a op b``), so held-out problems are never seen in training, whatever the seeds.
+
+:func:`check_arithmetic` is an *exact* aligner: it recomputes every result it can verify and changes nothing
+else. It fixes
+
+* written claims ``a op b = c`` (also chains ``17*23 = 17*20 + 17*3 = 340 + 51 = 381``: a chain claims that
+  every side equals its first expression; bare numbers that do not are set to its value, expressions are
+  left as written) and worded ones ("17 times 23 is 381", "the sum of
+  45 and 19 is 54");
+* statements of the final result when the operands are known from the question ("so the total is 45",
+  "Tom has 45 apples now"): a number that follows *answer/total/result/...* or names the problem's unit
+  and is neither an operand nor the right value is replaced by the right value.
+
+>>> check_arithmetic("What is 17*23?", "", "17*23 = 381.")
+'17*23 = 391.'
+>>> check_arithmetic("What is 45 + 19?", "45 plus 19 is 64.", "So the answer is 63.")
+'So the answer is 64.'
+>>> p = make_problems(3, seed=0, split="test")[0]
+>>> p.split, parse_problem(p.question) == p
+('test', True)
+>>> final_answer("17*23 = 17*20 + 17*3 = 340 + 51 = 391. The answer is 391.")
+391.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+import zlib
+from collections.abc import Sequence
+from fractions import Fraction
+
+__all__ = [
+    "ArithmeticProblem",
+    "check_arithmetic",
+    "final_answer",
+    "is_correct",
+    "make_problems",
+    "parse_problem",
+]
+
+_OP_CANON = {"+": "+", "-": "-", "−": "-", "–": "-", "*": "*", "x": "*", "×": "*", "/": "/", "÷": "/"}
+_OP = r"[+\-−–*x×/÷]"
+_NUM = r"\d{1,3}(?:,\d{3})+(?![\d,])|\d+(?:\.\d+)?"
+_EXPR = rf"-?(?:{_NUM})(?:\s*{_OP}\s*(?:{_NUM}))*"
+# A chain "expr = expr (= expr)*", not glued to a word, a decimal point or another operator.
+_CHAIN = re.compile(rf"(?<![\w.,]){_EXPR}(?:\s*=\s*{_EXPR})+(?![\d]|\.\d)")
+_NUMBER = re.compile(rf"-?(?:{_NUM})")
+_WORD_OPS = {
+    "plus": "+", "added to": "+", "minus": "-", "less": "-", "take away": "-",
+    "times": "*", "multiplied by": "*", "divided by": "/", "over": "/",
+}  # fmt: skip
+_WORD_VERB = r"(?:is|equals|is equal to|=|gives|makes|gives us|results in)"
+_WORD_CLAIM = re.compile(
+    rf"(?<![\w.,])(\d+)\s+(plus|added to|minus|less|take away|times|multiplied by|divided by|over)\s+(\d+)\s*,?\s+"
+    rf"{_WORD_VERB}\s+(-?(?:{_NUM}))(?![\d]|\.\d)",
+    re.IGNORECASE,
+)
+_NAMED_CLAIM = re.compile(
+    rf"\b(sum|difference|product|quotient)\s+(?:of|between)\s+(\d+)\s+and\s+(\d+)\s*,?\s+{_WORD_VERB}\s+(-?(?:{_NUM}))(?![\d]|\.\d)",
+    re.IGNORECASE,
+)
+_NAMED_OPS = {"sum": "+", "difference": "-", "product": "*", "quotient": "/"}
+# "17*23 is 391", "30*19 is equal to 519": an expression with at least one operator, a verb, a number.
+_VERBAL_CHAIN = re.compile(
+    rf"(?<![\w.,])(-?(?:{_NUM})(?:\s*{_OP}\s*(?:{_NUM}))+)\s+(?:is equal to|is equivalent to|equals|is|gives|makes)\s+"
+    rf"(-?(?:{_NUM}))(?![\d]|\.\d|\s*{_OP}\s*\d)"
+)
+# "add 21 to 37, which gives us 38", "multiply 22 by 15 to get 315", "subtracting 48 from 81 gives 22".
+_VERB_CLAIM = re.compile(
+    rf"\b(add|adding|multiply|multiplying|subtract|subtracting|divide|dividing)\s+(\d+)\s+(and|to|by|from)\s+(\d+)"
+    rf"[^.?!\d]{{0,25}}?\b(?:to get|to find|gives|gives us|gives you|results in|which is|we get|you get|equals|is)\s+"
+    rf"(-?(?:{_NUM}))(?![\d]|\.\d)",
+    re.IGNORECASE,
+)
+# "So, 1111 is the answer."
+_IS_ANSWER = re.compile(rf"(-?(?:{_NUM}))\s+is\s+(?:the\s+)?(?:final\s+|correct\s+)?(?:answer|result|total)\b", re.IGNORECASE)
+_RESULT_WORDS = re.compile(
+    r"\b(?:answer|total|result|sum|difference|product|quotient|altogether|in all)\b",
+    re.IGNORECASE,
+)
+
+_NAMES = ["Tom", "Anna", "Sam", "Mia", "Leo", "Zoe", "Ben", "Ella"]
+_UNITS = ["apples", "marbles", "stickers", "books", "coins", "pencils", "cards", "shells"]
+# One template per operator; {unit} is what the answer counts.
+_WORD_TEMPLATES = {
+    "+": "{name} has {a} {unit} and gets {b} more. How many {unit} does {name} have now?",
+    "-": "{name} had {a} {unit} and gave away {b}. How many {unit} are left?",
+    "*": "There are {a} boxes with {b} {unit} in each box. How many {unit} are there in total?",
+    "/": "{a} {unit} are shared equally among {b} friends. How many {unit} does each friend get?",
+}
+_BARE_TEMPLATES = ["What is {a} {sym} {b}?", "Compute {a}{sym}{b}.", "How much is {a} {sym} {b}?"]
+_SYMBOLS = {"+": ["+"], "-": ["-"], "*": ["*", "×"], "/": ["/", "÷"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class ArithmeticProblem:
+    """One problem: ``a op b`` asked as ``question``; ``unit`` is what a word problem's answer counts."""
+
+    a: int
+    op: str
+    b: int
+    question: str
+    unit: str | None = None
+
+    @property
+    def answer(self) -> Fraction:
+        return _apply(Fraction(self.a), self.op, Fraction(self.b))
+
+    @property
+    def split(self) -> str:
+        """``"test"`` for one operand triple in five (by a hash of ``a op b``), else ``"train"``."""
+        return "test" if zlib.crc32(f"{self.a}{self.op}{self.b}".encode()) % 5 == 0 else "train"
+
+
+def _apply(a: Fraction, op: str, b: Fraction) -> Fraction:
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op == "*":
+        return a * b
+    return a / b
+
+
+def make_problems(n: int, *, seed: int = 0, split: str = "train", word_fraction: float = 0.5) -> list[ArithmeticProblem]:
+    """``n`` distinct problems of one split, seeded: operators equally often, operands 2-99 (a division's
+    dividend and divisor too, with a whole quotient; a subtraction's result is not negative).
+
+    Args:
+        n: how many.
+        seed: the random seed (same seed, same list).
+        split: ``"train"`` (held-in) or ``"test"`` (held-out); no operand triple is in both.
+        word_fraction: the share of word problems (the rest are bare expressions).
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    rng = random.Random(seed)
+    out: list[ArithmeticProblem] = []
+    seen: set[tuple[int, str, int]] = set()
+    ops = ["+", "-", "*", "/"]
+    attempts = 0
+    while len(out) < n:
+        attempts += 1
+        if attempts > 200 * (n + 10):
+            raise ValueError(f"could not draw {n} distinct {split} problems (about 60 divisions exist in 'test')")
+        op = ops[len(out) % 4]
+        if op == "/":
+            b = rng.randint(2, 49)
+            a = b * rng.randint(2, 99 // b)
+        else:
+            a, b = rng.randint(2, 99), rng.randint(2, 99)
+            if op == "-" and a < b:
+                a, b = b, a
+        key = (a, op, b)
+        probe = ArithmeticProblem(a, op, b, "")
+        if key in seen or probe.split != split:
+            continue
+        seen.add(key)
+        if rng.random() < word_fraction:
+            unit = rng.choice(_UNITS)
+            q = _WORD_TEMPLATES[op].format(name=rng.choice(_NAMES), a=a, b=b, unit=unit)
+            out.append(ArithmeticProblem(a, op, b, q, unit))
+        else:
+            q = rng.choice(_BARE_TEMPLATES).format(a=a, b=b, sym=rng.choice(_SYMBOLS[op]))
+            out.append(ArithmeticProblem(a, op, b, q))
+    return out
+
+
+def _template_regex(template: str) -> re.Pattern[str]:
+    pattern = re.escape(template)
+    for field, group in (("name", r"(?P<name>\w+)"), ("a", r"(?P<a>\d+)"), ("b", r"(?P<b>\d+)"), ("unit", r"(?P<unit>\w+)")):
+        pattern = pattern.replace(re.escape("{" + field + "}"), group, 1)
+        pattern = pattern.replace(re.escape("{" + field + "}"), rf"(?P={field})")
+    return re.compile(pattern)
+
+
+_WORD_PATTERNS = {op: _template_regex(t) for op, t in _WORD_TEMPLATES.items()}
+_QUESTION_EXPR = re.compile(rf"(?<![\w.])(\d+)\s*({_OP})\s*(\d+)(?!\d|\.\d|\s*{_OP}\s*\d)")
+
+
+def parse_problem(question: str) -> ArithmeticProblem | None:
+    """The problem a question asks: one of :func:`make_problems`' word templates, or a question with one
+    ``a op b`` expression in it. ``None`` if it is neither."""
+    for op, pattern in _WORD_PATTERNS.items():
+        m = pattern.fullmatch(question.strip())
+        if m:
+            return ArithmeticProblem(int(m["a"]), op, int(m["b"]), question, m["unit"])
+    found = _QUESTION_EXPR.findall(question)
+    if len(found) == 1:
+        a, op, b = found[0]
+        if _OP_CANON[op] == "/" and int(b) == 0:
+            return None
+        return ArithmeticProblem(int(a), _OP_CANON[op], int(b), question)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- checking
+def _to_fraction(text: str) -> Fraction:
+    return Fraction(text.replace(",", ""))
+
+
+def _format(value: Fraction) -> str:
+    if value.denominator == 1:
+        return str(value.numerator)
+    return f"{float(value):.2f}".rstrip("0").rstrip(".")
+
+
+def _agrees(written: str, value: Fraction) -> bool:
+    """``written`` states ``value`` to the precision it is written with (``3.33`` for 10/3 agrees)."""
+    number = _to_fraction(written)
+    decimals = len(written.split(".")[1]) if "." in written else 0
+    return abs(number - value) <= Fraction(1, 2 * 10**decimals) if decimals else number == value
+
+
+def _evaluate(expr: str) -> Fraction | None:
+    """Value of ``NUM (OP NUM)*`` with the usual precedence; ``None`` on division by zero."""
+    tokens = re.findall(rf"{_NUM}|{_OP}", expr.strip())
+    negative = expr.strip().startswith("-") and tokens and tokens[0] in "-−–"
+    if negative:
+        tokens = tokens[1:]
+    values = [_to_fraction(tokens[0]) * (-1 if negative else 1)]
+    ops: list[str] = []
+    for i in range(1, len(tokens), 2):
+        op, num = _OP_CANON[tokens[i]], _to_fraction(tokens[i + 1])
+        if op in "*/":
+            if op == "/" and num == 0:
+                return None
+            values[-1] = _apply(values[-1], op, num)
+        else:
+            ops.append(op)
+            values.append(num)
+    total = values[0]
+    for op, v in zip(ops, values[1:], strict=True):
+        total = _apply(total, op, v)
+    return total
+
+
+def _is_bare(expr: str) -> bool:
+    return _NUMBER.fullmatch(expr.strip()) is not None
+
+
+def _claim_edits(text: str) -> list[tuple[int, int, str]]:
+    """Edits ``(start, end, new)`` of the written and worded claims in ``text``; spans of checked claims
+    are returned with ``new`` equal to the old text when they were right."""
+    edits: list[tuple[int, int, str]] = []
+    for m in _CHAIN.finditer(text):
+        sides, pos = [], m.start()
+        for part in re.split(r"(\s*=\s*)", m.group()):
+            if part.strip() and part.strip() != "=":
+                start = pos + (len(part) - len(part.lstrip()))
+                sides.append((start, start + len(part.strip()), part.strip()))
+            pos += len(part)
+        value = None
+        for start, end, side in sides:
+            if not _is_bare(side):
+                if value is None:
+                    value = _evaluate(side)  # a chain claims that every side equals its first expression
+            elif value is not None:
+                edits.append((start, end, side if _agrees(side, value) else _format(value)))
+    claims: list[tuple[int, str, int, re.Match[str], int]] = []  # a, op, b, match, group of the result
+    for m in _WORD_CLAIM.finditer(text):
+        claims.append((int(m.group(1)), _WORD_OPS[m.group(2).lower()], int(m.group(3)), m, 4))
+    for m in _NAMED_CLAIM.finditer(text):
+        claims.append((int(m.group(2)), _NAMED_OPS[m.group(1).lower()], int(m.group(3)), m, 4))
+    for m in _VERB_CLAIM.finditer(text):
+        verb, x, y = m.group(1).lower(), int(m.group(2)), int(m.group(4))
+        if verb.startswith("subtract"):
+            if m.group(3).lower() == "from":
+                x, y = y, x  # "subtract 48 from 81" = 81 - 48
+            claims.append((x, "-", y, m, 5))
+        elif m.group(3).lower() in ("by", "and") and not verb.startswith("add"):
+            claims.append((x, "*" if verb.startswith("multipl") else "/", y, m, 5))
+        elif verb.startswith("add") and m.group(3).lower() in ("to", "and"):
+            claims.append((x, "+", y, m, 5))
+    for a, op, b, m, group in claims:
+        if op == "/" and b == 0:
+            continue
+        value = _apply(Fraction(a), op, Fraction(b))
+        written = m.group(group)
+        edits.append((m.start(group), m.end(group), written if _agrees(written, value) else _format(value)))
+    for m in _VERBAL_CHAIN.finditer(text):
+        value = _evaluate(m.group(1))
+        if value is not None:
+            edits.append((m.start(2), m.end(2), m.group(2) if _agrees(m.group(2), value) else _format(value)))
+    return edits
+
+
+def _result_edits(text: str, problem: ArithmeticProblem, taken: Sequence[tuple[int, int]]) -> list[tuple[int, int, str]]:
+    """Edits of final-result statements: a number after a result word (up to the end of its clause) or right
+    before the problem's unit, that is not an operand, not inside a checked claim, and not the answer."""
+    answer = problem.answer
+    operands = {Fraction(problem.a), Fraction(problem.b)}
+    candidates: list[re.Match[str]] = []
+    for w in _RESULT_WORDS.finditer(text):
+        clause_end = len(text)
+        stop = re.search(r"[,;:!?]|\.(?!\d)", text[w.end() :])
+        if stop:
+            clause_end = w.end() + stop.start()
+        candidates += list(_NUMBER.finditer(text, w.end(), clause_end))
+    candidates += list(_IS_ANSWER.finditer(text))
+    if problem.unit:
+        candidates += list(re.finditer(rf"(-?(?:{_NUM}))\s+{re.escape(problem.unit)}\b", text))
+    edits, done = [], set()
+    for m in candidates:
+        start, end = m.span(1) if m.re.groups else m.span()
+        if start in done or any(s <= start < e for s, e in taken):
+            continue
+        done.add(start)
+        written = text[start:end]
+        if text[max(0, start - 1) : start].isalnum() or _to_fraction(written) in operands:
+            continue
+        if not _agrees(written, answer):
+            edits.append((start, end, _format(answer)))
+    return edits
+
+
+def check_arithmetic(question: str, prefix: str, last: str) -> str:
+    """An exact arithmetic aligner: ``last`` with every wrong result it can verify recomputed (see the module
+    docstring); nothing else changes. Usable wherever an aligner is accepted, e.g.
+    ``model.generate(..., aligner=check_arithmetic)`` or ``stream-aligner build-dataset --corrector
+    transformers_stream_aligner.examples.arithmetic:check_arithmetic``.
+
+    >>> check_arithmetic("Tom has 45 apples and gets 19 more. How many apples does Tom have now?", "",
+    ...                  "So the total is 63, and Tom has 63 apples.")
+    'So the total is 64, and Tom has 64 apples.'
+    >>> check_arithmetic("What is 96 - 47?", "", "First, 96 - 40 = 56, then 56 - 7 = 48.")
+    'First, 96 - 40 = 56, then 56 - 7 = 49.'
+    """
+    claims = _claim_edits(last)
+    edits = [e for e in claims if last[e[0] : e[1]] != e[2]]
+    problem = parse_problem(question)
+    if problem is not None:
+        taken = [(s, e) for s, e, _ in claims] + [(m.start(), m.end()) for m in _CHAIN.finditer(last)]
+        edits += _result_edits(last, problem, taken)
+    out, pos = [], 0
+    for start, end, new in sorted(set(edits)):
+        if start < pos:
+            continue  # overlapping edits: the first one wins
+        out.append(last[pos:start] + new)
+        pos = end
+    return "".join(out) + last[pos:]
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+_RESULT_POSITION = re.compile(
+    rf"(?:=|\b(?:is|are|equals|be|gets?|has|have|makes|gives|of)\b|\banswer\b\s*:?)\s*\**\s*\$?(-?(?:{_NUM}))(?![\d]|\.\d)",
+    re.IGNORECASE,
+)
+
+
+def final_answer(answer: str) -> float | None:
+    """The number an answer gives as its result: the last number in a result position (after ``=``, *is*,
+    *equals*, *gets*, *has*, *answer:* ...), else the last number in the text; ``None`` if there is none."""
+    found = _RESULT_POSITION.findall(answer)
+    if not found:
+        found = _NUMBER.findall(answer)
+    return float(_to_fraction(found[-1])) if found else None
+
+
+def is_correct(problem: ArithmeticProblem, answer: str) -> bool:
+    """Whether ``answer``'s :func:`final_answer` is the problem's result (to two decimals for a division)."""
+    value = final_answer(answer)
+    return value is not None and abs(Fraction(value) - problem.answer) < Fraction(1, 200)

@@ -1,0 +1,128 @@
+"""The arithmetic example: the exact checker on a table of cases, problem generation and scoring."""
+
+from fractions import Fraction
+
+import pytest
+
+from transformers_stream_aligner.examples.arithmetic import (
+    ArithmeticProblem,
+    check_arithmetic,
+    final_answer,
+    is_correct,
+    make_problems,
+    parse_problem,
+)
+
+BARE = "What is 17*23?"
+APPLES = "Tom has 45 apples and gets 19 more. How many apples does Tom have now?"
+
+# (question, sentence, expected correction); the sentence itself when nothing is wrong.
+CASES = [
+    # written claims
+    (BARE, "17*23 = 381.", "17*23 = 391."),
+    (BARE, "17*23 = 391.", "17*23 = 391."),
+    (BARE, "17 × 23 = 381", "17 × 23 = 391"),
+    (BARE, "17 x 23 = 381, so that is it.", "17 x 23 = 391, so that is it."),
+    ("What is 96 - 47?", "96 - 47 = 51.", "96 - 47 = 49."),
+    ("What is 5 - 9?", "5 - 9 = 4.", "5 - 9 = -4."),
+    ("What is 84 / 7?", "84 / 7 = 13.", "84 / 7 = 12."),
+    ("What is 84 ÷ 7?", "84 ÷ 7 = 12.", "84 ÷ 7 = 12."),
+    ("What is 10 / 3?", "10 / 3 = 3.33, roughly.", "10 / 3 = 3.33, roughly."),
+    ("What is 10 / 3?", "10 / 3 = 3.5, roughly.", "10 / 3 = 3.33, roughly."),
+    ("What is 99*99?", "99*99 = 9,800.", "99*99 = 9801."),
+    ("What is 99*99?", "99*99 = 9,801.", "99*99 = 9,801."),
+    # chains: every bare number must equal the first expression; expressions are left as written
+    (BARE, "17*23 = 17*20 + 17*3 = 340 + 51 = 381.", "17*23 = 17*20 + 17*3 = 340 + 51 = 391."),
+    (BARE, "17*23 = 17*20 + 17*3 = 340 + 41 = 391.", "17*23 = 17*20 + 17*3 = 340 + 41 = 391."),
+    (BARE, "First, 17*20 = 34, then 17*3 = 51.", "First, 17*20 = 340, then 17*3 = 51."),
+    ("x", "2 + 3 * 4 = 20.", "2 + 3 * 4 = 14."),
+    ("x", "3 + 89 = 10 * 10 = 100.", "3 + 89 = 10 * 10 = 92."),
+    # worded claims
+    ("What is 30*19?", "30*19 is equal to 519.", "30*19 is equal to 570."),
+    ("What is 30*19?", "30*19 is 570.", "30*19 is 570."),
+    ("x", "45 plus 19 is 63.", "45 plus 19 is 64."),
+    ("x", "17 times 23 equals 381.", "17 times 23 equals 391."),
+    ("x", "The product of 17 and 23 is 381.", "The product of 17 and 23 is 391."),
+    ("x", "The difference between 81 and 48 is 22.", "The difference between 81 and 48 is 33."),
+    ("x", "We add 95 and 60, which results in 150.", "We add 95 and 60, which results in 155."),
+    ("x", "Now, we can multiply 22 by 15 to get 315.", "Now, we can multiply 22 by 15 to get 330."),
+    ("x", "Subtracting 48 from 81 gives 22.", "Subtracting 48 from 81 gives 33."),
+    ("x", "Divide 84 by 7 to get 11.", "Divide 84 by 7 to get 12."),
+    # final results, operands known from the question
+    ("What is 45 + 19?", "So the answer is 63.", "So the answer is 64."),
+    ("What is 45 + 19?", "So the total is 64.", "So the total is 64."),
+    ("How much is 61 * 50?", "So, 1111 is the answer.", "So, 3050 is the answer."),
+    (APPLES, "Tom has 45 apples and gets 19 more.", "Tom has 45 apples and gets 19 more."),
+    (APPLES, "So the total is 63, and Tom has 63 apples.", "So the total is 64, and Tom has 64 apples."),
+    (APPLES, "Now Tom has 64 apples.", "Now Tom has 64 apples."),
+    ("Anna had 50 coins and gave away 12. How many coins are left?", "Anna has 28 coins left.", "Anna has 38 coins left."),
+    ("96 stickers are shared equally among 8 friends. How many stickers does each friend get?",
+     "Each friend gets 14 stickers.", "Each friend gets 12 stickers."),  # fmt: skip
+    # nothing it can verify: unchanged
+    (BARE, "To calculate 17*23, you multiply 17 by 23.", "To calculate 17*23, you multiply 17 by 23."),
+    (BARE, "This is a multiplication problem.", "This is a multiplication problem."),
+    ("Give me a tip.", "The answer is 42.", "The answer is 42."),
+    (BARE, "There are 7 days in a week.", "There are 7 days in a week."),
+    ("x", "Version 2.0 = 2 + 0.", "Version 2.0 = 2 + 0."),
+]
+
+
+@pytest.mark.parametrize(("question", "sentence", "expected"), CASES)
+def test_checker_table(question, sentence, expected):
+    assert check_arithmetic(question, "", sentence) == expected
+
+
+def test_checker_is_idempotent_on_its_own_output():
+    for question, sentence, _ in CASES:
+        once = check_arithmetic(question, "", sentence)
+        assert check_arithmetic(question, "", once) == once
+
+
+def test_problems_are_seeded_distinct_and_split():
+    train = make_problems(400, seed=1, split="train")
+    assert train == make_problems(400, seed=1, split="train")
+    assert train != make_problems(400, seed=2, split="train")
+    test = make_problems(200, seed=1, split="test")
+    keys = lambda ps: {(p.a, p.op, p.b) for p in ps}  # noqa: E731
+    assert len(keys(train)) == 400 and len(keys(test)) == 200
+    assert not keys(train) & keys(test)
+    assert not keys(make_problems(400, seed=7, split="train")) & keys(test)
+    assert {p.op for p in train} == {"+", "-", "*", "/"}
+    for p in train + test:
+        assert 2 <= p.a <= 99 and 2 <= p.b <= 99
+        assert p.answer.denominator == 1 and p.answer >= 0
+        assert parse_problem(p.question) == p
+    words = sum(p.unit is not None for p in train)
+    assert 120 < words < 280
+
+
+def test_parse_problem_rejects_what_it_cannot_read():
+    assert parse_problem("Give me three tips.") is None
+    assert parse_problem("What is 2+3 and 4+5?") is None
+    assert parse_problem("What is 7 / 0?") is None
+    assert parse_problem("What is 12 × 3?") == ArithmeticProblem(12, "*", 3, "What is 12 × 3?")
+
+
+@pytest.mark.parametrize(
+    ("answer", "value"),
+    [
+        ("17*23 = 391.", 391),
+        ("17*23 = 17*20 + 17*3 = 340 + 51 = 391. The answer is 391.", 391),
+        ("The answer is 391 (17 times 23).", 391),
+        ("So, 1111 is the answer.", 1111),
+        ("Tom has 64 apples now.", 64),
+        ("The product of 17 and 23 is 391.", 391),
+        ("Each friend gets **12** stickers.", 12),
+        ("Nothing here.", None),
+    ],
+)
+def test_final_answer(answer, value):
+    assert final_answer(answer) == value
+
+
+def test_is_correct():
+    p = ArithmeticProblem(17, "*", 23, BARE)
+    assert p.answer == Fraction(391)
+    assert is_correct(p, "17*23 = 391.")
+    assert not is_correct(p, "17*23 = 381.")
+    assert not is_correct(p, "I do not know.")
