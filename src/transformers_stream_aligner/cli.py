@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stream-aligner", description="Stream Aligner for transformers")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    from . import dataset_builder, demo, training
+    from . import dataset_builder, demo, evaluation, training
 
     demo.build_parser(sub.add_parser("demo", help="stream-aligned generation on the embedded SmolLM2 model"))
     training.build_parser(
@@ -22,8 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     dataset_builder.build_parser(
         sub.add_parser("build-dataset", help="turn answers into sentence-level training records (JSONL)")
     )
+    evaluation.build_parser(
+        sub.add_parser("eval", help="final-answer accuracy on held-out arithmetic: plain, stream-aligned, post-hoc")
+    )
     args = parser.parse_args(argv)
-    commands = {"demo": demo.run, "train": training.run, "build-dataset": dataset_builder.run}
+    commands = {"demo": demo.run, "train": training.run, "build-dataset": dataset_builder.run, "eval": evaluation.run}
     try:
         return commands[args.command](args)
     except (TrainingDataError, FileExistsError, FileNotFoundError) as err:

@@ -1,0 +1,271 @@
+"""``stream-aligner eval`` / ``make eval``: does the aligner help? Final-answer accuracy on held-out arithmetic.
+
+The upstream (by default the embedded SmolLM2-135M-Instruct) answers held-out problems of
+:mod:`.examples.arithmetic` (``split="test"``: no operand triple of them is ever used for training), greedy,
+under four conditions:
+
+* ``plain`` - ``generate`` alone;
+* ``stream-trained`` - stream-aligned with the trained aligner (by default the one shipped in the package);
+* ``stream-checker`` - stream-aligned with the exact checker :func:`~.examples.arithmetic.check_arithmetic`
+  (an upper bound for a sentence-level corrector);
+* ``posthoc-trained`` - Aligner-style: the plain answer, then the trained aligner rewrites it whole.
+
+Each answer is scored by :func:`~.examples.arithmetic.is_correct`. Reported: accuracy with a Wilson 95%
+interval, and each condition's difference to ``plain`` with a paired bootstrap 95% interval (same
+questions); every answer is kept in the JSON for error analysis.
+
+>>> wilson_interval(50, 100)
+(0.4038, 0.5962)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import random
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CONDITIONS", "answer_questions", "evaluate_arithmetic", "paired_bootstrap", "wilson_interval"]
+
+CONDITIONS = ("plain", "stream-trained", "stream-checker", "posthoc-trained")
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``k / n`` (95% for the default ``z``), rounded to 4 places."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4))
+
+
+def paired_bootstrap(a: Sequence[bool], b: Sequence[bool], *, resamples: int = 4000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of ``a - b`` over the same questions and its percentile bootstrap 95% interval."""
+    if len(a) != len(b) or not a:
+        raise ValueError("paired_bootstrap needs two non-empty lists of the same length")
+    diffs = [int(x) - int(y) for x, y in zip(a, b, strict=True)]
+    rng = random.Random(seed)
+    n = len(diffs)
+    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples))
+    return (round(sum(diffs) / n, 4), round(means[int(0.025 * resamples)], 4), round(means[int(0.975 * resamples) - 1], 4))
+
+
+def answer_questions(
+    model: Any,
+    tokenizer: Any,
+    questions: Sequence[str],
+    *,
+    aligner: Any = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 128,
+    progress: bool = True,
+    desc: str = "answering",
+) -> tuple[list[str], list[list[Any]]]:
+    """Greedy answers to ``questions`` (one chat turn each, batches of ``batch_size``, left padding), stream-
+    aligned when ``aligner`` is given. Returns the answer texts and, per answer, its alignment trace."""
+    import torch
+    from tqdm.auto import tqdm
+
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    answers: list[str] = []
+    traces: list[list[Any]] = []
+    try:
+        for begin in tqdm(range(0, len(questions), batch_size), desc=desc, disable=not progress):
+            batch = list(questions[begin : begin + batch_size])
+            enc = tokenizer.apply_chat_template(
+                [[{"role": "user", "content": q}] for q in batch],
+                add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True,
+            )  # fmt: skip
+            kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": False}
+            if aligner is not None:
+                kwargs.update(aligner=aligner, aligner_question=batch, return_dict_in_generate=True,
+                              invalid_correction="keep_original")  # fmt: skip
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # kept originals are counted from the traces
+                out = model.generate(**enc, **kwargs)
+            sequences = out.sequences if aligner is not None else out
+            width = enc["input_ids"].shape[1]
+            answers += [t.strip() for t in tokenizer.batch_decode(sequences[:, width:], skip_special_tokens=True)]
+            traces += list(out.alignment_trace) if aligner is not None else [[] for _ in batch]
+    finally:
+        tokenizer.padding_side = padding_side
+    return answers, traces
+
+
+def _posthoc(aligner: Any, questions: Sequence[str], answers: Sequence[str], *, max_new_tokens: int, batch_size: int,
+             progress: bool) -> list[str]:  # fmt: skip
+    """Aligner-style: each whole answer rewritten in one aligner call (its own aligner instance and cache)."""
+    from tqdm.auto import tqdm
+
+    from .aligner import AlignmentRequest, StreamAligner
+
+    config = dataclasses.replace(aligner.config, max_correction_tokens=max_new_tokens + 64)
+    whole = StreamAligner(aligner.model, aligner.tokenizer, config)
+    out: list[str] = []
+    for begin in tqdm(range(0, len(questions), batch_size), desc="post-hoc", disable=not progress):
+        requests = [AlignmentRequest(q, "", a) for q, a in zip(questions[begin : begin + batch_size], answers[begin : begin + batch_size], strict=True)]
+        texts = whole.correct([r for r in requests if r.last])
+        it = iter(texts)
+        out += [next(it) if r.last else "" for r in requests]
+    return out
+
+
+def evaluate_arithmetic(
+    model: Any,
+    tokenizer: Any,
+    aligner: Any,
+    *,
+    n: int = 200,
+    seed: int = 0,
+    conditions: Sequence[str] = CONDITIONS,
+    batch_size: int = 8,
+    max_new_tokens: int = 128,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the evaluation (see the module docstring); returns the report (summary and every answer)."""
+    from .examples.arithmetic import check_arithmetic, is_correct, make_problems
+
+    unknown = set(conditions) - set(CONDITIONS)
+    if unknown:
+        raise ValueError(f"unknown conditions {sorted(unknown)}; choose from {CONDITIONS}")
+    if aligner is None and any(c != "plain" and c != "stream-checker" for c in conditions):
+        raise ValueError("the conditions stream-trained and posthoc-trained need an aligner")
+    problems = make_problems(n, seed=seed, split="test")
+    questions = [p.question for p in problems]
+    answers: dict[str, list[str]] = {}
+    changed: dict[str, list[int]] = {}
+    seconds: dict[str, float] = {}
+    run_plain = "plain" in conditions or "posthoc-trained" in conditions
+    order = (["plain"] if run_plain else []) + [c for c in conditions if c != "plain"]
+    for condition in order:
+        t0 = time.perf_counter()
+        if condition == "plain":
+            answers[condition], _ = answer_questions(model, tokenizer, questions, batch_size=batch_size,
+                                                     max_new_tokens=max_new_tokens, progress=progress, desc="plain")  # fmt: skip
+        elif condition == "posthoc-trained":
+            answers[condition] = _posthoc(aligner, questions, answers["plain"], max_new_tokens=max_new_tokens,
+                                          batch_size=batch_size, progress=progress)  # fmt: skip
+            changed[condition] = [int(x.strip() != y.strip()) for x, y in zip(answers[condition], answers["plain"], strict=True)]
+        else:
+            fn = aligner if condition == "stream-trained" else check_arithmetic
+            if hasattr(fn, "reset_cache"):
+                fn.reset_cache()
+            answers[condition], traces = answer_questions(model, tokenizer, questions, aligner=fn, batch_size=batch_size,
+                                                          max_new_tokens=max_new_tokens, progress=progress, desc=condition)  # fmt: skip
+            changed[condition] = [sum(r.changed for r in t if r.aligned) for t in traces]
+        seconds[condition] = round(time.perf_counter() - t0, 1)
+    scored = {c: [is_correct(p, a) for p, a in zip(problems, answers[c], strict=True)] for c in conditions}
+    summary: dict[str, Any] = {}
+    for c in conditions:
+        k = sum(scored[c])
+        entry: dict[str, Any] = {"correct": k, "n": n, "accuracy": round(k / n, 4), "ci95": wilson_interval(k, n), "seconds": seconds[c]}
+        if c in changed:
+            entry["answers_changed"] = sum(x > 0 for x in changed[c])
+        if c != "plain" and "plain" in scored:
+            diff, lo, hi = paired_bootstrap(scored[c], scored["plain"])
+            entry["minus_plain"] = {"difference": diff, "ci95": (lo, hi)}
+            entry["fixed"] = sum(x and not y for x, y in zip(scored[c], scored["plain"], strict=True))
+            entry["broken"] = sum(y and not x for x, y in zip(scored[c], scored["plain"], strict=True))
+        summary[c] = entry
+    by_op = {
+        c: {op: round(sum(s for p, s in zip(problems, scored[c], strict=True) if p.op == op) / max(1, sum(p.op == op for p in problems)), 4)
+            for op in "+-*/"}
+        for c in conditions
+    }  # fmt: skip
+    rows = [
+        {"question": p.question, "expected": str(p.answer), "op": p.op, "word_problem": p.unit is not None,
+         **{c: {"answer": answers[c][i], "correct": scored[c][i], **({"changed": changed[c][i]} if c in changed else {})} for c in conditions}}
+        for i, p in enumerate(problems)
+    ]  # fmt: skip
+    return {"n": n, "seed": seed, "split": "test", "max_new_tokens": max_new_tokens, "summary": summary,
+            "accuracy_by_operator": by_op, "rows": rows}  # fmt: skip
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The summary as a markdown table."""
+    lines = ["| condition | correct / n | accuracy (95% CI) | minus plain (95% CI) | fixed / broken vs plain | answers changed | seconds |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for c, e in report["summary"].items():
+        lo, hi = e["ci95"]
+        d = e.get("minus_plain")
+        diff = f"{d['difference']:+.3f} ({d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f})" if d else ""
+        fb = f"{e['fixed']} / {e['broken']}" if "fixed" in e else ""
+        lines.append(f"| {c} | {e['correct']} / {e['n']} | {e['accuracy']:.3f} ({lo:.3f}, {hi:.3f}) | {diff} | {fb} | "
+                     f"{e.get('answers_changed', '')} | {e['seconds']} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: str | Path) -> Path | None:
+    """Bar chart of accuracy with 95% intervals; ``None`` when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    names = list(report["summary"])
+    acc = [report["summary"][c]["accuracy"] for c in names]
+    err = [[a - report["summary"][c]["ci95"][0] for c, a in zip(names, acc, strict=True)],
+           [report["summary"][c]["ci95"][1] - a for c, a in zip(names, acc, strict=True)]]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    ax.bar(names, acc, yerr=err, capsize=6, color=["#888", "#3a7", "#37a", "#a73"][: len(names)])
+    for i, a in enumerate(acc):
+        ax.text(i, a + 0.01, f"{a:.1%}", ha="center", va="bottom")
+    ax.set(ylabel="final-answer accuracy", ylim=(0, max(1e-9, *[report["summary"][c]["ci95"][1] for c in names]) * 1.15),
+           title=f"Held-out arithmetic, SmolLM2-135M-Instruct, n = {report['n']} (95% Wilson CI)")  # fmt: skip
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="stream-aligner eval", description=__doc__)
+    parser.add_argument("--aligner", help="trained aligner checkpoint (default: the arithmetic aligner shipped in the package)")
+    parser.add_argument("--n", type=int, default=200, help="held-out problems (default 200)")
+    parser.add_argument("--seed", type=int, default=0, help="which held-out problems (default 0)")
+    parser.add_argument("--conditions", default=",".join(CONDITIONS), help=f"comma-separated, from {', '.join(CONDITIONS)}")
+    parser.add_argument("--batch-size", type=int, default=8, help="questions answered together (default 8)")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="bound on each answer (default 128)")
+    parser.add_argument("--output", default="eval_results.json", help="JSON report with every answer (default eval_results.json)")
+    parser.add_argument("--plot", help="also write a bar chart (PNG; needs matplotlib)")
+    parser.add_argument("--cache-dir", help="where the converted SmolLM2 checkpoint is kept")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import enable_stream_alignment
+    from .models import load_arithmetic_aligner, load_smollm2
+
+    conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
+    model, tokenizer = load_smollm2(args.cache_dir)
+    enable_stream_alignment(model, tokenizer)
+    aligner = None
+    if any(c in ("stream-trained", "posthoc-trained") for c in conditions):
+        aligner = load_arithmetic_aligner(args.aligner, cache_dir=args.cache_dir)
+    report = evaluate_arithmetic(model, tokenizer, aligner, n=args.n, seed=args.seed, conditions=conditions,
+                                 batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                 progress=not args.no_progress)  # fmt: skip
+    report["aligner"] = args.aligner or "shipped arithmetic aligner"
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(markdown_table(report))
+    print(f"\naccuracy by operator: {json.dumps(report['accuracy_by_operator'])}")
+    print(f"[stream-aligner] every answer in {out}")
+    if args.plot:
+        written = plot(report, args.plot)
+        print(f"[stream-aligner] plot: {written}" if written else "[stream-aligner] no plot: matplotlib is not installed")
+    return 0

@@ -1,0 +1,134 @@
+"""Rebuild the shipped arithmetic aligner from scratch, seeded: ``make aligner`` or
+``python -m transformers_stream_aligner.examples.build_arithmetic_aligner``.
+
+1. Held-in problems: :func:`~.arithmetic.make_problems` (``split="train"``; none is ever evaluated).
+2. On-policy data, twice with ``stream-aligner build-dataset``: SmolLM2-135M-Instruct answers every problem
+   greedily, then once more sampled (temperature 0.7); each sentence is corrected by the exact checker
+   :func:`~.arithmetic.check_arithmetic` while the upstream continues from the corrected text.
+3. Balance: every changed record, and as many unchanged ones again (seeded draw), so that the aligner learns
+   to fix as much as to keep.
+4. ``stream-aligner train``: a LoRA adapter on SmolLM2-135M-Instruct.
+5. The adapter is stored in float16 (peft casts it back to the base's float32 on load) with the tokenizer,
+   ``stream_aligner_config.json``, a model card and ``build_report.json`` (the steps' wall times).
+
+Every step runs in this process; the wall time of each is printed and saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ..models import ARITHMETIC_ALIGNER
+
+CHECKER = "transformers_stream_aligner.examples.arithmetic:check_arithmetic"
+
+
+def _cli(args: list[str]) -> None:
+    from ..cli import main
+
+    code = main(args)
+    if code:
+        raise SystemExit(f"stream-aligner {' '.join(args)} failed ({code})")
+
+
+def balance(records: list[dict[str, Any]], *, copies_per_change: float, seed: int) -> list[dict[str, Any]]:
+    """All changed records plus ``copies_per_change`` unchanged ones per changed one (seeded), shuffled."""
+    changed = [r for r in records if r["correction"].strip() != r["last"].strip()]
+    kept = [r for r in records if r["correction"].strip() == r["last"].strip()]
+    rng = random.Random(seed)
+    kept = rng.sample(kept, min(len(kept), round(copies_per_change * len(changed))))
+    out = changed + kept
+    rng.shuffle(out)
+    return out
+
+
+def to_float16(directory: Path) -> None:
+    """Rewrite the adapter's safetensors in float16 (halves the shipped size)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = directory / "adapter_model.safetensors"
+    tensors = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(path).items()}
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", default=str(ARITHMETIC_ALIGNER), help="where the aligner goes (default: the package's)")
+    parser.add_argument("--work-dir", default=None, help="data and training files (default: <cache>/arithmetic-aligner-work)")
+    parser.add_argument("--problems", type=int, default=320, help="held-in problems (default 320)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--copies-per-change", type=float, default=1.0, help="unchanged records per changed one (default 1)")
+    parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
+    parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA (a 540 MB checkpoint)")
+    parser.add_argument("--epochs", default="2", help="training epochs (default 2)")
+    parser.add_argument("--learning-rate", default=None, help="default 2e-4 for LoRA, 2e-5 for full")
+    parser.add_argument("--max-new-tokens", default="128", help="bound on each upstream answer (default 128)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    from ..models import default_cache_dir
+    from .arithmetic import make_problems
+
+    work = Path(args.work_dir) if args.work_dir else default_cache_dir() / "arithmetic-aligner-work"
+    work.mkdir(parents=True, exist_ok=True)
+    quiet = ["--no-progress"] if args.no_progress else []
+    report: dict[str, Any] = {"problems": args.problems, "seed": args.seed, "lora_r": None if args.full else args.lora_r,
+                              "epochs": args.epochs, "steps": {}}  # fmt: skip
+    t_all = time.perf_counter()
+
+    def step(name: str, cli_args: list[str]) -> None:
+        t0 = time.perf_counter()
+        print(f"[aligner] {name} ...", flush=True)
+        _cli(cli_args)
+        report["steps"][name] = round(time.perf_counter() - t0, 1)
+        print(f"[aligner] {name}: {report['steps'][name]} s", flush=True)
+
+    problems = make_problems(args.problems, seed=args.seed, split="train")
+    (work / "questions.txt").write_text("\n".join(p.question for p in problems) + "\n")
+    common = ["build-dataset", "--questions", str(work / "questions.txt"), "--corrector", CHECKER, "--overwrite",
+              "--max-new-tokens", args.max_new_tokens, "--batch-size", "8", "--seed", str(args.seed), *quiet]  # fmt: skip
+    step("data (greedy answers)", [*common, "--output", str(work / "greedy.jsonl")])
+    step("data (sampled answers)", [*common, "--output", str(work / "sampled.jsonl"), "--do-sample", "--temperature", "0.7"])
+    records = [json.loads(line) for name in ("greedy", "sampled") for line in (work / f"{name}.jsonl").read_text().splitlines()]
+    train = balance(records, copies_per_change=args.copies_per_change, seed=args.seed)
+    (work / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+    report["records"] = {"collected": len(records), "changed": sum(r["correction"].strip() != r["last"].strip() for r in records),
+                         "trained_on": len(train)}  # fmt: skip
+    print(f"[aligner] records: {report['records']}", flush=True)
+    trained = work / "aligner"
+    train_args = ["train", "--base-model", "smollm2", "--train-file", str(work / "train.jsonl"), "--output-dir", str(trained),
+                  "--overwrite-output-dir", "--num-train-epochs", args.epochs, "--per-device-train-batch-size", "8",
+                  "--max-length", "512", "--seed", str(args.seed), *quiet]  # fmt: skip
+    if args.full:
+        train_args += ["--learning-rate", args.learning_rate or "2e-5"]
+    else:
+        train_args += ["--lora", "--lora-r", str(args.lora_r), "--lora-alpha", str(2 * args.lora_r),
+                       "--learning-rate", args.learning_rate or "2e-4"]  # fmt: skip
+    step("training", train_args)
+    if not args.full:
+        to_float16(trained)
+        config = json.loads((trained / "adapter_config.json").read_text())
+        config["base_model_name_or_path"] = "HuggingFaceTB/SmolLM2-135M-Instruct"  # portable, not this machine's path
+        (trained / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    report["total_s"] = round(time.perf_counter() - t_all, 1)
+    (trained / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    out = Path(args.output)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(trained, out, ignore=shutil.ignore_patterns("checkpoint-*", "training_args.bin"))
+    size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
+    print(f"[aligner] saved to {out} ({size:.1f} MiB); total {report['total_s']} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    raise SystemExit(main())

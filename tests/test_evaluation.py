@@ -1,0 +1,73 @@
+"""``stream-aligner eval``: interval arithmetic, and the evaluation's plumbing on a tiny model (float64)."""
+
+import json
+import re
+
+import pytest
+
+from transformers_stream_aligner import StreamAligner, StreamAlignerConfig, enable_stream_alignment
+from transformers_stream_aligner.evaluation import (
+    answer_questions,
+    evaluate_arithmetic,
+    markdown_table,
+    paired_bootstrap,
+    wilson_interval,
+)
+from transformers_stream_aligner.examples.arithmetic import check_arithmetic, is_correct, make_problems
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "expected"),
+    [(50, 100, (0.4038, 0.5962)), (0, 10, (0.0, 0.2775)), (10, 10, (0.7225, 1.0)), (37, 200, (0.1373, 0.2446))],
+)
+def test_wilson_interval(k, n, expected):
+    assert wilson_interval(k, n) == pytest.approx(expected, abs=1e-4)
+
+
+def test_paired_bootstrap():
+    same = [True, False, True, True]
+    assert paired_bootstrap(same, same) == (0.0, 0.0, 0.0)
+    assert paired_bootstrap([True] * 5, [False] * 5) == (1.0, 1.0, 1.0)
+    a = [True] * 30 + [False] * 70
+    b = [False] * 10 + [True] * 20 + [False] * 70
+    diff, lo, hi = paired_bootstrap(a, b)
+    assert diff == pytest.approx(0.1) and lo < 0.1 < hi and lo > 0
+    assert paired_bootstrap(a, b) == paired_bootstrap(a, b)  # seeded
+    with pytest.raises(ValueError):
+        paired_bootstrap([True], [True, False])
+
+
+def _claims(text):
+    return re.findall(r"\d+\s*\*\s*\d+\s*=\s*\d+", text)
+
+
+def test_evaluation_on_a_tiny_model(tiny_llama, tmp_path):
+    model, tok = tiny_llama
+    enable_stream_alignment(model, tok)
+    trained = StreamAligner(model, tok, StreamAlignerConfig(max_correction_tokens=24))
+    report = evaluate_arithmetic(model, tok, trained, n=8, seed=3, batch_size=4, max_new_tokens=40, progress=False)
+    problems = make_problems(8, seed=3, split="test")
+    rows = report["rows"]
+    assert [r["question"] for r in rows] == [p.question for p in problems]
+    plain, _ = answer_questions(model, tok, [p.question for p in problems], batch_size=8, max_new_tokens=40, progress=False)
+    assert [r["plain"]["answer"] for r in rows] == plain  # batching and padding do not change greedy answers
+    for r, p in zip(rows, problems, strict=True):
+        for condition in ("plain", "stream-trained", "stream-checker", "posthoc-trained"):
+            assert r[condition]["correct"] == is_correct(p, r[condition]["answer"])
+        # the exact checker leaves no wrong "a*b = c" claim in its stream-aligned answers
+        assert check_arithmetic(p.question, "", r["stream-checker"]["answer"]) == r["stream-checker"]["answer"]
+    assert any(check_arithmetic(p.question, "", a) != a for p, a in zip(problems, plain, strict=True))
+    summary = report["summary"]
+    assert summary["plain"]["correct"] == sum(r["plain"]["correct"] for r in rows)
+    assert summary["stream-checker"]["answers_changed"] > 0
+    assert set(summary["stream-trained"]["minus_plain"]) == {"difference", "ci95"}
+    assert "| stream-checker |" in markdown_table(report)
+    json.dumps(report)  # the CLI writes it as JSON
+
+
+def test_evaluation_refuses_unknown_conditions(tiny_llama):
+    model, tok = tiny_llama
+    with pytest.raises(ValueError, match="unknown conditions"):
+        evaluate_arithmetic(model, tok, None, n=2, conditions=["plain", "magic"])
+    with pytest.raises(ValueError, match="need an aligner"):
+        evaluate_arithmetic(model, tok, None, n=2, conditions=["stream-trained"])
