@@ -33,7 +33,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 
 # Speed against plain generate, a reference-style loop and post-hoc correction (docs/benchmarks.md).
-# The first run also builds the benchmark's copy aligner (~20 min, cached in $(STREAM_ALIGNER_CACHE)).
+# The first run also builds the benchmark's copy aligner (~16 min, cached in $(STREAM_ALIGNER_CACHE)).
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/speed.py
