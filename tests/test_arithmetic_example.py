@@ -48,6 +48,9 @@ CASES = [
     ("x", "Now, we can multiply 22 by 15 to get 315.", "Now, we can multiply 22 by 15 to get 330."),
     ("x", "Subtracting 48 from 81 gives 22.", "Subtracting 48 from 81 gives 33."),
     ("x", "Divide 84 by 7 to get 11.", "Divide 84 by 7 to get 12."),
+    # a worded claim whose "result" starts an expression is not a claim; the written one is checked
+    ("x", "We multiply 147 by 13, which gives us 147*13 = 1921.", "We multiply 147 by 13, which gives us 147*13 = 1911."),
+    ("x", "45 plus 19 is 45 + 19 = 63.", "45 plus 19 is 45 + 19 = 64."),
     # final results, operands known from the question
     ("What is 45 + 19?", "So the answer is 63.", "So the answer is 64."),
     ("What is 45 + 19?", "So the total is 64.", "So the total is 64."),

@@ -58,11 +58,11 @@ _WORD_OPS = {
 _WORD_VERB = r"(?:is|equals|is equal to|=|gives|makes|gives us|results in)"
 _WORD_CLAIM = re.compile(
     rf"(?<![\w.,])(\d+)\s+(plus|added to|minus|less|take away|times|multiplied by|divided by|over)\s+(\d+)\s*,?\s+"
-    rf"{_WORD_VERB}\s+(-?(?:{_NUM}))(?![\d]|\.\d)",
+    rf"{_WORD_VERB}\s+(-?(?:{_NUM}))(?![\d]|\.\d|\s*{_OP}\s*\d)",
     re.IGNORECASE,
 )
 _NAMED_CLAIM = re.compile(
-    rf"\b(sum|difference|product|quotient)\s+(?:of|between)\s+(\d+)\s+and\s+(\d+)\s*,?\s+{_WORD_VERB}\s+(-?(?:{_NUM}))(?![\d]|\.\d)",
+    rf"\b(sum|difference|product|quotient)\s+(?:of|between)\s+(\d+)\s+and\s+(\d+)\s*,?\s+{_WORD_VERB}\s+(-?(?:{_NUM}))(?![\d]|\.\d|\s*{_OP}\s*\d)",
     re.IGNORECASE,
 )
 _NAMED_OPS = {"sum": "+", "difference": "-", "product": "*", "quotient": "/"}
@@ -75,7 +75,7 @@ _VERBAL_CHAIN = re.compile(
 _VERB_CLAIM = re.compile(
     rf"\b(add|adding|multiply|multiplying|subtract|subtracting|divide|dividing)\s+(\d+)\s+(and|to|by|from)\s+(\d+)"
     rf"[^.?!\d]{{0,25}}?\b(?:to get|to find|gives|gives us|gives you|results in|which is|we get|you get|equals|is)\s+"
-    rf"(-?(?:{_NUM}))(?![\d]|\.\d)",
+    rf"(-?(?:{_NUM}))(?![\d]|\.\d|\s*{_OP}\s*\d)",
     re.IGNORECASE,
 )
 # "So, 1111 is the answer."
