@@ -250,6 +250,8 @@ def test_train_then_infer_lora_adapter(tiny_base, tmp_path):
         (moved / f.name).write_bytes(f.read_bytes())
     again = StreamAligner.from_pretrained(out, base_model_name_or_path=moved)
     assert again.correct([request]) == [RECORD["correction"]]
+    offline = StreamAligner.from_pretrained(out, base_model_name_or_path=moved, local_files_only=True)
+    assert offline.correct([request]) == [RECORD["correction"]]
     base_only = StreamAligner.from_pretrained(tiny_base)
     assert base_only.correct([request]) != [RECORD["correction"]]  # the adapter is what learned it
 

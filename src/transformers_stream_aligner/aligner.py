@@ -195,12 +195,10 @@ class StreamAligner:
                 model = AutoModelForCausalLM.from_pretrained(
                     base_model_name_or_path, use_safetensors=True, trust_remote_code=trust_remote_code, **load_kwargs
                 )
-                adapter_kwargs = {k: v for k, v in hub_kwargs.items() if k != "local_files_only" and v is not None}
-                model.load_adapter(
-                    os.fspath(pretrained_model_name_or_path),
-                    local_files_only=local_files_only,
-                    adapter_kwargs=adapter_kwargs,
-                )
+                # local_files_only goes in adapter_kwargs: load_adapter(local_files_only=True) itself raises a
+                # TypeError in transformers 5.23 (it is forwarded to LoadStateDictConfig).
+                adapter_kwargs = {k: v for k, v in hub_kwargs.items() if v is not None and v is not False}
+                model.load_adapter(os.fspath(pretrained_model_name_or_path), adapter_kwargs=adapter_kwargs)
         except OSError as err:
             raise OSError(
                 f"could not load the aligner {str(pretrained_model_name_or_path)!r} "
