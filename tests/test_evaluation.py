@@ -56,6 +56,7 @@ def test_evaluation_on_a_tiny_model(tiny_llama, tmp_path):
             assert r[condition]["correct"] == is_correct(p, r[condition]["answer"])
         # the exact checker leaves no wrong "a*b = c" claim in its stream-aligned answers
         assert check_arithmetic(p.question, "", r["stream-checker"]["answer"]) == r["stream-checker"]["answer"]
+        assert [s[1] for s in r["stream-checker"]["sentences"]] == [check_arithmetic(p.question, "", s[0]) for s in r["stream-checker"]["sentences"]]
     assert any(check_arithmetic(p.question, "", a) != a for p, a in zip(problems, plain, strict=True))
     summary = report["summary"]
     assert summary["plain"]["correct"] == sum(r["plain"]["correct"] for r in rows)
@@ -71,3 +72,19 @@ def test_evaluation_refuses_unknown_conditions(tiny_llama):
         evaluate_arithmetic(model, tok, None, n=2, conditions=["plain", "magic"])
     with pytest.raises(ValueError, match="need an aligner"):
         evaluate_arithmetic(model, tok, None, n=2, conditions=["stream-trained"])
+
+
+@pytest.mark.parametrize(
+    ("sentences", "kind"),
+    [
+        ([["17*23 = 381.", "17*23 = 381."]], "missed"),
+        ([["17*23 = 381.", "17*23 = 401."]], "wrong fix"),
+        ([["17*23 = 391.", "17*23 = 392."]], "broke"),
+        ([["Let us multiply.", "Let us multiply."], ["It is big.", "It is big."]], "no checkable result"),
+        ([["17*23 = 381.", "17*23 = 391."], ["So 17*3 = 50.", "So 17*3 = 50."]], "missed"),
+    ],
+)
+def test_classify_error(sentences, kind):
+    from transformers_stream_aligner.evaluation import classify_error
+
+    assert classify_error("What is 17*23?", sentences) == kind

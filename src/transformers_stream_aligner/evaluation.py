@@ -31,7 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONDITIONS", "answer_questions", "evaluate_arithmetic", "paired_bootstrap", "wilson_interval"]
+__all__ = ["CONDITIONS", "ERROR_KINDS", "answer_questions", "classify_error", "error_analysis", "evaluate_arithmetic",
+           "paired_bootstrap", "wilson_interval"]
 
 CONDITIONS = ("plain", "stream-trained", "stream-checker", "posthoc-trained")
 
@@ -142,6 +143,7 @@ def evaluate_arithmetic(
     questions = [p.question for p in problems]
     answers: dict[str, list[str]] = {}
     changed: dict[str, list[int]] = {}
+    sentences: dict[str, list[list[list[str]]]] = {}  # per condition, question: [original, corrected] per sentence
     seconds: dict[str, float] = {}
     run_plain = "plain" in conditions or "posthoc-trained" in conditions
     order = (["plain"] if run_plain else []) + [c for c in conditions if c != "plain"]
@@ -161,6 +163,7 @@ def evaluate_arithmetic(
             answers[condition], traces = answer_questions(model, tokenizer, questions, aligner=fn, batch_size=batch_size,
                                                           max_new_tokens=max_new_tokens, progress=progress, desc=condition)  # fmt: skip
             changed[condition] = [sum(r.changed for r in t if r.aligned) for t in traces]
+            sentences[condition] = [[[r.original_text.strip(), r.corrected_text.strip()] for r in t if r.aligned] for t in traces]
         seconds[condition] = round(time.perf_counter() - t0, 1)
     scored = {c: [is_correct(p, a) for p, a in zip(problems, answers[c], strict=True)] for c in conditions}
     summary: dict[str, Any] = {}
@@ -182,11 +185,50 @@ def evaluate_arithmetic(
     }  # fmt: skip
     rows = [
         {"question": p.question, "expected": str(p.answer), "op": p.op, "word_problem": p.unit is not None,
-         **{c: {"answer": answers[c][i], "correct": scored[c][i], **({"changed": changed[c][i]} if c in changed else {})} for c in conditions}}
+         **{c: {"answer": answers[c][i], "correct": scored[c][i], **({"changed": changed[c][i]} if c in changed else {}),
+                **({"sentences": sentences[c][i]} if c in sentences else {})} for c in conditions}}
         for i, p in enumerate(problems)
     ]  # fmt: skip
     return {"n": n, "seed": seed, "split": "test", "max_new_tokens": max_new_tokens, "summary": summary,
             "accuracy_by_operator": by_op, "rows": rows}  # fmt: skip
+
+
+ERROR_KINDS = {
+    "missed": "a sentence had a wrong result and the aligner kept it",
+    "wrong fix": "the aligner changed a wrong result into another wrong one",
+    "broke": "the aligner changed a right sentence into a wrong one",
+    "no checkable result": "every sentence was right or unverifiable, yet the final answer is wrong or missing",
+}
+
+
+def classify_error(question: str, sentences: Sequence[Sequence[str]]) -> str:
+    """Why a stream-aligned answer is wrong, judged sentence by sentence with the exact checker: the first
+    of ``missed``, ``wrong fix``, ``broke`` that occurs, else ``no checkable result`` (see ``ERROR_KINDS``)."""
+    from .examples.arithmetic import check_arithmetic
+
+    prefix = ""
+    for original, corrected in sentences:
+        original_ok = check_arithmetic(question, prefix, original) == original
+        corrected_ok = check_arithmetic(question, prefix, corrected) == corrected
+        if not original_ok and corrected == original:
+            return "missed"
+        if not original_ok and not corrected_ok:
+            return "wrong fix"
+        if original_ok and not corrected_ok:
+            return "broke"
+        prefix = (prefix + " " + corrected).strip()
+    return "no checkable result"
+
+
+def error_analysis(report: dict[str, Any], condition: str = "stream-trained", k: int = 20) -> dict[str, Any]:
+    """Counts of :func:`classify_error` over every wrong answer of ``condition``, and the first ``k`` cases."""
+    wrong = [r for r in report["rows"] if not r[condition]["correct"] and "sentences" in r[condition]]
+    kinds = [classify_error(r["question"], r[condition]["sentences"]) for r in wrong]
+    counts = {kind: kinds.count(kind) for kind in ERROR_KINDS}
+    cases = [{"question": r["question"], "expected": r["expected"], "kind": kind, "answer": r[condition]["answer"],
+              "changed_sentences": [s for s in r[condition]["sentences"] if s[0] != s[1]]}
+             for r, kind in zip(wrong[:k], kinds[:k], strict=True)]  # fmt: skip
+    return {"condition": condition, "wrong": len(wrong), "counts": counts, "cases": cases}
 
 
 def markdown_table(report: dict[str, Any]) -> str:
@@ -259,11 +301,16 @@ def run(args: argparse.Namespace) -> int:
                                  batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                                  progress=not args.no_progress)  # fmt: skip
     report["aligner"] = args.aligner or "shipped arithmetic aligner"
+    if "stream-trained" in conditions:
+        report["error_analysis"] = error_analysis(report, "stream-trained", k=20)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(markdown_table(report))
     print(f"\naccuracy by operator: {json.dumps(report['accuracy_by_operator'])}")
+    if "error_analysis" in report:
+        ea = report["error_analysis"]
+        print(f"stream-trained, {ea['wrong']} wrong answers: {json.dumps(ea['counts'])}")
     print(f"[stream-aligner] every answer in {out}")
     if args.plot:
         written = plot(report, args.plot)
