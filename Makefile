@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 export STREAM_ALIGNER_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: install demo test test-fast lint bench bench-batch bench-train clean
+.PHONY: install demo test test-fast lint eval aligner bench bench-batch bench-train clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,16 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+
+# Final-answer accuracy on 200 held-out arithmetic problems: plain, stream-aligned (trained aligner, exact
+# checker), post-hoc (docs/results.md).
+eval: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[bench]"
+	HF_HUB_OFFLINE=1 $(VENV)/bin/stream-aligner eval --output benchmarks/results/arithmetic_eval.json --plot docs/img/arithmetic_eval.png
+
+# Rebuild the shipped arithmetic aligner from scratch (seeded): on-policy data, LoRA training.
+aligner: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m transformers_stream_aligner.examples.build_arithmetic_aligner
 
 # Speed against plain generate, a reference-style loop and post-hoc correction (docs/benchmarks.md).
 # The first run also builds the benchmark's copy aligner (~16 min, cached in $(STREAM_ALIGNER_CACHE)).

