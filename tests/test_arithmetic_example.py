@@ -37,6 +37,8 @@ CASES = [
     (BARE, "First, 17*20 = 34, then 17*3 = 51.", "First, 17*20 = 340, then 17*3 = 51."),
     ("x", "2 + 3 * 4 = 20.", "2 + 3 * 4 = 14."),
     ("x", "3 + 89 = 10 * 10 = 100.", "3 + 89 = 10 * 10 = 92."),
+    ("x", "7 / 0 = 10 + 2 = 9.", "7 / 0 = 10 + 2 = 9."),  # unverifiable: its first expression divides by zero
+    ("x", "381 = 17*23.", "381 = 17*23."),  # a bare number before the first expression is left as written
     # worded claims
     ("What is 30*19?", "30*19 is equal to 519.", "30*19 is equal to 570."),
     ("What is 30*19?", "30*19 is 570.", "30*19 is 570."),

@@ -46,7 +46,7 @@ def _table(records: list[Any], width: int = 100) -> str:
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="stream-aligner demo", description=__doc__)
-    parser.add_argument("questions", nargs="*", help="questions to ask (default: two examples)")
+    parser.add_argument("questions", nargs="*", help="questions to ask (default: three arithmetic examples)")
     parser.add_argument("--aligner", help="aligner checkpoint (directory or Hub repo id), or 'untrained' (SmolLM2 with the "
                         "reference prompt); default: the trained arithmetic aligner shipped in the package")
     parser.add_argument("--max-new-tokens", type=int, default=96, help="bound on the corrected answer (default 96)")

@@ -162,8 +162,8 @@ def evaluate_arithmetic(
                 fn.reset_cache()
             answers[condition], traces = answer_questions(model, tokenizer, questions, aligner=fn, batch_size=batch_size,
                                                           max_new_tokens=max_new_tokens, progress=progress, desc=condition)  # fmt: skip
-            changed[condition] = [sum(r.changed for r in t if r.aligned) for t in traces]
             sentences[condition] = [[[r.original_text.strip(), r.corrected_text.strip()] for r in t if r.aligned] for t in traces]
+            changed[condition] = [sum(o != c for o, c in pairs) for pairs in sentences[condition]]
         seconds[condition] = round(time.perf_counter() - t0, 1)
     scored = {c: [is_correct(p, a) for p, a in zip(problems, answers[c], strict=True)] for c in conditions}
     summary: dict[str, Any] = {}

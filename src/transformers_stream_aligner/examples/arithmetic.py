@@ -57,7 +57,7 @@ _WORD_OPS = {
 }  # fmt: skip
 _WORD_VERB = r"(?:is|equals|is equal to|=|gives|makes|gives us|results in)"
 _WORD_CLAIM = re.compile(
-    rf"(?<![\w.,])(\d+)\s+(plus|added to|minus|less|take away|times|multiplied by|divided by|over)\s+(\d+)\s*,?\s+"
+    rf"(?<![\w.,])(\d+)\s+({'|'.join(_WORD_OPS)})\s+(\d+)\s*,?\s+"
     rf"{_WORD_VERB}\s+(-?(?:{_NUM}))(?![\d]|\.\d|\s*{_OP}\s*\d)",
     re.IGNORECASE,
 )
@@ -256,12 +256,14 @@ def _claim_edits(text: str) -> list[tuple[int, int, str]]:
                 start = pos + (len(part) - len(part.lstrip()))
                 sides.append((start, start + len(part.strip()), part.strip()))
             pos += len(part)
-        value = None
+        # A chain claims that every side equals its first expression (unverifiable if that divides by zero).
+        first = next((side for _, _, side in sides if not _is_bare(side)), None)
+        value = _evaluate(first) if first is not None else None
+        seen_expression = False
         for start, end, side in sides:
             if not _is_bare(side):
-                if value is None:
-                    value = _evaluate(side)  # a chain claims that every side equals its first expression
-            elif value is not None:
+                seen_expression = True
+            elif seen_expression and value is not None:
                 edits.append((start, end, side if _agrees(side, value) else _format(value)))
     claims: list[tuple[int, str, int, re.Match[str], int]] = []  # a, op, b, match, group of the result
     for m in _WORD_CLAIM.finditer(text):
