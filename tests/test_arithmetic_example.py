@@ -5,12 +5,18 @@ from fractions import Fraction
 import pytest
 
 from transformers_stream_aligner.examples.arithmetic import (
+    PROBES,
     ArithmeticProblem,
     check_arithmetic,
+    check_arithmetic_worked,
+    every_step_right,
     final_answer,
+    involves_probe,
     is_correct,
     make_problems,
     parse_problem,
+    synthetic_product_claims,
+    worked_product,
 )
 
 BARE = "What is 17*23?"
@@ -131,3 +137,74 @@ def test_is_correct():
     assert is_correct(p, "17*23 = 391.")
     assert not is_correct(p, "17*23 = 381.")
     assert not is_correct(p, "I do not know.")
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        (17, 23, "17*20 + 17*3 = 200 + 140 + 30 + 21 = 340 + 51 = 391"),
+        (99, 99, "99*90 + 99*9 = 8100 + 810 + 810 + 81 = 8910 + 891 = 9801"),
+        (27, 3, "20*3 + 7*3 = 60 + 21 = 81"),
+        (4, 56, "4*50 + 4*6 = 200 + 24 = 224"),
+        (17, 20, "10*20 + 7*20 = 200 + 140 = 340"),
+        (30, 40, "1200"),
+        (7, 8, "56"),
+    ],
+)
+def test_worked_product(a, b, expected):
+    assert worked_product(a, b) == expected
+    assert check_arithmetic("", "", f"{a}*{b} = {expected}.") == f"{a}*{b} = {expected}."  # every step is right
+
+
+def test_worked_product_over_all_operands():
+    for a in range(2, 100):
+        for b in range(2, 100):
+            chain = worked_product(a, b, sym=" × ")
+            assert chain.endswith(f" {a * b}") or chain == str(a * b)
+            assert check_arithmetic("", "", f"{a} × {b} = {chain}.") == f"{a} × {b} = {chain}."
+
+
+@pytest.mark.parametrize(
+    ("sentence", "expected"),
+    [
+        ("17*23 = 381.", "17*23 = 17*20 + 17*3 = 200 + 140 + 30 + 21 = 340 + 51 = 391."),
+        ("17*23 = 391.", "17*23 = 17*20 + 17*3 = 200 + 140 + 30 + 21 = 340 + 51 = 391."),  # right: still worked
+        ("So 11 * 84 = 840 cards.", "So 11 * 84 = 11 * 80 + 11 * 4 = 800 + 80 + 40 + 4 = 880 + 44 = 924 cards."),
+        ("7 * 8 = 54, and 45 + 19 = 63.", "7 * 8 = 56, and 45 + 19 = 64."),  # one-digit products stay one step
+        ("17*23 = 17*20 + 17*3 = 340 + 51 = 381.", "17*23 = 17*20 + 17*3 = 340 + 51 = 391."),  # a chain: not expanded
+        ("2 + 17*23 = 393.", "2 + 17*23 = 393."),  # not a plain product claim
+        ("There are 12 boxes.", "There are 12 boxes."),
+    ],
+)
+def test_worked_checker(sentence, expected):
+    assert check_arithmetic_worked(BARE, "", sentence) == expected
+    assert check_arithmetic_worked(BARE, "", expected) == expected  # idempotent
+
+
+def test_synthetic_product_claims_are_held_in_seeded_and_never_the_probe():
+    records = synthetic_product_claims(600, seed=5)
+    assert records == synthetic_product_claims(600, seed=5)
+    assert records != synthetic_product_claims(600, seed=6)
+    held_out = {(p.a, p.b) for p in make_problems(50, seed=0, split="test") if p.op == "*"}
+    wrong = 0
+    for r in records:
+        problem = parse_problem(r["question"])
+        assert problem is not None and problem.op == "*" and problem.split == "train"
+        assert (problem.a, problem.b) not in held_out and (problem.a, "*", problem.b) not in PROBES
+        assert r["prefix"] == "" and r["correction"] == check_arithmetic_worked(r["question"], "", r["last"])
+        assert is_correct(problem, r["correction"]) and not involves_probe(r["last"])
+        wrong += not is_correct(problem, r["last"])
+    assert 0.6 < wrong / len(records) < 0.8
+
+
+def test_involves_probe():
+    assert involves_probe("So 17*23 = 381.") and involves_probe("23 × 17 is") and involves_probe("17 times 23")
+    assert not involves_probe("117*23 = 2691.") and not involves_probe("17*230") and not involves_probe("17 + 23")
+
+
+def test_every_step_right_checks_expressions_too():
+    assert every_step_right(BARE, "17*23 = 17*20 + 17*3 = 200 + 140 + 30 + 21 = 340 + 51 = 391.")
+    assert not every_step_right(BARE, "17*23 = 17*20 + 17*3 = 200 + 140 + 30 + 21 = 340 + 41 = 391.")  # the checker passes it
+    assert check_arithmetic(BARE, "", "17*23 = 17*20 + 17*3 = 200 + 140 + 30 + 21 = 340 + 41 = 391.").endswith("= 391.")
+    assert not every_step_right(BARE, "17*23 = 381.") and not every_step_right(BARE, "5/0 = 3.")
+    assert every_step_right(BARE, "No numbers here.")

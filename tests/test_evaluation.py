@@ -11,9 +11,10 @@ from transformers_stream_aligner.evaluation import (
     evaluate_arithmetic,
     markdown_table,
     paired_bootstrap,
+    product_claim_probe,
     wilson_interval,
 )
-from transformers_stream_aligner.examples.arithmetic import check_arithmetic, is_correct, make_problems
+from transformers_stream_aligner.examples.arithmetic import check_arithmetic, is_correct, make_problems, parse_problem
 
 
 @pytest.mark.parametrize(
@@ -88,3 +89,20 @@ def test_classify_error(sentences, kind):
     from transformers_stream_aligner.evaluation import classify_error
 
     assert classify_error("What is 17*23?", sentences) == kind
+
+
+def test_product_claim_probe_scores_what_the_aligner_writes():
+    from transformers_stream_aligner.examples.arithmetic import check_arithmetic_worked
+
+    exact = product_claim_probe(check_arithmetic_worked, n=24, seed=1)
+    assert exact["right_product"]["k"] == exact["every_step_right"]["k"] == 24 and exact["kept_unchanged"] == 0
+    identity = product_claim_probe(lambda q, p, last: last, n=24, seed=1)
+    assert identity["right_product"]["k"] == 0 and identity["kept_unchanged"] == 24  # every claim is wrong
+    # The right product after a wrong step counts as a right product, not as every step right.
+    def sloppy(question, prefix, last):
+        p = parse_problem(question)
+        return f"{p.a}*{p.b} = {p.a * p.b + 10} - 1 = {p.a * p.b}."
+
+    probe = product_claim_probe(sloppy, n=24, seed=1)
+    assert probe["right_product"]["k"] == 24 and probe["every_step_right"]["k"] == 0
+    assert len(probe["examples"]) == 10 and all(last != fixed for last, fixed in probe["examples"])

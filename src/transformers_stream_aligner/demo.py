@@ -49,8 +49,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("questions", nargs="*", help="questions to ask (default: three arithmetic examples)")
     parser.add_argument("--aligner", help="aligner checkpoint (directory or Hub repo id), or 'untrained' (SmolLM2 with the "
                         "reference prompt); default: the trained arithmetic aligner shipped in the package")
-    parser.add_argument("--max-new-tokens", type=int, default=96, help="bound on the corrected answer (default 96)")
-    parser.add_argument("--max-correction-tokens", type=int, default=64, help="bound on one correction (default 64)")
+    parser.add_argument("--max-new-tokens", type=int, default=160, help="bound on the corrected answer (default 160)")
+    parser.add_argument("--max-correction-tokens", type=int, default=None,
+                        help="bound on one correction (default: the aligner's own, 128 for the shipped one; 64 untrained)")
     parser.add_argument("--show-drafts", action="store_true", help="also print replaced drafts, struck through")
     parser.add_argument("--cache-dir", help="where the converted SmolLM2 checkpoint is kept")
     parser.add_argument("--local-files-only", action="store_true", help="never contact the Hub for --aligner")
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_smollm2(args.cache_dir)
     enable_stream_alignment(model, tokenizer)
     if args.aligner == "untrained":
-        config = StreamAlignerConfig(max_correction_tokens=args.max_correction_tokens, system_prompt=UNTRAINED_SYSTEM_PROMPT)
+        config = StreamAlignerConfig(max_correction_tokens=args.max_correction_tokens or 64, system_prompt=UNTRAINED_SYSTEM_PROMPT)
         aligner = StreamAligner(model, tokenizer, config)
         label = (
             "aligner: SmolLM2-135M-Instruct with the reference Stream Aligner prompt -- UNTRAINED stand-in "
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"Q: {question}\nA (corrected, streamed): ", end="", flush=True)
         streamer = StreamAlignerStreamer(tokenizer, show_drafts=args.show_drafts)
         t1 = time.perf_counter()
+        bound = {} if args.max_correction_tokens is None else {"max_correction_tokens": args.max_correction_tokens}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             out = model.generate(
@@ -96,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
                 do_sample=False,
                 streamer=streamer,
                 return_dict_in_generate=True,
-                max_correction_tokens=args.max_correction_tokens,
                 invalid_correction="keep_original",
+                **bound,
             )
         elapsed = time.perf_counter() - t1
         records = out.alignment_trace[0]

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["CONDITIONS", "ERROR_KINDS", "answer_questions", "classify_error", "error_analysis", "evaluate_arithmetic",
-           "paired_bootstrap", "wilson_interval"]
+           "paired_bootstrap", "product_claim_probe", "wilson_interval"]
 
 CONDITIONS = ("plain", "stream-trained", "stream-checker", "posthoc-trained")
 
@@ -193,6 +193,35 @@ def evaluate_arithmetic(
             "accuracy_by_operator": by_op, "rows": rows}  # fmt: skip
 
 
+def product_claim_probe(aligner: Any, *, n: int = 100, seed: int = 0, batch_size: int = 8) -> dict[str, Any]:
+    """Sentence level, held out: ``n`` wrong product claims of test-split operands (``"There are 43 boxes ...
+    so there are 43 * 67 = 2781 ..."``, :func:`~.examples.arithmetic.synthetic_product_claims`) given to
+    ``aligner`` alone; how often its correction states the right product, and how often every step of it
+    is right (:func:`~.examples.arithmetic.every_step_right`), with Wilson 95% intervals."""
+    from .aligner import AlignmentRequest
+    from .examples.arithmetic import every_step_right, is_correct, parse_problem, synthetic_product_claims
+
+    records = synthetic_product_claims(n, seed=seed, wrong_fraction=1.0, split="test")
+    if hasattr(aligner, "reset_cache"):
+        aligner.reset_cache()
+    corrections: list[str] = []
+    for i in range(0, n, batch_size):
+        batch = records[i : i + batch_size]
+        if hasattr(aligner, "correct"):
+            corrections += aligner.correct([AlignmentRequest(r["question"], r["prefix"], r["last"]) for r in batch])
+        else:  # a plain ``fn(question, prefix, last)`` aligner
+            corrections += [aligner(r["question"], r["prefix"], r["last"]) for r in batch]
+    right = [is_correct(parse_problem(r["question"]), c) for r, c in zip(records, corrections, strict=True)]
+    steps = [ok and every_step_right(r["question"], c) for r, c, ok in zip(records, corrections, right, strict=True)]
+    return {
+        "n": n, "seed": seed,
+        "right_product": {"k": sum(right), "rate": round(sum(right) / n, 4), "ci95": wilson_interval(sum(right), n)},
+        "every_step_right": {"k": sum(steps), "rate": round(sum(steps) / n, 4), "ci95": wilson_interval(sum(steps), n)},
+        "kept_unchanged": sum(c.strip() == r["last"].strip() for r, c in zip(records, corrections, strict=True)),
+        "examples": [[r["last"], c] for r, c in zip(records[:10], corrections[:10], strict=True)],
+    }  # fmt: skip
+
+
 ERROR_KINDS = {
     "missed": "a sentence had a wrong result and the aligner kept it",
     "wrong fix": "the aligner changed a wrong result into another wrong one",
@@ -283,6 +312,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--output", default="eval_results.json", help="JSON report with every answer (default eval_results.json)")
     parser.add_argument("--plot", help="also write a bar chart (PNG; needs matplotlib)")
     parser.add_argument("--cache-dir", help="where the converted SmolLM2 checkpoint is kept")
+    parser.add_argument("--probe-claims", type=int, default=100,
+                        help="also give the trained aligner this many held-out wrong product claims alone (default 100; 0: skip)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -301,6 +332,8 @@ def run(args: argparse.Namespace) -> int:
                                  batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                                  progress=not args.no_progress)  # fmt: skip
     report["aligner"] = args.aligner or "shipped arithmetic aligner"
+    if aligner is not None and args.probe_claims > 0:
+        report["product_claim_probe"] = probe = product_claim_probe(aligner, n=args.probe_claims, batch_size=args.batch_size)
     if "stream-trained" in conditions:
         report["error_analysis"] = error_analysis(report, "stream-trained", k=20)
     out = Path(args.output)
@@ -311,6 +344,10 @@ def run(args: argparse.Namespace) -> int:
     if "error_analysis" in report:
         ea = report["error_analysis"]
         print(f"stream-trained, {ea['wrong']} wrong answers: {json.dumps(ea['counts'])}")
+    if "product_claim_probe" in report:
+        right, steps = probe["right_product"], probe["every_step_right"]
+        print(f"held-out wrong product claims given to the aligner alone (n={probe['n']}): right product {right['k']} "
+              f"({right['ci95'][0]:.1%}-{right['ci95'][1]:.1%}), every step right {steps['k']}, kept {probe['kept_unchanged']}")
     print(f"[stream-aligner] every answer in {out}")
     if args.plot:
         written = plot(report, args.plot)

@@ -36,12 +36,18 @@ from collections.abc import Sequence
 from fractions import Fraction
 
 __all__ = [
+    "PROBES",
     "ArithmeticProblem",
     "check_arithmetic",
+    "check_arithmetic_worked",
+    "every_step_right",
     "final_answer",
+    "involves_probe",
     "is_correct",
     "make_problems",
     "parse_problem",
+    "synthetic_product_claims",
+    "worked_product",
 ]
 
 _OP_CANON = {"+": "+", "-": "-", "−": "-", "–": "-", "*": "*", "x": "*", "×": "*", "/": "/", "÷": "/"}
@@ -347,6 +353,155 @@ def check_arithmetic(question: str, prefix: str, last: str) -> str:
         out.append(last[pos:start] + new)
         pos = end
     return "".join(out) + last[pos:]
+
+
+# ------------------------------------------------------------------------------------- worked products
+# The issue's example; kept out of every training record so that the test on it measures generalisation.
+PROBES: frozenset[tuple[int, str, int]] = frozenset({(17, "*", 23), (23, "*", 17)})
+_PRODUCT_CLAIM = re.compile(rf"(?<![\w.,=*x×/÷+\-−–])(\d+)(\s*)([*x×])(\s*)(\d+)(\s*=\s*)(-?(?:{_NUM}))(?![\d]|\.\d|\s*[=*x×/÷+\-−–]\s*\d)")
+
+
+def _parts(n: int) -> list[int]:
+    """The non-zero place-value parts of ``n``: 17 -> [10, 7], 20 -> [20], 7 -> [7]."""
+    return [p for p in (n - n % 10, n % 10) if p] or [0]
+
+
+def worked_product(a: int, b: int, *, sym: str = "*", space: str = "") -> str:
+    """The right-hand side of ``a*b = ...`` worked by place value, each step a one-digit product or a sum.
+
+    >>> worked_product(17, 23)
+    '17*20 + 17*3 = 200 + 140 + 30 + 21 = 340 + 51 = 391'
+    >>> worked_product(27, 3, sym=" × ")
+    '20 × 3 + 7 × 3 = 60 + 21 = 81'
+    >>> worked_product(20, 30), worked_product(7, 8)
+    ('600', '56')
+    """
+    op = sym if sym.strip() != sym else f"{space}{sym}{space}"
+    pa, pb = _parts(a), _parts(b)
+    sides: list[str] = []
+    if len(pb) == 2:
+        sides.append(" + ".join(f"{a}{op}{y}" for y in pb))
+        partials = [x * y for y in pb for x in pa]
+        if len(pa) == 2:
+            sides.append(" + ".join(map(str, partials)))
+        sides.append(" + ".join(str(a * y) for y in pb))
+    elif len(pa) == 2:
+        sides.append(" + ".join(f"{x}{op}{b}" for x in pa))
+        sides.append(" + ".join(str(x * b) for x in pa))
+    sides.append(str(a * b))
+    return " = ".join(sides)
+
+
+def check_arithmetic_worked(question: str, prefix: str, last: str) -> str:
+    """:func:`check_arithmetic`, then every plain product claim ``a*b = c`` with an operand of two digits is
+    shown worked (:func:`worked_product`), right or wrong: the corrector behind the shipped aligner's data. A
+    one-step product of two-digit numbers is beyond a 135M model; one-digit products and sums are not.
+
+    >>> check_arithmetic_worked("What is 17*23?", "", "17*23 = 381.")
+    '17*23 = 17*20 + 17*3 = 200 + 140 + 30 + 21 = 340 + 51 = 391.'
+    >>> check_arithmetic_worked("What is 17*23?", "", "So 17 × 23 = 391 in total, and 7 * 8 = 56.")
+    'So 17 × 23 = 17 × 20 + 17 × 3 = 200 + 140 + 30 + 21 = 340 + 51 = 391 in total, and 7 * 8 = 56.'
+    """
+    fixed = check_arithmetic(question, prefix, last)
+
+    def expand(m: re.Match[str]) -> str:
+        a, b = int(m.group(1)), int(m.group(5))
+        before = m.string[: m.start()].rstrip()
+        if (a < 10 and b < 10) or before.endswith(tuple("=*x×/÷+-−–")):  # "2 + 17*23 = 393" is no product claim
+            return m.group()
+        sym = m.group(2) + m.group(3) + m.group(4)
+        return f"{m.group(1)}{sym}{m.group(5)}{m.group(6)}{worked_product(a, b, sym=sym)}"
+
+    return _PRODUCT_CLAIM.sub(expand, fixed)
+
+
+def every_step_right(question: str, text: str) -> bool:
+    """Whether every side of every chain in ``text`` has the value of its first (expressions included, unlike
+    :func:`check_arithmetic`, which leaves expressions as written) and the checker would change nothing.
+
+    >>> every_step_right("What is 17*23?", "17*23 = 17*20 + 17*3 = 340 + 51 = 391.")
+    True
+    >>> every_step_right("What is 17*23?", "17*23 = 17*20 + 17*3 = 340 + 41 = 391.")
+    False
+    """
+    for m in _CHAIN.finditer(text):
+        values = {_evaluate(side) for side in re.split(r"\s*=\s*", m.group()) if side.strip()}
+        if len(values) != 1 or None in values:
+            return False
+    return check_arithmetic(question, "", text) == text
+
+
+def involves_probe(text: str) -> bool:
+    """Whether ``text`` writes one of :data:`PROBES` (``17*23``, ``23 × 17`` ...)."""
+    for a, _, b in PROBES:
+        if re.search(rf"(?<!\d){a}\s*(?:[*x×]|times)\s*{b}(?!\d)", text):
+            return True
+    return False
+
+
+_CLAIM_TEMPLATES = [
+    "{a}{s}{b} = {c}.",
+    "So, {a}{s}{b} = {c}.",
+    "The answer is {a}{s}{b} = {c}.",
+    "{a}{s}{b} = {c}, so the answer is {c}.",
+    "To find the total, we multiply: {a}{s}{b} = {c}.",
+]
+_WORD_CLAIM_TEMPLATES = [
+    "There are {a} boxes with {b} {unit} in each, so there are {a}{s}{b} = {c} {unit} in total.",
+    "To find the total number of {unit}, we multiply {a} by {b}: {a}{s}{b} = {c} {unit}.",
+    "So the total is {a}{s}{b} = {c} {unit}.",
+]
+
+
+def _near_miss(value: int, rng: random.Random) -> int:
+    """A wrong result of the kinds SmolLM2 writes: one digit off, a carry lost, a neighbour's product."""
+    digits = list(str(value))
+    kind = rng.randrange(4)
+    if kind == 0:
+        i = rng.randrange(len(digits))
+        digits[i] = str((int(digits[i]) + rng.choice([1, 2, 8, 9])) % 10)
+        wrong = int("".join(digits))
+    elif kind == 1:
+        wrong = value + rng.choice([-100, -10, 10, 100])
+    elif kind == 2:
+        wrong = value + rng.choice([-1, 1]) * rng.randint(2, 99)
+    else:
+        wrong = int(str(value)[:-1] or "0") if len(digits) > 1 else value + 1
+    return wrong if wrong != value and wrong >= 0 else value + 10
+
+
+def synthetic_product_claims(
+    n: int, *, seed: int = 0, wrong_fraction: float = 0.7, split: str = "train"
+) -> list[dict[str, str]]:
+    """``n`` records ``{question, prefix, last, correction}`` whose last sentence claims a product of a
+    problem of ``split`` (two operands 2-99, one of two digits; never one of :data:`PROBES`), wrong in
+    ``wrong_fraction`` of them; the correction is :func:`check_arithmetic_worked`'s (seeded). Held-in
+    (``"train"``) ones are training data; held-out ones probe an aligner sentence by sentence.
+
+    >>> r = synthetic_product_claims(1, seed=3)[0]
+    >>> r["correction"] == check_arithmetic_worked(r["question"], r["prefix"], r["last"])
+    True
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    rng = random.Random(seed)
+    out: list[dict[str, str]] = []
+    while len(out) < n:
+        a, b = rng.randint(2, 99), rng.randint(2, 99)
+        if max(a, b) < 10 or (a, "*", b) in PROBES or ArithmeticProblem(a, "*", b, "").split != split:
+            continue
+        c = _near_miss(a * b, rng) if rng.random() < wrong_fraction else a * b
+        s = rng.choice(["*", "*", " * ", " × ", "×"])
+        if rng.random() < 0.5:
+            unit = rng.choice(_UNITS)
+            question = _WORD_TEMPLATES["*"].format(name=rng.choice(_NAMES), a=a, b=b, unit=unit)
+            last = rng.choice(_WORD_CLAIM_TEMPLATES).format(a=a, b=b, c=c, s=s, unit=unit)
+        else:
+            question = rng.choice(_BARE_TEMPLATES).format(a=a, b=b, sym=s.strip())
+            last = rng.choice(_CLAIM_TEMPLATES).format(a=a, b=b, c=c, s=s)
+        out.append({"question": question, "prefix": "", "last": last,
+                    "correction": check_arithmetic_worked(question, "", last)})  # fmt: skip
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- scoring
