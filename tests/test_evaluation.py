@@ -7,6 +7,7 @@ import pytest
 
 from transformers_stream_aligner import StreamAligner, StreamAlignerConfig, enable_stream_alignment
 from transformers_stream_aligner.evaluation import (
+    error_cases_markdown,
     answer_questions,
     evaluate_arithmetic,
     markdown_table,
@@ -106,3 +107,17 @@ def test_product_claim_probe_scores_what_the_aligner_writes():
     probe = product_claim_probe(sloppy, n=24, seed=1)
     assert probe["right_product"]["k"] == 24 and probe["every_step_right"]["k"] == 0
     assert len(probe["examples"]) == 10 and all(last != fixed for last, fixed in probe["examples"])
+
+
+def test_error_cases_markdown():
+    analysis = {"cases": [
+        {"question": "What is 17*23?", "expected": "391", "kind": "wrong fix", "answer": "17*23 = " + "9 + " * 40 + "1.",
+         "changed_sentences": [["17*23 = 381.", "17*23 = 17*20 + 17*3 = 10*20 + 7*20 + 10*3 + 7*3 = 200 + 140 + 30 + 18 = 340 + 58 = 398."]]},
+        {"question": "a | b", "expected": "1", "kind": "missed", "answer": "x", "changed_sentences": []},
+    ]}  # fmt: skip
+    lines = error_cases_markdown(analysis, width=30).splitlines()
+    assert len(lines) == 4 and all(line.count(" | ") == 5 for line in [lines[0], *lines[2:]])
+    assert "| a \\| b |" in lines[3]  # a pipe in a cell is escaped
+    assert "`17*23 = 381.` → `…0 + 30 + 18 = 340 + 58 = 398.`" in lines[2]  # the last 30 characters
+    assert lines[2].endswith(" | 17*23 = " + "9 + " * 18 + "… |")  # the first 80 characters of the answer
+    assert "| missed | nothing |" in lines[3]

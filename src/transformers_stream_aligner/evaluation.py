@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONDITIONS", "ERROR_KINDS", "answer_questions", "classify_error", "error_analysis", "evaluate_arithmetic",
+__all__ = ["CONDITIONS", "ERROR_KINDS", "answer_questions", "classify_error", "error_analysis", "error_cases_markdown", "evaluate_arithmetic",
            "paired_bootstrap", "product_claim_probe", "wilson_interval"]
 
 CONDITIONS = ("plain", "stream-trained", "stream-checker", "posthoc-trained")
@@ -258,6 +258,25 @@ def error_analysis(report: dict[str, Any], condition: str = "stream-trained", k:
               "changed_sentences": [s for s in r[condition]["sentences"] if s[0] != s[1]]}
              for r, kind in zip(wrong[:k], kinds[:k], strict=True)]  # fmt: skip
     return {"condition": condition, "wrong": len(wrong), "counts": counts, "cases": cases}
+
+
+def _tail(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
+
+
+def error_cases_markdown(analysis: dict[str, Any], *, width: int = 70) -> str:
+    """:func:`error_analysis`'s cases as a markdown table (changed sentences shortened from the left, the
+    answer to its start)."""
+    lines = ["| # | question | expected | kind | what the aligner changed (original → corrected) | answer (start) |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for i, case in enumerate(analysis["cases"], 1):
+        changed = "; ".join(f"`{_tail(o, width)}` → `{_tail(c, width)}`" for o, c in case["changed_sentences"]) or "nothing"
+        answer = " ".join(case["answer"].split())
+        answer = answer if len(answer) <= 80 else answer[:80] + "…"
+        cells = [str(i), case["question"], case["expected"], case["kind"], changed, answer]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines)
 
 
 def markdown_table(report: dict[str, Any]) -> str:
