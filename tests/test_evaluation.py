@@ -7,8 +7,8 @@ import pytest
 
 from transformers_stream_aligner import StreamAligner, StreamAlignerConfig, enable_stream_alignment
 from transformers_stream_aligner.evaluation import (
-    error_cases_markdown,
     answer_questions,
+    error_cases_markdown,
     evaluate_arithmetic,
     markdown_table,
     paired_bootstrap,
