@@ -142,8 +142,8 @@ def test_is_correct():
 @pytest.mark.parametrize(
     ("a", "b", "expected"),
     [
-        (17, 23, "17*20 + 17*3 = 200 + 140 + 30 + 21 = 340 + 51 = 391"),
-        (99, 99, "99*90 + 99*9 = 8100 + 810 + 810 + 81 = 8910 + 891 = 9801"),
+        (17, 23, "17*20 + 17*3 = 10*20 + 7*20 + 10*3 + 7*3 = 200 + 140 + 30 + 21 = 340 + 51 = 391"),
+        (99, 99, "99*90 + 99*9 = 90*90 + 9*90 + 90*9 + 9*9 = 8100 + 810 + 810 + 81 = 8910 + 891 = 9801"),
         (27, 3, "20*3 + 7*3 = 60 + 21 = 81"),
         (4, 56, "4*50 + 4*6 = 200 + 24 = 224"),
         (17, 20, "10*20 + 7*20 = 200 + 140 = 340"),
@@ -167,9 +167,9 @@ def test_worked_product_over_all_operands():
 @pytest.mark.parametrize(
     ("sentence", "expected"),
     [
-        ("17*23 = 381.", "17*23 = 17*20 + 17*3 = 200 + 140 + 30 + 21 = 340 + 51 = 391."),
-        ("17*23 = 391.", "17*23 = 17*20 + 17*3 = 200 + 140 + 30 + 21 = 340 + 51 = 391."),  # right: still worked
-        ("So 11 * 84 = 840 cards.", "So 11 * 84 = 11 * 80 + 11 * 4 = 800 + 80 + 40 + 4 = 880 + 44 = 924 cards."),
+        ("17*23 = 381.", "17*23 = 17*20 + 17*3 = 10*20 + 7*20 + 10*3 + 7*3 = 200 + 140 + 30 + 21 = 340 + 51 = 391."),
+        ("17*23 = 391.", "17*23 = 17*20 + 17*3 = 10*20 + 7*20 + 10*3 + 7*3 = 200 + 140 + 30 + 21 = 340 + 51 = 391."),  # right: still worked
+        ("So 11 * 84 = 840 cards.", "So 11 * 84 = 11 * 80 + 11 * 4 = 10 * 80 + 1 * 80 + 10 * 4 + 1 * 4 = 800 + 80 + 40 + 4 = 880 + 44 = 924 cards."),
         ("7 * 8 = 54, and 45 + 19 = 63.", "7 * 8 = 56, and 45 + 19 = 64."),  # one-digit products stay one step
         ("17*23 = 17*20 + 17*3 = 340 + 51 = 381.", "17*23 = 17*20 + 17*3 = 340 + 51 = 391."),  # a chain: not expanded
         ("2 + 17*23 = 393.", "2 + 17*23 = 393."),  # not a plain product claim
@@ -208,3 +208,19 @@ def test_every_step_right_checks_expressions_too():
     assert check_arithmetic(BARE, "", "17*23 = 17*20 + 17*3 = 200 + 140 + 30 + 21 = 340 + 41 = 391.").endswith("= 391.")
     assert not every_step_right(BARE, "17*23 = 381.") and not every_step_right(BARE, "5/0 = 3.")
     assert every_step_right(BARE, "No numbers here.")
+
+
+def test_build_assembles_training_records_without_the_probe():
+    from transformers_stream_aligner.examples.build_arithmetic_aligner import assemble
+
+    def rec(last, correction=None):
+        return {"question": "What is 12*34?", "prefix": "", "last": last, "correction": correction or last}
+
+    records = [rec(f"{i} + 1 = {i + 1}.") for i in range(30)] + [rec(f"{i} + 1 = 0.", f"{i} + 1 = {i + 1}.") for i in range(10)]
+    records += [rec("So 17*23 = 381.", "So 17*23 = 391."), {**rec("It is 408."), "prefix": "First, 23 × 17 = 391."}]
+    train, counts = assemble(records, synthetic=25, copies_per_change=1.0, seed=0)
+    assert counts == {"collected": 40, "changed": 10, "dropped_probes": 2, "synthetic": 25, "trained_on": 45}
+    assert train == assemble(records, synthetic=25, copies_per_change=1.0, seed=0)[0]
+    assert not any(involves_probe(r[k]) for r in train for k in ("prefix", "last", "correction"))
+    on_policy = [r for r in train if r["question"] == "What is 12*34?"]
+    assert sum(r["last"] != r["correction"] for r in on_policy) == 10 and len(on_policy) == 20

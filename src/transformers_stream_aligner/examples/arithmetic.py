@@ -370,7 +370,7 @@ def worked_product(a: int, b: int, *, sym: str = "*", space: str = "") -> str:
     """The right-hand side of ``a*b = ...`` worked by place value, each step a one-digit product or a sum.
 
     >>> worked_product(17, 23)
-    '17*20 + 17*3 = 200 + 140 + 30 + 21 = 340 + 51 = 391'
+    '17*20 + 17*3 = 10*20 + 7*20 + 10*3 + 7*3 = 200 + 140 + 30 + 21 = 340 + 51 = 391'
     >>> worked_product(27, 3, sym=" × ")
     '20 × 3 + 7 × 3 = 60 + 21 = 81'
     >>> worked_product(20, 30), worked_product(7, 8)
@@ -381,9 +381,9 @@ def worked_product(a: int, b: int, *, sym: str = "*", space: str = "") -> str:
     sides: list[str] = []
     if len(pb) == 2:
         sides.append(" + ".join(f"{a}{op}{y}" for y in pb))
-        partials = [x * y for y in pb for x in pa]
-        if len(pa) == 2:
-            sides.append(" + ".join(map(str, partials)))
+        if len(pa) == 2:  # every one-digit product written out, then its value
+            sides.append(" + ".join(f"{x}{op}{y}" for y in pb for x in pa))
+            sides.append(" + ".join(str(x * y) for y in pb for x in pa))
         sides.append(" + ".join(str(a * y) for y in pb))
     elif len(pa) == 2:
         sides.append(" + ".join(f"{x}{op}{b}" for x in pa))
@@ -398,9 +398,9 @@ def check_arithmetic_worked(question: str, prefix: str, last: str) -> str:
     one-step product of two-digit numbers is beyond a 135M model; one-digit products and sums are not.
 
     >>> check_arithmetic_worked("What is 17*23?", "", "17*23 = 381.")
-    '17*23 = 17*20 + 17*3 = 200 + 140 + 30 + 21 = 340 + 51 = 391.'
+    '17*23 = 17*20 + 17*3 = 10*20 + 7*20 + 10*3 + 7*3 = 200 + 140 + 30 + 21 = 340 + 51 = 391.'
     >>> check_arithmetic_worked("What is 17*23?", "", "So 17 × 23 = 391 in total, and 7 * 8 = 56.")
-    'So 17 × 23 = 17 × 20 + 17 × 3 = 200 + 140 + 30 + 21 = 340 + 51 = 391 in total, and 7 * 8 = 56.'
+    'So 17 × 23 = 17 × 20 + 17 × 3 = 10 × 20 + 7 × 20 + 10 × 3 + 7 × 3 = 200 + 140 + 30 + 21 = 340 + 51 = 391 in total, and 7 * 8 = 56.'
     """
     fixed = check_arithmetic(question, prefix, last)
 

@@ -4,9 +4,14 @@
 1. Held-in problems: :func:`~.arithmetic.make_problems` (``split="train"``; none is ever evaluated).
 2. On-policy data, twice with ``stream-aligner build-dataset``: SmolLM2-135M-Instruct answers every problem
    greedily, then once more sampled (temperature 0.7); each sentence is corrected by the exact checker
-   :func:`~.arithmetic.check_arithmetic` while the upstream continues from the corrected text.
-3. Balance: every changed record, and half as many unchanged ones (seeded draw): about a third of the
-   upstream's sentences need a fix, and the aligner must learn to fix them as much as to keep the rest.
+   :func:`~.arithmetic.check_arithmetic_worked` (wrong results recomputed, products of two-digit numbers
+   shown worked by place value) while the upstream continues from the corrected text.
+3. Balance: every changed record, and as many unchanged ones (seeded draw): about a third of the
+   upstream's sentences change, and the aligner must learn to keep the rest as much as to fix these.
+   Then ``--synthetic-products`` records of product claims on other held-in operands
+   (:func:`~.arithmetic.synthetic_product_claims`): the on-policy answers hold too few products to learn
+   the worked form from. Records writing :data:`~.arithmetic.PROBES` (17*23, the issue's example) are
+   dropped, so that the test on it measures generalisation, not recall.
 4. ``stream-aligner train``: a LoRA adapter on SmolLM2-135M-Instruct.
 5. The adapter is stored in float16 (peft casts it back to the base's float32 on load) with the tokenizer,
    ``stream_aligner_config.json``, a model card and ``build_report.json`` (the steps' wall times).
@@ -27,7 +32,7 @@ from typing import Any
 
 from ..models import ARITHMETIC_ALIGNER
 
-CHECKER = "transformers_stream_aligner.examples.arithmetic:check_arithmetic"
+CHECKER = "transformers_stream_aligner.examples.arithmetic:check_arithmetic_worked"
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
@@ -50,6 +55,23 @@ def balance(records: list[dict[str, Any]], *, copies_per_change: float, seed: in
     return out
 
 
+def assemble(
+    records: list[dict[str, Any]], *, synthetic: int, copies_per_change: float, seed: int
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The training records from the on-policy ones: those that write a probe (17*23) dropped, the rest balanced
+    by :func:`balance`, ``synthetic`` held-in product claims added, all shuffled (seeded); and their counts."""
+    from .arithmetic import involves_probe, synthetic_product_claims
+
+    fields = ("prefix", "last", "correction")
+    kept = [r for r in records if not any(involves_probe(r[k]) for k in fields)]
+    train = balance(kept, copies_per_change=copies_per_change, seed=seed)
+    train += synthetic_product_claims(synthetic, seed=seed)
+    random.Random(seed).shuffle(train)
+    counts = {"collected": len(kept), "changed": sum(r["correction"].strip() != r["last"].strip() for r in kept),
+              "dropped_probes": len(records) - len(kept), "synthetic": synthetic, "trained_on": len(train)}  # fmt: skip
+    return train, counts
+
+
 def to_float16(directory: Path) -> None:
     """Rewrite the adapter's safetensors in float16 (halves the shipped size)."""
     import torch
@@ -62,7 +84,7 @@ def to_float16(directory: Path) -> None:
 
 def portable(directory: Path) -> None:
     """Name the base by its Hub id instead of this machine's cache path (configs and model card), and bound a
-    correction at 96 tokens (a sentence of an arithmetic answer is far shorter; a runaway stops early)."""
+    correction at 128 tokens (a sentence with a worked product is about 80; a runaway stops early)."""
     from ..models import smollm2_checkpoint
     from ..stream_aligner_config import StreamAlignerConfig
 
@@ -73,7 +95,7 @@ def portable(directory: Path) -> None:
             path.write_text(path.read_text().replace(local, SMOLLM2_HUB_ID))
     config = StreamAlignerConfig.from_pretrained(directory)
     config.base_model = SMOLLM2_HUB_ID
-    config.max_correction_tokens = 96
+    config.max_correction_tokens = 128
     config.save_pretrained(directory)
 
 
@@ -83,11 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", default=None, help="data and training files (default: <cache>/arithmetic-aligner-work)")
     parser.add_argument("--problems", type=int, default=240, help="held-in problems (default 240)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--copies-per-change", type=float, default=0.5, help="unchanged records per changed one (default 0.5)")
+    parser.add_argument("--synthetic-products", type=int, default=1000,
+                        help="extra records of product claims on held-in operands (default 1000)")
+    parser.add_argument("--copies-per-change", type=float, default=1.0, help="unchanged records per changed one (default 1)")
     parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
     parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA (a 540 MB checkpoint)")
     parser.add_argument("--epochs", default="1", help="training epochs (default 1)")
-    parser.add_argument("--learning-rate", default=None, help="default 2e-4 for LoRA, 2e-5 for full")
+    parser.add_argument("--learning-rate", default=None, help="default 5e-4 for LoRA, 2e-5 for full")
     parser.add_argument("--max-new-tokens", default="128", help="bound on each upstream answer (default 128)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -98,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work_dir) if args.work_dir else default_cache_dir() / "arithmetic-aligner-work"
     work.mkdir(parents=True, exist_ok=True)
     quiet = ["--no-progress"] if args.no_progress else []
-    report: dict[str, Any] = {"problems": args.problems, "seed": args.seed, "lora_r": None if args.full else args.lora_r,
+    report: dict[str, Any] = {"problems": args.problems, "synthetic_products": args.synthetic_products, "seed": args.seed, "lora_r": None if args.full else args.lora_r,
                               "epochs": args.epochs, "steps": {}}  # fmt: skip
     t_all = time.perf_counter()
 
@@ -116,10 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     step("data (greedy answers)", [*common, "--output", str(work / "greedy.jsonl")])
     step("data (sampled answers)", [*common, "--output", str(work / "sampled.jsonl"), "--do-sample", "--temperature", "0.7"])
     records = [json.loads(line) for name in ("greedy", "sampled") for line in (work / f"{name}.jsonl").read_text().splitlines()]
-    train = balance(records, copies_per_change=args.copies_per_change, seed=args.seed)
+    train, report["records"] = assemble(records, synthetic=args.synthetic_products,
+                                        copies_per_change=args.copies_per_change, seed=args.seed)  # fmt: skip
     (work / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
-    report["records"] = {"collected": len(records), "changed": sum(r["correction"].strip() != r["last"].strip() for r in records),
-                         "trained_on": len(train)}  # fmt: skip
     print(f"[aligner] records: {report['records']}", flush=True)
     trained = work / "aligner"
     train_args = ["train", "--base-model", "smollm2", "--train-file", str(work / "train.jsonl"), "--output-dir", str(trained),
@@ -129,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         train_args += ["--learning-rate", args.learning_rate or "2e-5"]
     else:
         train_args += ["--lora", "--lora-r", str(args.lora_r), "--lora-alpha", str(2 * args.lora_r),
-                       "--learning-rate", args.learning_rate or "2e-4"]  # fmt: skip
+                       "--learning-rate", args.learning_rate or "5e-4"]  # fmt: skip
     step("training", train_args)
     portable(trained)
     if not args.full:
