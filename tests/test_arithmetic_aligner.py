@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from transformers_stream_aligner import AlignmentRequest, enable_stream_alignment
+from transformers_stream_aligner.examples.arithmetic import every_step_right, final_answer
 from transformers_stream_aligner.models import ARITHMETIC_ALIGNER, load_arithmetic_aligner
 
 pytestmark = pytest.mark.slow
@@ -27,33 +28,33 @@ def test_shipped_artefact_is_small_safetensors_and_portable():
     assert adapter["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"  # no machine path
     report = json.loads((ARITHMETIC_ALIGNER / "build_report.json").read_text())
     assert report["records"]["changed"] > 0 and report["total_s"] > 0
-
-
-# The first shipped aligner learned the format and some word-problem results, not multiplication
-# (docs/results.md); strict xfail: the day a rebuild fixes 17*23 these turn into failures to un-mark.
-NOT_YET = pytest.mark.xfail(strict=True, reason="the shipped aligner does not fix 17*23 yet (docs/results.md)")
+    assert report["synthetic_products"] > 0 and "dropped_probes" in report["records"]  # the recipe that ships
 
 
 def test_shipped_aligner_loads_offline_and_answers(shipped):
     assert getattr(shipped.model, "_hf_peft_config_loaded", False)  # the adapter is on the embedded SmolLM2
-    assert shipped.config.max_correction_tokens == 96
-    kept, fixed = shipped.correct(
-        [
-            AlignmentRequest("What is 45+19?", "", "45+19 = 64."),
-            AlignmentRequest("Tom has 45 apples and gets 19 more. How many apples does Tom have now?", "",
-                             "Tom has 45 + 19 = 54 apples now."),
-        ]
+    assert shipped.config.max_correction_tokens == 128
+    (fixed,) = shipped.correct(
+        [AlignmentRequest("Tom has 45 apples and gets 19 more. How many apples does Tom have now?", "",
+                          "Tom has 45 + 19 = 54 apples now.")]
     )  # fmt: skip
-    assert kept == "45+19 = 64."
     assert fixed == "Tom has 45 + 19 = 64 apples now."
 
 
-@NOT_YET
+# The aligner trained on worked products breaks this right addition (docs/results.md, "broke"); the aligner
+# shipped before kept it. Strict: a rebuild that keeps it again turns this into a failure to un-mark.
+@pytest.mark.xfail(strict=True, reason="the shipped aligner rewrites 45+19 = 64 into 54 (docs/results.md)")
+def test_shipped_aligner_keeps_a_right_addition(shipped):
+    assert shipped.correct([AlignmentRequest("What is 45+19?", "", "45+19 = 64.")]) == ["45+19 = 64."]
+
+
 def test_shipped_aligner_fixes_17_times_23(shipped):
-    assert shipped.correct([AlignmentRequest("What is 17*23?", "", "17*23 = 381.")]) == ["17*23 = 391."]
+    # 17*23 is in no training record (PROBES): the aligner has to work it out, by place value.
+    (fixed,) = shipped.correct([AlignmentRequest("What is 17*23?", "", "17*23 = 381.")])
+    assert fixed.startswith("17*23 = ") and final_answer(fixed) == 391
+    assert every_step_right("What is 17*23?", fixed)  # every step of the worked product, too
 
 
-@NOT_YET
 def test_shipped_aligner_corrects_in_context(smollm2, shipped):
     model, tok = smollm2
     enable_stream_alignment(model, tok)
@@ -63,7 +64,7 @@ def test_shipped_aligner_corrects_in_context(smollm2, shipped):
     plain = model.generate(**inputs, max_new_tokens=40, do_sample=False)
     assert "381" in tok.decode(plain[0, inputs["input_ids"].shape[1] :])  # SmolLM2's own answer is wrong
     with torch.no_grad():
-        out = model.generate(**inputs, aligner=shipped, aligner_question="What is 17*23?", max_new_tokens=40,
+        out = model.generate(**inputs, aligner=shipped, aligner_question="What is 17*23?", max_new_tokens=96,
                              do_sample=False, return_dict_in_generate=True)  # fmt: skip
     text = tok.decode(out.sequences[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "391" in text and "381" not in text
@@ -74,7 +75,8 @@ def test_demo_uses_the_shipped_aligner(capsys):
     from transformers_stream_aligner.demo import main
 
     cache = os.environ.get("STREAM_ALIGNER_CACHE") or os.path.join(os.path.dirname(__file__), "..", ".cache")
-    assert main(["What is 17*23?", "--max-new-tokens", "40", "--cache-dir", cache]) == 0
+    assert main(["What is 17*23?", "--max-new-tokens", "80", "--cache-dir", cache]) == 0
     out = capsys.readouterr().out
     assert "the shipped arithmetic aligner" in out
-    assert "A (corrected, streamed): " in out and "original : 17*23 = 381." in out  # the per-sentence table
+    assert "A (corrected, streamed): 17*23 = 17*20 + 17*3 = " in out
+    assert "original : 17*23 = 381." in out and "corrected: 17*23 = 17*20 + 17*3 = " in out  # the per-sentence table
