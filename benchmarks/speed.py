@@ -217,7 +217,7 @@ def upstream_minimum(prompt_len: int, trace: list[Any]) -> int:
     """Positions the upstream must forward: the prompt, every token it generated and kept or replaced
     (each is fed once to produce the next), and each correction's tokens after the longest common prefix
     with the original; minus the newest token of the answer, which is never fed."""
-    from transformers_stream_aligner.splice import longest_common_prefix
+    from transformers_stream_aligner.tokens import longest_common_prefix
 
     total = prompt_len
     for rec in trace:
@@ -234,7 +234,7 @@ def run_reference(model: Any, tok: Any, enc: dict, question: str, aligner: Any, 
 
     from transformers_stream_aligner import AlignmentRequest, SentenceBoundaryCriteria
     from transformers_stream_aligner.sentence_splitter import split_whitespace
-    from transformers_stream_aligner.splice import tokenize_plain_text
+    from transformers_stream_aligner.tokens import tokenize_plain_text
 
     eos = {tok.eos_token_id}
     prompt = enc["input_ids"][0].tolist()

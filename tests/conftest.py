@@ -1,11 +1,8 @@
 import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-from tiny_models import ARCHS, cached_tiny  # noqa: E402
+from .tiny_models import ARCHS, cached_tiny
 
 
 @pytest.fixture(scope="session", params=ARCHS)

@@ -10,7 +10,6 @@ import textwrap
 import pytest
 import torch
 
-from helpers import populate_hub_cache
 from transformers_stream_aligner import (
     CONFIG_NAME,
     GEMMA_WRAPPER,
@@ -18,6 +17,8 @@ from transformers_stream_aligner import (
     StreamAligner,
     StreamAlignerConfig,
 )
+
+from .helpers import populate_hub_cache
 
 REQS = [
     AlignmentRequest("What is 17*23?", "", "17*23 = 381."),
@@ -184,8 +185,9 @@ def test_push_to_hub_makes_one_commit_with_everything(aligner, monkeypatch):
 
 
 def test_stream_aligner_drives_generate(aligner, tiny_llama):
-    from helpers import assert_rewrite_exact, prompt_ids
     from transformers_stream_aligner import enable_stream_alignment
+
+    from .helpers import assert_rewrite_exact, prompt_ids
 
     model, tok = tiny_llama
     enable_stream_alignment(model, tok)

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from helpers import assert_rewrite_exact, prompt_ids, rewrite
 from transformers_stream_aligner import AlignerOutputError, StreamAlignmentError, enable_stream_alignment
+
+from .helpers import assert_rewrite_exact, prompt_ids, rewrite
 
 
 def identity(q, p, last):

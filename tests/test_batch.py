@@ -7,13 +7,14 @@ import pytest
 import torch
 from transformers import TextStreamer
 
-from helpers import RecordingAligner, rewrite
 from transformers_stream_aligner import (
     AlignerOutputError,
     StreamAlignerIteratorStreamer,
     StreamAlignmentError,
     enable_stream_alignment,
 )
+
+from .helpers import RecordingAligner, rewrite
 
 PROMPTS = ["The cat is", "My friend looks very good. The answer", "Dr. Smith", "\n1.", "A dog"]
 
@@ -63,7 +64,7 @@ def _assert_rows_equal_alone(model, tok, out, width, aligner, prompts=PROMPTS, *
 @pytest.mark.parametrize("aligner", [identity, rewrite], ids=["identity", "rewrite"])
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
 def test_batch_rows_equal_rows_alone(arch, aligner, completed_rows):
-    from tiny_models import cached_tiny
+    from .tiny_models import cached_tiny
 
     model, tok = cached_tiny(arch)
     enable_stream_alignment(model, tok)
@@ -265,7 +266,7 @@ def test_empty_prompt_row_is_a_clear_error(tiny_llama):
 
 
 def test_sliding_window_batch_goes_row_by_row_exactly():
-    from tiny_models import cached_tiny
+    from .tiny_models import cached_tiny
 
     model, tok = cached_tiny("mistral-sliding")
     enable_stream_alignment(model, tok)

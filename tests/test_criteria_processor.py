@@ -1,7 +1,6 @@
 import torch
 from transformers import DynamicCache, LogitsProcessorList, StoppingCriteriaList
 
-from helpers import prompt_ids
 from transformers_stream_aligner import (
     HoldCompletedRowsLogitsProcessor,
     SentenceBoundaryCriteria,
@@ -9,6 +8,8 @@ from transformers_stream_aligner import (
     find_token_boundary,
 )
 from transformers_stream_aligner.cache import crop_cache_to, make_rollback_cache
+
+from .helpers import prompt_ids
 
 
 def test_criteria_stops_plain_generate_after_one_sentence_plus_lookahead(tiny_llama):
@@ -66,7 +67,7 @@ def test_criteria_per_row_in_a_batch_and_hold_processor(tiny_llama):
 
 
 def test_max_sentence_tokens_cap():
-    from tiny_models import cached_tiny
+    from .tiny_models import cached_tiny
 
     _, tok = cached_tiny("llama")
     ids = tok("words without any end " * 10, add_special_tokens=False).input_ids
@@ -75,7 +76,7 @@ def test_max_sentence_tokens_cap():
 
 
 def test_crop_restores_exact_state_including_sliding_window():
-    from tiny_models import cached_tiny
+    from .tiny_models import cached_tiny
 
     model, tok = cached_tiny("mistral-sliding")
     window = model.config.sliding_window

@@ -4,10 +4,11 @@ import json
 
 import pytest
 
-from helpers import rewrite
 from transformers_stream_aligner import TrainingDataError, stream_aligned_generate, validate_records
 from transformers_stream_aligner.cli import main as cli_main
 from transformers_stream_aligner.dataset_builder import read_questions, records_from_pairs, records_on_policy
+
+from .helpers import rewrite
 
 PAIRS = [
     {
@@ -93,7 +94,7 @@ def test_cli_build_dataset_pairs_and_on_policy(tiny_llama, tmp_path, capsys):
     questions.write_text("The cat is\n\nA dog\n")
     assert read_questions(questions) == ["The cat is", "A dog"]
     code = cli_main(
-        ["build-dataset", "--questions", str(questions), "--upstream", str(upstream), "--corrector", "helpers:rewrite",
+        ["build-dataset", "--questions", str(questions), "--upstream", str(upstream), "--corrector", "tests.helpers:rewrite",
          "--output", str(out), "--overwrite", "--max-new-tokens", "30", "--num-samples", "2", "--do-sample",
          "--no-progress"]
     )  # fmt: skip

@@ -3,8 +3,9 @@
 import torch
 from transformers import DynamicCache, LlamaForCausalLM
 
-from helpers import RecordingAligner, assert_rewrite_exact, prompt_ids, rewrite
 from transformers_stream_aligner import StreamAlignedGenerationMixin, enable_stream_alignment
+
+from .helpers import RecordingAligner, assert_rewrite_exact, prompt_ids, rewrite
 
 
 def identity(question, prefix, last):

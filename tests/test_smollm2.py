@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from helpers import assert_rewrite_exact
 from transformers_stream_aligner import StreamAligner, StreamAlignerConfig, enable_stream_alignment
+
+from .helpers import assert_rewrite_exact
 
 pytestmark = pytest.mark.slow
 

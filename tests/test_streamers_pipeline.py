@@ -4,13 +4,14 @@ from threading import Thread
 
 from transformers import TextStreamer, pipeline
 
-from helpers import prompt_ids, rewrite
 from transformers_stream_aligner import (
     StreamAlignerIteratorStreamer,
     StreamAlignerStreamer,
     enable_stream_alignment,
     question_from_prompt,
 )
+
+from .helpers import prompt_ids, rewrite
 
 
 class CountingStreamer:

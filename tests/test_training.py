@@ -10,7 +10,6 @@ import textwrap
 import pytest
 import torch
 
-from helpers import populate_hub_cache
 from transformers_stream_aligner import (
     IGNORE_INDEX,
     AlignerTrainingConfig,
@@ -25,6 +24,8 @@ from transformers_stream_aligner import (
     validate_records,
 )
 from transformers_stream_aligner.cli import main as cli_main
+
+from .helpers import populate_hub_cache
 
 RECORD = {
     "question": "What is 17*23?",

@@ -16,17 +16,15 @@ __version__ = "0.1.0"
 
 from .aligner import AlignmentRequest, StreamAligner, SupportsCorrect, as_correction_fn
 from .boundary import decode_span, find_token_boundary
-from .generation import (
+from .generation import StreamAlignedGenerationMixin, enable_stream_alignment, stream_aligned_generate
+from .logits_process import HoldCompletedRowsLogitsProcessor
+from .outputs import (
     AlignerOutputError,
     AlignmentRecord,
     AlignmentStats,
     StreamAlignedGenerateOutput,
-    StreamAlignedGenerationMixin,
     StreamAlignmentError,
-    enable_stream_alignment,
-    stream_aligned_generate,
 )
-from .logits_process import HoldCompletedRowsLogitsProcessor
 from .prompt import question_from_prompt
 from .sentence_splitter import DEFAULT_TERMINATORS, find_sentence_end, split_sentences, split_whitespace
 from .stopping_criteria import SentenceBoundaryCriteria

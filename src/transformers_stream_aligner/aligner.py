@@ -29,6 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from .stream_aligner_config import CONFIG_NAME, StreamAlignerConfig
+from .tokens import token_id_list
 
 logger = logging.getLogger(__name__)
 
@@ -78,18 +79,6 @@ def as_correction_fn(aligner: Any) -> CorrectionFn:
     )
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    ids: list[int] = []
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (gen_eos, getattr(tokenizer, "eos_token_id", None)):
-        if value is None:
-            continue
-        for v in value if isinstance(value, (list, tuple)) else [value]:
-            if v not in ids:
-                ids.append(int(v))
-    return ids
-
-
 class StreamAligner:
     """A sentence-level aligner model with its tokenizer and prompt configuration.
 
@@ -107,7 +96,10 @@ class StreamAligner:
         self.config = config if config is not None else StreamAlignerConfig()
         #: Training facts for the model card (set by :func:`train_aligner`; ``None`` otherwise).
         self.training_facts: dict[str, Any] | None = None
-        self._eos_token_ids = _eos_ids(model, tokenizer)
+        # The aligner stops at any EOS of its generation config or its tokenizer.
+        self._eos_token_ids = token_id_list(
+            getattr(getattr(model, "generation_config", None), "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)
+        )
         if getattr(self.tokenizer, "pad_token_id", None) is None:
             # Batched prompts need a pad token; like most recipes, reuse EOS (this sets it on the tokenizer).
             if getattr(self.tokenizer, "eos_token", None) is None:

@@ -47,7 +47,8 @@ from typing import Any
 
 import torch
 
-from .cache import crop_cache_to
+from .cache import MaskedKVLayout
+from .tokens import longest_common_prefix, token_id_list
 
 __all__ = ["AlignerDecoder", "AlignerDecodingStats", "propose_copy_draft"]
 
@@ -138,14 +139,6 @@ def propose_copy_draft(source: Sequence[int], output: Sequence[int], k: int, *, 
     return [], hint
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
 class AlignerDecoder:
     """Greedy decoding of a causal LM with copy drafts and a KV cache that lives across calls.
 
@@ -159,7 +152,8 @@ class AlignerDecoder:
         compact_slack: the cache is compacted when it has more than ``compact_slack`` masked columns
             beyond its longest row (and more than that row's length).
 
-    The decoder owns its cache: :meth:`generate` **mutates** it (cut back, filled, compacted);
+    The rows share one cache described by a :class:`~.cache.MaskedKVLayout` (the layout the upstream's batch
+    uses too). The decoder owns its cache: :meth:`generate` **mutates** it (cut back, filled, compacted);
     :meth:`reset` drops it.
     """
 
@@ -180,7 +174,7 @@ class AlignerDecoder:
         if num_draft_tokens < 0:
             raise ValueError(f"num_draft_tokens must be >= 0, got {num_draft_tokens}")
         self.model = model
-        self.eos = frozenset(int(e) for e in eos_token_ids)
+        self.eos = frozenset(token_id_list(list(eos_token_ids)))
         self.pad = int(pad_token_id)
         self.num_draft_tokens = int(num_draft_tokens)
         self.max_ngram = int(max_ngram)
@@ -229,112 +223,34 @@ class AlignerDecoder:
     # ------------------------------------------------------------------ cache bookkeeping
     def reset(self) -> None:
         """Drop the cache (the next call starts from nothing)."""
-        self.cache: Any = None
-        self.mask: torch.Tensor | None = None
-        self.rows: list[list[int]] = []  # per row: the ids whose keys/values are live in the cache
-        self.cols: list[list[int]] = []  # per row: the cache column of each of those ids
+        self.layout: MaskedKVLayout | None = None
 
     @property
     def width(self) -> int:
         """Columns the cache holds (live tokens of the longest row plus masked holes)."""
-        return 0 if self.mask is None else self.mask.shape[1]
-
-    def _layers(self) -> list[Any]:
-        return [layer for layer in self.cache.layers if getattr(layer, "is_initialized", False)]
-
-    def _take_rows(self, order: list[int]) -> None:
-        """New batch layout: row ``i`` is old row ``order[i]`` (``-1``: a new, empty row)."""
-        if self.cache is None or order == list(range(len(self.rows))):
-            if self.cache is None:
-                self.rows = [[] for _ in order]
-                self.cols = [[] for _ in order]
-            return
-        device = self.mask.device
-        n_old = len(self.rows)
-        index = torch.tensor([o if o >= 0 else n_old for o in order], dtype=torch.long, device=device)
-        for layer in self._layers():
-            for name in ("keys", "values"):
-                t = getattr(layer, name)
-                padded = torch.cat([t, t.new_zeros((1, *t.shape[1:]))], dim=0)
-                setattr(layer, name, padded.index_select(0, index))
-        padded_mask = torch.cat([self.mask, self.mask.new_zeros((1, self.mask.shape[1]))], dim=0)
-        self.mask = padded_mask.index_select(0, index)
-        self.rows = [list(self.rows[o]) if o >= 0 else [] for o in order]
-        self.cols = [list(self.cols[o]) if o >= 0 else [] for o in order]
-
-    def _cut(self, row: int, keep: int) -> None:
-        """Keep the first ``keep`` live tokens of ``row``; mask out the rest."""
-        dropped = self.cols[row][keep:]
-        if dropped:
-            self.mask[row, dropped] = 0
-        del self.rows[row][keep:]
-        del self.cols[row][keep:]
-
-    def _crop_trailing(self) -> None:
-        """Crop columns at the end that no row uses."""
-        if self.mask is None:
-            return
-        last = max((c[-1] for c in self.cols if c), default=-1)
-        if self.width > last + 1:
-            crop_cache_to(self.cache, last + 1)
-            self.mask = self.mask[:, : last + 1]
+        return 0 if self.layout is None else self.layout.width
 
     def _maybe_compact(self) -> None:
         """Squeeze out masked columns when they outweigh the live ones (a gather; exact)."""
-        longest = max((len(c) for c in self.cols), default=0)
-        holes = self.width - longest
-        if holes <= max(self.compact_slack, longest):
+        longest = max((len(c) for c in self.layout.cols), default=0)
+        if self.layout.holes() <= max(self.compact_slack, longest):
             return
-        batch = len(self.cols)
-        device = self.mask.device
-        index = torch.zeros((batch, longest), dtype=torch.long, device=device)
-        mask = torch.zeros((batch, longest), dtype=self.mask.dtype, device=device)
-        for b, cols in enumerate(self.cols):
-            if cols:
-                index[b, longest - len(cols) :] = torch.tensor(cols, dtype=torch.long, device=device)
-                mask[b, longest - len(cols) :] = 1
-            self.cols[b] = list(range(longest - len(cols), longest))
-        for layer in self._layers():
-            for name in ("keys", "values"):
-                t = getattr(layer, name)
-                gather = index[:, None, :, None].expand(t.shape[0], t.shape[1], longest, t.shape[3])
-                setattr(layer, name, t.gather(2, gather))
-        self.mask = mask
+        self.layout.compact()
         self.stats.compactions += 1
 
     def _forward(self, blocks: list[list[int]], keep: int) -> torch.Tensor:
-        """Feed each row its block (left-padded into one block of columns); return the logits of the
-        last ``keep`` columns, ``(batch, keep, vocab)``. Mutates the cache and the row records."""
-        from transformers import DynamicCache
-
-        width = max(len(b) for b in blocks)
-        device = self.model.device
-        batch = len(blocks)
-        ids = torch.full((batch, width), self.pad, dtype=torch.long)
-        block_mask = torch.zeros((batch, width), dtype=torch.long)
-        positions = torch.zeros((batch, width), dtype=torch.long)
-        start = self.width
-        for b, block in enumerate(blocks):
-            n_live = len(self.rows[b])
-            positions[b, :] = n_live
-            if block:
-                ids[b, width - len(block) :] = torch.tensor(block, dtype=torch.long)
-                block_mask[b, width - len(block) :] = 1
-                positions[b, width - len(block) :] = torch.arange(n_live, n_live + len(block))
-                self.rows[b].extend(block)
-                self.cols[b].extend(range(start + width - len(block), start + width))
-        block_mask = block_mask.to(device)
-        self.mask = block_mask if self.mask is None else torch.cat([self.mask, block_mask], dim=1)
-        if self.cache is None:
-            self.cache = DynamicCache(config=self.model.config)
+        """Feed each row its block (right-aligned into one block of columns); return the logits of the
+        last ``keep`` columns, ``(batch, keep, vocab)``. Mutates the cache and the layout."""
+        block = self.layout.append(blocks, filler=self.pad)
         kwargs: dict[str, Any] = {}
         if self._takes_logits_to_keep:
             kwargs["logits_to_keep"] = keep
+        device = self.model.device
         out = self.model(
-            input_ids=ids.to(device),
-            attention_mask=self.mask,
-            position_ids=positions.to(device),
-            past_key_values=self.cache,
+            input_ids=block.ids.to(device),
+            attention_mask=self.layout.mask.to(device),
+            position_ids=block.positions.to(device),
+            past_key_values=self.layout.cache,
             use_cache=True,
             **kwargs,
         )
@@ -346,22 +262,24 @@ class AlignerDecoder:
         return out.logits[:, -keep:, :]
 
     # ------------------------------------------------------------------ decoding
-    def _assign(self, prompts: list[list[int]]) -> list[int]:
-        """Match each prompt to the cached row with the longest common prefix; returns the old row per
-        new row (``-1``: none left)."""
-        if not self.reuse_cache or self.cache is None:
-            self.reset()
-            return [-1] * len(prompts)
-        free = list(range(len(self.rows)))
+    def _take_rows(self, prompts: list[list[int]]) -> None:
+        """Lay the cached rows out for ``prompts``: each prompt gets the cached row sharing the longest prefix
+        with it (a new, empty row when none is left, or always without KV reuse)."""
+        from transformers import DynamicCache
+
+        if not self.reuse_cache or self.layout is None:
+            self.layout = MaskedKVLayout(len(prompts), device=self.model.device, cache=DynamicCache(config=self.model.config))
+            return
+        free = list(range(self.layout.batch_size))
         order: list[int] = []
         for prompt in prompts:
             if not free:
                 order.append(-1)
                 continue
-            best = max(free, key=lambda r: _common_prefix(self.rows[r], prompt))
+            best = max(free, key=lambda r: longest_common_prefix(self.layout.tokens[r], prompt))
             free.remove(best)
             order.append(best)
-        return order
+        self.layout.select(order)
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[Sequence[int]], *, sources: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
@@ -382,17 +300,17 @@ class AlignerDecoder:
         self.stats.calls += 1
         self.stats.forwards_last_call = 0
         self.stats.fed_tokens_last_call = 0
-        self._take_rows(self._assign(prompts))
+        self._take_rows(prompts)
+        layout = self.layout
         todo: list[list[int]] = []
         for b, prompt in enumerate(prompts):
-            keep = min(_common_prefix(self.rows[b], prompt), len(prompt) - 1)  # the last token gives the logits
-            self._cut(b, keep)
+            keep = min(longest_common_prefix(layout.tokens[b], prompt), len(prompt) - 1)  # the last token gives the logits
+            layout.cut(b, keep)
             todo.append(prompt[keep:])
             self.stats.reused_tokens += keep
             self.stats.prompt_tokens += len(prompt)
-        self._crop_trailing()
-        if self.mask is not None:
-            self._maybe_compact()
+        layout.crop_trailing()
+        self._maybe_compact()
 
         outputs: list[list[int]] = [[] for _ in prompts]
         hints = [0] * len(prompts)
@@ -419,7 +337,7 @@ class AlignerDecoder:
                 accepted = 0
                 while accepted < len(draft) and greedy[accepted] == draft[accepted]:
                     accepted += 1
-                self._cut(b, len(self.rows[b]) - (len(draft) - accepted))
+                layout.cut(b, layout.placed(b) - (len(draft) - accepted))
                 hints[b] += accepted
                 self.stats.draft_tokens += len(draft)
                 self.stats.accepted_tokens += accepted
@@ -434,6 +352,6 @@ class AlignerDecoder:
                 if len(outputs[b]) >= max_new_tokens:
                     done[b] = True
                 todo[b] = [outputs[b][-1]]
-            self._crop_trailing()
+            layout.crop_trailing()
         self.stats.output_tokens += sum(len(o) for o in outputs)
         return outputs

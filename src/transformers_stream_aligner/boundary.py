@@ -1,18 +1,25 @@
-"""Sentence boundaries on token ids: where a sentence's tokens end inside a generated sequence.
+"""The boundary stage: where a sentence's tokens end inside a generated sequence.
 
 Text rules live in :mod:`.sentence_splitter`; this module maps them onto token positions. A cut is
 only placed on a token boundary whose text after the sentence end is whitespace, so no token is
 ever split and the text of the pieces concatenates back to the decoded sequence exactly.
+
+* :func:`find_token_boundary` finds the first sentence end in a span of ids;
+* :class:`SentenceTracker` finds the same cut while tokens arrive, with constant work per token (the
+  stopping criterion of the transformers engine and any streaming engine use it);
+* :func:`next_step` is the loop's question for one row: is its answer over, does it hold a complete sentence,
+  or does the upstream have to generate more? :class:`Sentence` is the sentence it found, as text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from .sentence_splitter import DEFAULT_TERMINATORS, find_sentence_end, scan_sentence_end
+from .sentence_splitter import DEFAULT_TERMINATORS, find_sentence_end, scan_sentence_end, split_whitespace
 
-__all__ = ["SentenceTracker", "decode_span", "find_token_boundary"]
+__all__ = ["Sentence", "SentenceStep", "SentenceTracker", "decode_span", "find_token_boundary", "next_step"]
 
 
 def decode_span(tokenizer: Any, ids: Sequence[int], start: int, end: int) -> str:
@@ -197,3 +204,89 @@ class SentenceTracker:
         if self.max_sentence_tokens is not None and len(self.tokens) - self.start >= self.max_sentence_tokens:
             return len(self.tokens)
         return None
+
+
+@dataclass(frozen=True)
+class Sentence:
+    """A complete sentence of a row: the tokens ``ids[start:cut]``, decoded in context as ``text``, which is
+    ``lead + content + trail`` (the surrounding whitespace split off; ``content`` is what the aligner sees)."""
+
+    start: int
+    cut: int
+    text: str
+    lead: str
+    content: str
+    trail: str
+
+    @classmethod
+    def at(cls, tokenizer: Any, ids: Sequence[int], start: int, cut: int) -> Sentence:
+        """The sentence ``ids[start:cut]`` (decoded with :func:`decode_span`). Does not mutate ``ids``."""
+        text = decode_span(tokenizer, ids, start, cut)
+        lead, content, trail = split_whitespace(text)
+        return cls(start, cut, text, lead, content, trail)
+
+
+@dataclass(frozen=True)
+class SentenceStep:
+    """What a row needs next (:func:`next_step`).
+
+    ``kind`` is one of
+
+    * ``"eos"``: the answer ended at ``eos_at`` (an EOS right at the sentence start): the tail ``ids[eos_at:]``
+      is its last piece;
+    * ``"finished"``: no more tokens will come and nothing is left to align;
+    * ``"generate"``: the sentence is not complete yet, the upstream must generate more;
+    * ``"sentence"``: ``ids[start:cut]`` is a complete sentence; ``final`` says that no more tokens follow it in
+      this row (an EOS, the token budget or a stopping criterion ended it).
+    """
+
+    kind: str
+    cut: int | None = None
+    eos_at: int | None = None
+    final: bool = False
+
+
+def next_step(
+    tokenizer: Any,
+    ids: Sequence[int],
+    start: int,
+    *,
+    eos_token_ids: Collection[int],
+    stopped: bool,
+    known_cut: int | None = None,
+    terminators: str = DEFAULT_TERMINATORS,
+    max_sentence_tokens: int | None = None,
+) -> SentenceStep:
+    """The next step of a row whose current sentence starts at ``ids[start]``.
+
+    Args:
+        tokenizer, terminators, max_sentence_tokens: as in :func:`find_token_boundary`.
+        eos_token_ids: the upstream's end-of-answer tokens.
+        stopped: no more tokens will be generated for this row (its budget is spent or a stopping criterion
+            ended it): what it has is final.
+        known_cut: the cut an upstream round already found for this sentence (not searched again).
+
+    Does not mutate ``ids``.
+    """
+    eos_pos = next((i for i in range(start, len(ids)) if ids[i] in eos_token_ids), None)
+    region_end = eos_pos if eos_pos is not None else len(ids)
+    final = eos_pos is not None or stopped
+    if start >= region_end:
+        if eos_pos is not None:
+            return SentenceStep("eos", eos_at=eos_pos, final=True)
+        if final:
+            return SentenceStep("finished", final=True)
+    cut = known_cut
+    if cut is None:
+        cut = find_token_boundary(
+            tokenizer,
+            ids,
+            start,
+            region_end,
+            final=final,
+            terminators=terminators,
+            max_sentence_tokens=max_sentence_tokens,
+        )
+    if cut is None:
+        return SentenceStep("generate")
+    return SentenceStep("sentence", cut=cut, final=final)

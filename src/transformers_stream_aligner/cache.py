@@ -1,20 +1,63 @@
-"""KV-cache helpers for the splice: create a cache that can be rolled back, and roll it back.
+"""The cache stage: creating a KV cache that can be cut back, cutting it, and the masked-hole layout of a batch.
 
-``transformers`` changed ``Cache.crop``: up to 5.0 it took the absolute length to keep, from 5.x on it
-takes the (negative) number of tokens to remove. :func:`crop_cache_to` hides that difference.
-Sliding-window layers can only be rolled back exactly when they recorded their past states before
-the forward passes; :func:`make_rollback_cache` switches that on. Caches that cannot be rolled back
-(``StaticCache``, recurrent/linear-attention layers) are handled by the caller with a re-prefill.
+**Creation.** :func:`make_rollback_cache` builds a ``DynamicCache`` whose sliding-window layers record their
+past, so that a crop restores an exact earlier state (``activate_past_recording`` must run *before* the forward
+passes). Caches that cannot be rolled back (``StaticCache``, recurrent or linear-attention layers) are handled
+by their user with a reset and a re-prefill.
+
+**Crop and trim.** ``transformers`` changed ``Cache.crop``: up to 5.0 it took the absolute length to keep, from
+5.x on it takes the (negative) number of tokens to remove; :func:`crop_cache_to` hides the difference and checks
+the result. :func:`trim_cache` drops the recorded past of sliding layers once nothing can be cut back any more.
+
+**The masked-hole layout.** ``Cache.crop`` cuts every row of a batch at the same column, but rows change
+different numbers of tokens at different places. :class:`MaskedKVLayout` keeps replaced tokens in the cache as
+**holes** (attention mask 0) and appends each row's new tokens at the end::
+
+    column:   0   1   2   3   4   5   6   7   8
+    row 0:    ·   ·   A   B   C   x   x   D   E     x = replaced (masked)
+    row 1:    F   G   H   I   ·   ·   ·   ·   J     · = padding or a held step (masked)
+
+A row's token keeps the position it has when the row runs alone (its count of earlier live tokens), so a masked
+column adds an exact zero to attention: full-attention models are exact with holes. A sliding window counts
+columns, so sliding-window models need a layout without holes (one row at a time). Both the upstream's batch
+(:mod:`.engines.transformers_engine`) and the aligner's decoder (:mod:`.aligner_decoding`) use this one layout.
+
+Example (two rows; row 0 loses its last token, row 1 keeps everything):
+
+    >>> layout = MaskedKVLayout(2)
+    >>> block = layout.append([[5, 6, 7], [8, 9]])  # right-aligned in one block of 3 columns
+    >>> block.mask.tolist(), block.positions.tolist()
+    ([[1, 1, 1], [0, 1, 1]], [[0, 1, 2], [0, 0, 1]])
+    >>> layout.cut(0, 2)
+    >>> layout.tokens, layout.cols, layout.mask.tolist()
+    ([[5, 6], [8, 9]], [[0, 1], [1, 2]], [[1, 1, 0], [0, 1, 1]])
+    >>> layout.token_matrix(filler=0).tolist()
+    [[5, 6, 0], [0, 8, 9]]
 """
 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["cache_can_crop", "crop_cache_to", "has_sliding_layers", "make_rollback_cache", "prepare_user_cache", "trim_cache"]
+import torch
+
+__all__ = [
+    "Block",
+    "MaskedKVLayout",
+    "cache_can_crop",
+    "crop_cache_to",
+    "has_sliding_layers",
+    "make_rollback_cache",
+    "model_has_sliding_layers",
+    "prepare_user_cache",
+    "trim_cache",
+]
 
 
+# ---------------------------------------------------------------------------------------------- creation
 def make_rollback_cache(model: Any) -> Any:
     """A new ``DynamicCache`` for ``model`` whose every layer can be cropped exactly.
 
@@ -29,7 +72,7 @@ def make_rollback_cache(model: Any) -> Any:
 
 
 def prepare_user_cache(cache: Any) -> None:
-    """Switch on past recording in an empty cache (mutates ``cache``). Does nothing to a filled one."""
+    """Switch on past recording in an empty cache (**mutates** ``cache``). Does nothing to a filled one."""
     if cache is None:
         return
     if getattr(cache, "get_seq_length", None) is not None and cache.get_seq_length() > 0:
@@ -41,6 +84,13 @@ def prepare_user_cache(cache: Any) -> None:
 def has_sliding_layers(cache: Any) -> bool:
     """Whether ``cache`` has sliding-window layers. Does not mutate ``cache``."""
     return any(getattr(layer, "is_sliding", False) for layer in getattr(cache, "layers", []))
+
+
+def model_has_sliding_layers(model: Any) -> bool:
+    """Whether ``model``'s default cache would have sliding-window layers (builds one to look; ``model`` is untouched)."""
+    from transformers import DynamicCache
+
+    return has_sliding_layers(DynamicCache(config=model.config))
 
 
 def cache_can_crop(cache: Any) -> bool:
@@ -56,6 +106,7 @@ def cache_can_crop(cache: Any) -> bool:
     return True
 
 
+# ---------------------------------------------------------------------------------------------- crop and trim
 def _crop_takes_absolute_length(cache: Any) -> bool:
     try:
         params = list(inspect.signature(cache.crop).parameters)
@@ -91,3 +142,209 @@ def trim_cache(cache: Any) -> None:
     """
     if has_sliding_layers(cache) and not _crop_takes_absolute_length(cache):
         cache.crop(0)
+
+
+# ---------------------------------------------------------------------------------------------- the layout
+@dataclass
+class Block:
+    """A block of new columns for a batch: ``ids``, ``mask`` and ``positions`` of shape ``(batch, width)``.
+
+    Row ``b``'s tokens sit right-aligned (or left-aligned) in it; its other columns hold a filler, are masked
+    and carry the position of the row's next token.
+    """
+
+    ids: torch.LongTensor
+    mask: torch.LongTensor
+    positions: torch.LongTensor
+
+
+class MaskedKVLayout:
+    """Which column of a KV cache holds which row's token (see the module docstring).
+
+    Args:
+        batch_size: number of rows.
+        device: where the mask lives.
+        cache: the KV cache this layout describes, or ``None`` (no cache, or one created later: see
+            :attr:`cache`). The layout **mutates** it in :meth:`crop_trailing`, :meth:`select`,
+            :meth:`compact` and :meth:`reset`.
+
+    Invariants, per row ``r``:
+
+    * ``tokens[r]`` are the row's ids whose keys and values are in the cache (its *placed* tokens), in order;
+      ``cols[r][i]`` is the column of ``tokens[r][i]``. Columns increase; every other column of the row is
+      masked. ``mask`` is ``(batch, width)`` with a 1 exactly at those columns.
+    * ``width`` equals the cache's length.
+    """
+
+    def __init__(self, batch_size: int, *, device: torch.device | str | None = None, cache: Any = None) -> None:
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.cache = cache
+        self.tokens: list[list[int]] = [[] for _ in range(batch_size)]
+        self.cols: list[list[int]] = [[] for _ in range(batch_size)]
+        self.mask = torch.zeros((batch_size, 0), dtype=torch.long, device=self.device)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.cols)
+
+    @property
+    def width(self) -> int:
+        """Columns of the layout (= the cache's length)."""
+        return self.mask.shape[1]
+
+    def placed(self, row: int) -> int:
+        """How many of ``row``'s tokens are in the cache."""
+        return len(self.cols[row])
+
+    # ------------------------------------------------------------------ adding columns
+    def block(self, blocks: Sequence[Sequence[int]], *, width: int | None = None, align: str = "right", filler: int = 0) -> Block:
+        """The tensors of a block of new columns holding ``blocks[b]`` for row ``b`` (see :class:`Block`).
+
+        Does not change the layout; :meth:`append` does. ``width`` defaults to the longest block.
+        """
+        if len(blocks) != self.batch_size:
+            raise ValueError(f"{len(blocks)} blocks for {self.batch_size} rows")
+        width = max((len(b) for b in blocks), default=0) if width is None else width
+        batch = self.batch_size
+        ids = torch.full((batch, width), int(filler), dtype=torch.long)
+        mask = torch.zeros((batch, width), dtype=torch.long)
+        positions = torch.zeros((batch, width), dtype=torch.long)
+        for b, tokens in enumerate(blocks):
+            n = len(tokens)
+            if n > width:
+                raise ValueError(f"row {b} has {n} tokens for a block of {width} columns")
+            live = self.placed(b)
+            positions[b, :] = live
+            if n:
+                span = slice(width - n, width) if align == "right" else slice(0, n)
+                ids[b, span] = torch.tensor(list(tokens), dtype=torch.long)
+                mask[b, span] = 1
+                positions[b, span] = torch.arange(live, live + n)
+        return Block(ids.to(self.device), mask.to(self.device), positions.to(self.device))
+
+    def append(self, blocks: Sequence[Sequence[int]], *, width: int | None = None, align: str = "right", filler: int = 0) -> Block:
+        """Add a block of columns at the end holding ``blocks[b]`` for row ``b`` (their keys and values are, or
+        are about to be, in the cache); returns the block's tensors (:meth:`block`)."""
+        block = self.block(blocks, width=width, align=align, filler=filler)
+        start = self.width
+        width = block.mask.shape[1]
+        for b, tokens in enumerate(blocks):
+            n = len(tokens)
+            if n:
+                first = start + (width - n if align == "right" else 0)
+                self.tokens[b].extend(int(t) for t in tokens)
+                self.cols[b].extend(range(first, first + n))
+        self.mask = torch.cat([self.mask, block.mask], dim=1)
+        return block
+
+    def place_prefix(self, input_ids: torch.LongTensor, attention_mask: torch.LongTensor, length: int) -> None:
+        """Describe a cache that already holds ``input_ids[:, :length]`` under ``attention_mask`` (e.g. a user's
+        pre-filled prompt cache). Only for an empty layout."""
+        if self.width:
+            raise ValueError("place_prefix needs an empty layout")
+        self.mask = attention_mask[:, :length].to(device=self.device, dtype=torch.long).clone()
+        for r in range(self.batch_size):
+            cols = [c for c in range(length) if self.mask[r, c]]
+            self.cols[r] = cols
+            self.tokens[r] = [int(t) for t in input_ids[r, cols].tolist()]
+
+    def token_matrix(self, filler: int) -> torch.LongTensor:
+        """``(batch, width)`` ids: each placed token at its column, ``filler`` in every masked column."""
+        ids = torch.full((self.batch_size, self.width), int(filler), dtype=torch.long)
+        for r, cols in enumerate(self.cols):
+            if cols:
+                ids[r, cols] = torch.tensor(self.tokens[r], dtype=torch.long)
+        return ids.to(self.device)
+
+    # ------------------------------------------------------------------ removing tokens
+    def cut(self, row: int, keep: int) -> None:
+        """Keep only the first ``keep`` placed tokens of ``row``: mask the columns of the others (they become holes)."""
+        dropped = self.cols[row][keep:]
+        if dropped:
+            self.mask[row, dropped] = 0
+            del self.cols[row][keep:]
+            del self.tokens[row][keep:]
+
+    def crop_trailing(self) -> bool:
+        """Drop columns after every row's last placed token (they are holes in all rows).
+
+        **Mutates** the cache: crops it, or resets it (and the layout) when it cannot be cropped; then every row's
+        tokens must be fed again. Returns ``False`` if the cache had to be reset.
+        """
+        keep = max((c[-1] + 1 for c in self.cols if c), default=0)
+        if keep >= self.width:
+            return True
+        if self.cache is not None:
+            if not cache_can_crop(self.cache):
+                self.reset()
+                return False
+            try:
+                crop_cache_to(self.cache, keep)
+            except (RuntimeError, ValueError):
+                self.reset()
+                return False
+        self.mask = self.mask[:, :keep]
+        return True
+
+    def select(self, order: Sequence[int]) -> bool:
+        """New batch order: row ``i`` becomes old row ``order[i]`` (``-1``: a new, empty row). Rows not named
+        leave the batch. **Mutates** the cache (``batch_select_indices``, or an index over its layers when new
+        rows are added), then :meth:`crop_trailing`, whose result it returns."""
+        order = [int(o) for o in order]
+        n_old = self.batch_size
+        if order == list(range(n_old)):
+            return True
+        device = self.mask.device
+        grows = any(o < 0 for o in order)
+        index = torch.tensor([o if o >= 0 else n_old for o in order], dtype=torch.long, device=device)
+        if self.cache is not None and self.width > 0:
+            if not grows and hasattr(self.cache, "batch_select_indices"):
+                self.cache.batch_select_indices(index)
+            else:
+                for layer in _filled_layers(self.cache):
+                    for name in ("keys", "values"):
+                        t = getattr(layer, name)
+                        padded = torch.cat([t, t.new_zeros((1, *t.shape[1:]))], dim=0)
+                        setattr(layer, name, padded.index_select(0, index.to(t.device)))
+        padded_mask = torch.cat([self.mask, self.mask.new_zeros((1, self.width))], dim=0)
+        self.mask = padded_mask.index_select(0, index)
+        self.cols = [list(self.cols[o]) if o >= 0 else [] for o in order]
+        self.tokens = [list(self.tokens[o]) if o >= 0 else [] for o in order]
+        return self.crop_trailing()
+
+    def holes(self) -> int:
+        """Masked columns beyond the longest row (what :meth:`compact` would free)."""
+        return self.width - max((len(c) for c in self.cols), default=0)
+
+    def compact(self) -> None:
+        """Squeeze out the holes: every row's tokens moved right-aligned into ``longest`` columns (a gather over the
+        cache's layers; exact, since positions do not change). **Mutates** the cache."""
+        longest = max((len(c) for c in self.cols), default=0)
+        batch = self.batch_size
+        device = self.mask.device
+        index = torch.zeros((batch, longest), dtype=torch.long, device=device)
+        mask = torch.zeros((batch, longest), dtype=self.mask.dtype, device=device)
+        for b, cols in enumerate(self.cols):
+            if cols:
+                index[b, longest - len(cols) :] = torch.tensor(cols, dtype=torch.long, device=device)
+                mask[b, longest - len(cols) :] = 1
+            self.cols[b] = list(range(longest - len(cols), longest))
+        if self.cache is not None:
+            for layer in _filled_layers(self.cache):
+                for name in ("keys", "values"):
+                    t = getattr(layer, name)
+                    gather = index.to(t.device)[:, None, :, None].expand(t.shape[0], t.shape[1], longest, t.shape[3])
+                    setattr(layer, name, t.gather(2, gather))
+        self.mask = mask
+
+    def reset(self) -> None:
+        """Empty the cache (**mutates** it) and the layout: no token is placed any more."""
+        if self.cache is not None:
+            self.cache.reset()
+        self.mask = self.mask[:, :0]
+        self.cols = [[] for _ in range(self.batch_size)]
+        self.tokens = [[] for _ in range(self.batch_size)]
+
+
+def _filled_layers(cache: Any) -> list[Any]:
+    return [layer for layer in getattr(cache, "layers", []) if getattr(layer, "is_initialized", False)]

@@ -12,23 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from .tokens import longest_common_prefix
+
 __all__ = ["question_from_prompt"]
 
 _SENTINEL = "\u2063STREAM_ALIGNER_SENTINEL\u2063"
-
-
-def _common_suffix(a: str, b: str) -> str:
-    i = 0
-    while i < min(len(a), len(b)) and a[-1 - i] == b[-1 - i]:
-        i += 1
-    return a[len(a) - i :]
-
-
-def _common_prefix(a: str, b: str) -> str:
-    i = 0
-    while i < min(len(a), len(b)) and a[i] == b[i]:
-        i += 1
-    return a[:i]
 
 
 _MARKERS: dict[tuple[str, str | None, str | None], tuple[str, str] | None] = {}
@@ -60,8 +48,10 @@ def _find_user_turn_markers(tokenizer: Any) -> tuple[str, str] | None:
         return None
     if _SENTINEL not in one or _SENTINEL not in two:
         return None
-    before = _common_suffix(one[: one.index(_SENTINEL)], two[: two.index(_SENTINEL)])
-    after = _common_prefix(one[one.index(_SENTINEL) + len(_SENTINEL) :], two[two.index(_SENTINEL) + len(_SENTINEL) :])
+    head_one, head_two = one[: one.index(_SENTINEL)], two[: two.index(_SENTINEL)]
+    tail_one, tail_two = one[one.index(_SENTINEL) + len(_SENTINEL) :], two[two.index(_SENTINEL) + len(_SENTINEL) :]
+    before = head_one[len(head_one) - longest_common_prefix(head_one[::-1], head_two[::-1]) :]
+    after = tail_one[: longest_common_prefix(tail_one, tail_two)]
     if not before.strip() or not after.strip():
         return None
     return before, after

@@ -27,7 +27,8 @@ import torch
 from transformers import StoppingCriteria
 
 from .boundary import SentenceTracker
-from .sentence_splitter import DEFAULT_TERMINATORS
+from .stream_aligner_config import StreamAlignerConfig
+from .tokens import token_id_list
 
 __all__ = ["SentenceBoundaryCriteria"]
 
@@ -68,8 +69,8 @@ class SentenceBoundaryCriteria(StoppingCriteria):
         tokenizer: Any,
         sentence_starts: Sequence[int],
         *,
-        terminators: str = DEFAULT_TERMINATORS,
-        max_sentence_tokens: int | None = 256,
+        terminators: str = StreamAlignerConfig.terminators,
+        max_sentence_tokens: int | None = StreamAlignerConfig.max_sentence_tokens,
         eos_token_id: int | Iterable[int] | None = None,
         hold_completed: bool = True,
     ) -> None:
@@ -79,13 +80,7 @@ class SentenceBoundaryCriteria(StoppingCriteria):
         self.terminators = terminators
         self.max_sentence_tokens = max_sentence_tokens
         self.hold_completed = hold_completed
-        if eos_token_id is None:
-            eos: list[int] = []
-        elif isinstance(eos_token_id, int):
-            eos = [eos_token_id]
-        else:
-            eos = [int(e) for e in eos_token_id]
-        self.eos_token_ids = frozenset(eos)
+        self.eos_token_ids = frozenset(token_id_list(eos_token_id))
         self.reset(sentence_starts)
 
     def reset(

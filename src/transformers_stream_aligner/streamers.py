@@ -1,8 +1,13 @@
-"""Streamers that show the corrected answer as each sentence is accepted.
+"""The streamer stage: the corrected answer, as each sentence is accepted.
 
 Stream-aligned ``generate`` drives the user's streamer itself: ``put(prompt)`` once, ``put(ids)`` for
 each accepted sentence (corrected), ``end()`` once. Inner upstream rounds never reach it, so any
-``transformers`` streamer works; these subclasses add what alignment makes possible:
+``transformers`` streamer works. Alignment adds events, declared as no-op hooks by
+:class:`AlignmentStreamerHooks`: ``put_alignment(record)`` for each accepted piece, ``end_row(row)`` when a row
+of a batch ends (``per_row = True`` streamers get these instead of ``put``), ``put_draft(ids)`` for the upstream's
+draft tokens. :class:`StreamerDriver` is the one place that adapts any streamer to these events, so the loop
+calls every event unconditionally.
+
 :class:`StreamAlignerStreamer` can also show the drafts that were replaced, and
 :class:`StreamAlignerIteratorStreamer` keeps the per-sentence records for servers.
 
@@ -16,15 +21,85 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from transformers import TextIteratorStreamer, TextStreamer
 
-__all__ = ["StreamAlignerIteratorStreamer", "StreamAlignerStreamer", "StreamEvent"]
+__all__ = [
+    "AlignmentStreamerHooks",
+    "StreamAlignerIteratorStreamer",
+    "StreamAlignerStreamer",
+    "StreamEvent",
+    "StreamerDriver",
+]
 
 
-class StreamAlignerStreamer(TextStreamer):
+class AlignmentStreamerHooks:
+    """The events stream-aligned ``generate`` sends beyond ``put``/``end``, as no-op hooks to override.
+
+    Mix it into any ``transformers`` streamer (the streamers of this module do). Streamers that do not inherit it
+    may define the same methods; :class:`StreamerDriver` finds them.
+
+    Attributes:
+        per_row: ``True`` for streamers that follow the rows of a batch: they get ``put_alignment`` and ``end_row``
+            events but no ``put`` of token ids (a batch needs one).
+    """
+
+    per_row: bool = False
+
+    def put_alignment(self, record: Any) -> None:
+        """An accepted piece (an :class:`~.outputs.AlignmentRecord`, ``record.row`` says which row), right before
+        its corrected tokens are ``put``."""
+
+    def end_row(self, row: int) -> None:
+        """Row ``row`` of the batch has ended (per-row streamers)."""
+
+    def put_draft(self, value: torch.Tensor) -> None:
+        """Tokens the upstream drafted before the aligner saw them (single sequence; only when overridden)."""
+
+
+class StreamerDriver:
+    """How the loop talks to the user's streamer (any ``transformers`` streamer, or ``None``).
+
+    Every method may be called whatever the streamer is: the streamer's own hooks are looked up once, here.
+    Does not own the streamer (``end`` is forwarded once, by :meth:`end`).
+    """
+
+    def __init__(self, streamer: Any) -> None:
+        self.streamer = streamer
+        self.per_row = bool(getattr(streamer, "per_row", False))
+        self._put_alignment = getattr(streamer, "put_alignment", None)
+        self._end_row = getattr(streamer, "end_row", None) if self.per_row else None
+        draft = getattr(streamer, "put_draft", None)
+        overridden = draft is not None and getattr(type(streamer), "put_draft", None) is not AlignmentStreamerHooks.put_draft
+        #: where the upstream's draft tokens go (``None``: nobody wants them, so engines need not forward them).
+        self.on_draft: Callable[[torch.Tensor], None] | None = draft if overridden and not self.per_row else None
+
+    def prompt(self, prompt_ids: torch.Tensor) -> None:
+        """The prompt, once, as ``generate`` sends it (not to per-row streamers)."""
+        if self.streamer is not None and not self.per_row:
+            self.streamer.put(prompt_ids.cpu())
+
+    def record(self, record: Any) -> None:
+        """An accepted piece: ``put_alignment(record)``, then ``put`` of its corrected ids."""
+        if self._put_alignment is not None:
+            self._put_alignment(record)
+        if self.streamer is not None and not self.per_row and record.corrected_ids:
+            self.streamer.put(torch.tensor(record.corrected_ids, dtype=torch.long))
+
+    def row_end(self, row: int) -> None:
+        if self._end_row is not None:
+            self._end_row(row)
+
+    def end(self) -> None:
+        if self.streamer is not None:
+            self.streamer.end()
+
+
+class StreamAlignerStreamer(AlignmentStreamerHooks, TextStreamer):
     """A ``TextStreamer`` that prints only corrected text, sentence by sentence.
 
     Args:
@@ -83,7 +158,7 @@ class StreamEvent:
     finished: bool = False
 
 
-class StreamAlignerIteratorStreamer(TextIteratorStreamer):
+class StreamAlignerIteratorStreamer(AlignmentStreamerHooks, TextIteratorStreamer):
     """A ``TextIteratorStreamer`` of corrected text, for serving generation from another thread.
 
     Iterating yields text pieces of the corrected answer. :attr:`records` collects each accepted

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from .sentence_splitter import split_sentences
-from .splice import special_token_ids
 from .stream_aligner_config import StreamAlignerConfig
+from .tokens import special_token_ids
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,134 @@
+"""What stream-aligned ``generate`` returns and raises: per-piece records, work counters, the output class and the
+errors (which carry everything generated so far)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+__all__ = [
+    "AlignerOutputError",
+    "AlignmentRecord",
+    "AlignmentStats",
+    "StreamAlignedGenerateOutput",
+    "StreamAlignmentError",
+]
+
+
+@dataclass
+class AlignmentRecord:
+    """One aligned piece of a row's answer.
+
+    Attributes:
+        start: index in ``sequences[row]`` where the piece begins.
+        original_ids: the tokens the upstream generated for it.
+        corrected_ids: the tokens that stand at ``start`` in the output.
+        original_text: the decoded original (surrounding whitespace included).
+        corrected_text: the decoded correction (same whitespace re-attached).
+        aligned: whether the aligner was asked (``False`` for pieces without text, e.g. a lone EOS).
+        row: the row of ``sequences`` the piece belongs to.
+
+    The records of a row tile its generated part in order; they are pass-through (``original_ids ==
+    corrected_ids``) when the aligner left the sentence unchanged.
+    """
+
+    start: int
+    original_ids: list[int]
+    corrected_ids: list[int]
+    original_text: str
+    corrected_text: str
+    aligned: bool = True
+    row: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return self.original_ids != self.corrected_ids
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class AlignmentStats:
+    """Work counters of one stream-aligned ``generate`` call (for benchmarks and tuning).
+
+    Attributes:
+        rounds: upstream rounds (``generate`` calls on the KV cache).
+        aligner_calls: calls of the aligner (one per round of sentences, whatever the batch size).
+        sentences_aligned: sentences sent to the aligner; ``sentences_changed``: those it changed.
+        upstream_columns: positions the upstream forwarded (one per token of a single sequence).
+        upstream_slots: row-positions the upstream forwarded (batch rows × columns, summed over forwards;
+            rows that have finished leave the batch).
+        upstream_real_tokens: of those, real tokens of a row (the rest are held rows and masked holes).
+        refed_tokens: tokens taken back out of the cache and forwarded again (one per row and round at
+            most, when a row had nothing new to feed).
+        cache_resets: times the cache was emptied and re-filled because it could not be cut back.
+        peak_cache_columns: the most columns the KV cache held (the longest row plus masked holes).
+    """
+
+    rounds: int = 0
+    aligner_calls: int = 0
+    sentences_aligned: int = 0
+    sentences_changed: int = 0
+    upstream_columns: int = 0
+    upstream_slots: int = 0
+    upstream_real_tokens: int = 0
+    refed_tokens: int = 0
+    cache_resets: int = 0
+    peak_cache_columns: int = 0
+
+    @property
+    def held_share(self) -> float:
+        """Share of the upstream's forwarded row-positions spent on held rows and holes."""
+        return 1.0 - self.upstream_real_tokens / self.upstream_slots if self.upstream_slots else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "held_share": self.held_share}
+
+
+@dataclass
+class StreamAlignedGenerateOutput(GenerateDecoderOnlyOutput):
+    """``GenerateDecoderOnlyOutput`` plus ``alignment_trace`` (one list of :class:`AlignmentRecord`
+    per row) and ``alignment_stats`` (:class:`AlignmentStats`)."""
+
+    alignment_trace: list[list[AlignmentRecord]] | None = None
+    alignment_stats: AlignmentStats | None = None
+
+
+class StreamAlignmentError(RuntimeError):
+    """Stream alignment stopped; nothing generated so far is lost.
+
+    Attributes:
+        sequences: every row's prompt plus its accepted sentences, plus the draft sentence being
+            aligned, laid out like ``generate``'s output (``(batch, n)``, right-padded).
+        alignment_trace: the records accepted so far (one list per row).
+        partial_texts: per row, the generated part of ``sequences`` decoded without special tokens.
+        row: the row whose sentence failed (``None`` when the aligner raised for a whole batch).
+        partial_text: ``partial_texts[row]`` (row 0 when ``row`` is ``None``).
+        sentence: the sentence being aligned when it failed.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        sequences: torch.Tensor,
+        alignment_trace: list[list[AlignmentRecord]],
+        partial_texts: list[str],
+        sentence: str | None = None,
+        row: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.sequences = sequences
+        self.alignment_trace = alignment_trace
+        self.partial_texts = partial_texts
+        self.partial_text = partial_texts[row or 0] if partial_texts else ""
+        self.sentence = sentence
+        self.row = row
+
+
+class AlignerOutputError(StreamAlignmentError, ValueError):
+    """The aligner returned something unusable (not a string, empty, too long, control tokens)."""
