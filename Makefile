@@ -20,39 +20,41 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
+# The arithmetic showcase (examples/arithmetic): SmolLM2 answers, the trained aligner corrects; Q="..." asks your own.
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/stream-aligner demo
+	HF_HUB_OFFLINE=1 $(PY) -m examples.arithmetic.demo $(if $(Q),"$(Q)",)
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest --doctest-modules src/transformers_stream_aligner tests
+	HF_HUB_OFFLINE=1 $(PY) -m pytest --doctest-modules src/transformers_stream_aligner examples tests
 
 test-fast: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks examples
 
 # Final-answer accuracy on 200 held-out arithmetic problems: plain, stream-aligned (trained aligner, exact
 # checker), post-hoc (docs/results.md).
 eval: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"
-	HF_HUB_OFFLINE=1 $(VENV)/bin/stream-aligner eval --output benchmarks/results/arithmetic_eval.json --plot docs/img/arithmetic_eval.png
+	HF_HUB_OFFLINE=1 $(PY) -m examples.arithmetic.evaluation --output benchmarks/results/arithmetic_eval.json --plot docs/img/arithmetic_eval.png
 
-# Rebuild the shipped arithmetic aligner from scratch (seeded): on-policy data, held-in product claims, LoRA training (~45 min).
+# Rebuild the trained arithmetic aligner (examples/arithmetic/trained_aligner) from scratch, seeded: on-policy data,
+# held-in product claims, LoRA training (~45 min).
 aligner: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m transformers_stream_aligner.examples.build_arithmetic_aligner
+	HF_HUB_OFFLINE=1 $(PY) -m examples.arithmetic.build_aligner
 
 # Speed against plain generate, a reference-style loop and post-hoc correction (docs/benchmarks.md).
 # The first run also builds the benchmark's copy aligner (~16 min, cached in $(STREAM_ALIGNER_CACHE)).
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/speed.py
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.speed
 
 bench-batch: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/batch_vs_single.py
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.batch_vs_single
 
 bench-train: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/train_smollm2.py
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.train_smollm2
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -6,8 +6,8 @@ memory is measured in a fresh child process per mode, after a warm-up: the resid
 during the run minus the resident memory at its start; the KV cache's own peak is computed from the
 widest layout the run reached.
 
-    python benchmarks/batch_vs_single.py                 # both aligners, 3 repetitions
-    python benchmarks/batch_vs_single.py --aligner identity --repeats 1 --max-new-tokens 64
+    python -m benchmarks.batch_vs_single                 # both aligners, 3 repetitions
+    python -m benchmarks.batch_vs_single --aligner identity --repeats 1 --max-new-tokens 64
 
 Prints a markdown table and writes JSON (``--json``, default ``benchmarks/results/batch_vs_single.json``).
 """
@@ -113,8 +113,8 @@ def kv_cache_mib(model: Any, slots: int, columns: int) -> float:
 
 
 def load(cache_dir: str | None) -> tuple[Any, Any]:
+    from examples.smollm2 import load_smollm2
     from transformers_stream_aligner import enable_stream_alignment
-    from transformers_stream_aligner.models import load_smollm2
 
     model, tok = load_smollm2(cache_dir)
     tok.padding_side = "left"

@@ -20,8 +20,8 @@ Figures: wall time and its ratio to ``plain``; time to the first corrected sente
 the post-hoc time to the first corrected token; upstream and aligner forwarded tokens against their
 minimum; per-sentence cost as the answer grows (plotted to ``docs/img/speed_scaling.png``).
 
-    python benchmarks/speed.py                    # 3 prompts x 3 repetitions (~25 min on 2 cores)
-    python benchmarks/speed.py --prompts 1 --repeats 1 --modes plain,identity,model
+    python -m benchmarks.speed                    # 3 prompts x 3 repetitions (~25 min on 2 cores)
+    python -m benchmarks.speed --prompts 1 --repeats 1 --modes plain,identity,model
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -122,8 +121,7 @@ TEMPLATES = ["Write a detailed essay of at least fifteen sentences about {}.", "
 def aligner_questions() -> list[str]:
     """Held-in questions for the copy aligner's data (none is a benchmark prompt): long-form ones, whose
     sentences are all copies, and ``train_smollm2.py``'s arithmetic ones, where the corrector changes some."""
-    sys.path.insert(0, str(HERE))
-    from train_smollm2 import questions
+    from benchmarks.train_smollm2 import questions
 
     return [TEMPLATES[i % len(TEMPLATES)].format(topic) for i, topic in enumerate(TOPICS)] + questions(40)
 
@@ -135,18 +133,20 @@ def ensure_copy_aligner(path: Path) -> Path:
     (``stream-aligner train``, 1 epoch, lr 1e-4)."""
     if (path / "stream_aligner_config.json").is_file():
         return path
-    sys.path.insert(0, str(HERE))
-    from train_smollm2 import timed
+    from benchmarks.train_smollm2 import timed
+    from examples.smollm2 import smollm2_checkpoint
 
     print(f"[bench] building the copy aligner in {path} (once; ~16 min on 2 cores) ...", flush=True)
     work = path.parent / (path.name + "-work")
     work.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    smollm2 = str(smollm2_checkpoint())
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     (work / "questions.txt").write_text("\n".join(aligner_questions()) + "\n")
     data = work / "records.jsonl"
-    timed(["build-dataset", "--questions", str(work / "questions.txt"), "--corrector", "train_smollm2:fix_arithmetic",
+    timed(["build-dataset", "--questions", str(work / "questions.txt"), "--upstream", smollm2,
+           "--corrector", "benchmarks.train_smollm2:fix_arithmetic",
            "--output", str(data), "--overwrite", "--max-new-tokens", "320", "--batch-size", "8", "--no-progress"], env)  # fmt: skip
-    timed(["train", "--base-model", "smollm2", "--train-file", str(data), "--num-train-epochs", "1",
+    timed(["train", "--base-model", smollm2, "--train-file", str(data), "--num-train-epochs", "1",
            "--learning-rate", "1e-4", "--per-device-train-batch-size", "8", "--max-length", "1024", "--no-progress",
            "--overwrite-output-dir", "--output-dir", str(path)], env)  # fmt: skip
     return path
@@ -314,7 +314,7 @@ def main() -> None:
         plot(report["scaling"], args.plot)
         return
     if args.build_aligner_only:
-        from transformers_stream_aligner.models import default_cache_dir
+        from examples.smollm2 import default_cache_dir
 
         print(ensure_copy_aligner(default_cache_dir() / "bench-copy-aligner"))
         return
@@ -323,8 +323,8 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown modes {sorted(unknown)}; choose from {MODES}")
 
+    from examples.smollm2 import default_cache_dir, load_smollm2
     from transformers_stream_aligner import StreamAligner, StreamAlignerConfig, enable_stream_alignment
-    from transformers_stream_aligner.models import default_cache_dir, load_smollm2
 
     torch.manual_seed(0)
     model, tok = load_smollm2()

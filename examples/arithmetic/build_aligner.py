@@ -1,18 +1,19 @@
-"""Rebuild the shipped arithmetic aligner from scratch, seeded: ``make aligner`` or
-``python -m transformers_stream_aligner.examples.build_arithmetic_aligner``.
+"""Rebuild the trained arithmetic aligner from scratch, seeded: ``make aligner`` or
+``python -m examples.arithmetic.build_aligner``. Every step calls the library's Python API.
 
-1. Held-in problems: :func:`~.arithmetic.make_problems` (``split="train"``; none is ever evaluated).
-2. On-policy data, twice with ``stream-aligner build-dataset``: SmolLM2-135M-Instruct answers every problem
-   greedily, then once more sampled (temperature 0.7); each sentence is corrected by the exact checker
-   :func:`~.arithmetic.check_arithmetic_worked` (wrong results recomputed, products of two-digit numbers
-   shown worked by place value) while the upstream continues from the corrected text.
+1. Held-in problems: :func:`~.task.make_problems` (``split="train"``; none is ever evaluated).
+2. On-policy data, twice with :func:`~transformers_stream_aligner.dataset_builder.records_on_policy`:
+   SmolLM2-135M-Instruct answers every problem greedily, then once more sampled (temperature 0.7); each
+   sentence is corrected by the exact checker :func:`~.task.check_arithmetic_worked` (wrong results
+   recomputed, products of two-digit numbers shown worked by place value) while the upstream continues from
+   the corrected text.
 3. Balance: every changed record, and as many unchanged ones (seeded draw): about a third of the
    upstream's sentences change, and the aligner must learn to keep the rest as much as to fix these.
    Then ``--synthetic-products`` records of product claims on other held-in operands
-   (:func:`~.arithmetic.synthetic_product_claims`): the on-policy answers hold too few products to learn
-   the worked form from. Records writing :data:`~.arithmetic.PROBES` (17*23, the issue's example) are
+   (:func:`~.task.synthetic_product_claims`): the on-policy answers hold too few products to learn
+   the worked form from. Records writing :data:`~.task.PROBES` (17*23, the issue's example) are
    dropped, so that the test on it measures generalisation, not recall.
-4. ``stream-aligner train``: a LoRA adapter on SmolLM2-135M-Instruct.
+4. :func:`~transformers_stream_aligner.train_aligner`: a LoRA adapter on SmolLM2-135M-Instruct.
 5. The adapter is stored in float16 (peft casts it back to the base's float32 on load) with the tokenizer,
    ``stream_aligner_config.json``, a model card and ``build_report.json`` (the steps' wall times).
 
@@ -30,18 +31,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..models import ARITHMETIC_ALIGNER
+from . import ARITHMETIC_ALIGNER
 
-CHECKER = "transformers_stream_aligner.examples.arithmetic:check_arithmetic_worked"
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-
-
-def _cli(args: list[str]) -> None:
-    from ..cli import main
-
-    code = main(args)
-    if code:
-        raise SystemExit(f"stream-aligner {' '.join(args)} failed ({code})")
 
 
 def balance(records: list[dict[str, Any]], *, copies_per_change: float, seed: int) -> list[dict[str, Any]]:
@@ -60,7 +52,7 @@ def assemble(
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """The training records from the on-policy ones: those that write a probe (17*23) dropped, the rest balanced
     by :func:`balance`, ``synthetic`` held-in product claims added, all shuffled (seeded); and their counts."""
-    from .arithmetic import involves_probe, synthetic_product_claims
+    from .task import involves_probe, synthetic_product_claims
 
     fields = ("prefix", "last", "correction")
     kept = [r for r in records if not any(involves_probe(r[k]) for k in fields)]
@@ -85,8 +77,9 @@ def to_float16(directory: Path) -> None:
 def portable(directory: Path) -> None:
     """Name the base by its Hub id instead of this machine's cache path (configs and model card), and bound a
     correction at 128 tokens (a sentence with a worked product is about 80; a runaway stops early)."""
-    from ..models import smollm2_checkpoint
-    from ..stream_aligner_config import StreamAlignerConfig
+    from transformers_stream_aligner import StreamAlignerConfig
+
+    from ..smollm2 import smollm2_checkpoint
 
     local = str(smollm2_checkpoint())
     for name in ("adapter_config.json", "README.md"):
@@ -99,9 +92,46 @@ def portable(directory: Path) -> None:
     config.save_pretrained(directory)
 
 
+def collect_records(questions: list[str], *, seed: int, max_new_tokens: int, progress: bool, sampled: bool) -> list[dict[str, str]]:
+    """On-policy records: SmolLM2 answers ``questions`` (greedy, or sampled at temperature 0.7) with the worked
+    checker correcting each sentence (:func:`~transformers_stream_aligner.dataset_builder.records_on_policy`)."""
+    from transformers import set_seed
+
+    from transformers_stream_aligner.dataset_builder import records_on_policy
+
+    from ..smollm2 import load_smollm2
+    from .task import check_arithmetic_worked
+
+    model, tokenizer = load_smollm2()
+    set_seed(seed)
+    sampling = {"do_sample": True, "temperature": 0.7} if sampled else {"do_sample": False}
+    return records_on_policy(model, tokenizer, questions, check_arithmetic_worked, batch_size=8, progress=progress,
+                             max_new_tokens=max_new_tokens, **sampling)  # fmt: skip
+
+
+def train(train_file: Path, output_dir: Path, *, seed: int, epochs: float, learning_rate: float, lora_r: int | None,
+          progress: bool) -> None:  # fmt: skip
+    """Train the aligner on SmolLM2-135M-Instruct: a LoRA adapter of rank ``lora_r`` (``None``: all weights)."""
+    from transformers_stream_aligner import AlignerTrainingConfig, train_aligner
+
+    from ..smollm2 import smollm2_checkpoint
+
+    config = AlignerTrainingConfig(output_dir=str(output_dir), overwrite_output_dir=True, num_train_epochs=epochs,
+                                   learning_rate=learning_rate, per_device_train_batch_size=8, max_length=512,
+                                   seed=seed, disable_tqdm=None if progress else True)  # fmt: skip
+    lora_config = None
+    if lora_r is not None:
+        from peft import LoraConfig
+
+        lora_config = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.05, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")  # fmt: skip
+    result = train_aligner(smollm2_checkpoint(), train_file, config, lora_config=lora_config)
+    print(f"[aligner] {result.global_step} steps, mean training loss {result.train_loss:.4f}; {result.train_data.summary()}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", default=str(ARITHMETIC_ALIGNER), help="where the aligner goes (default: the package's)")
+    parser.add_argument("--output", default=str(ARITHMETIC_ALIGNER), help="where the aligner goes (default: this example's trained_aligner/)")
     parser.add_argument("--work-dir", default=None, help="data and training files (default: <cache>/arithmetic-aligner-work)")
     parser.add_argument("--problems", type=int, default=240, help="held-in problems (default 240)")
     parser.add_argument("--seed", type=int, default=0)
@@ -110,50 +140,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--copies-per-change", type=float, default=1.0, help="unchanged records per changed one (default 1)")
     parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
     parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA (a 540 MB checkpoint)")
-    parser.add_argument("--epochs", default="1", help="training epochs (default 1)")
-    parser.add_argument("--learning-rate", default=None, help="default 5e-4 for LoRA, 2e-5 for full")
-    parser.add_argument("--max-new-tokens", default="128", help="bound on each upstream answer (default 128)")
+    parser.add_argument("--epochs", type=float, default=1.0, help="training epochs (default 1)")
+    parser.add_argument("--learning-rate", type=float, default=None, help="default 5e-4 for LoRA, 2e-5 for full")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="bound on each upstream answer (default 128)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
-    from ..models import default_cache_dir
-    from .arithmetic import make_problems
+    from transformers_stream_aligner.dataset_builder import write_records
+
+    from ..smollm2 import default_cache_dir
+    from .task import make_problems
 
     work = Path(args.work_dir) if args.work_dir else default_cache_dir() / "arithmetic-aligner-work"
     work.mkdir(parents=True, exist_ok=True)
-    quiet = ["--no-progress"] if args.no_progress else []
-    report: dict[str, Any] = {"problems": args.problems, "synthetic_products": args.synthetic_products, "seed": args.seed, "lora_r": None if args.full else args.lora_r,
-                              "epochs": args.epochs, "steps": {}}  # fmt: skip
+    progress = not args.no_progress
+    report: dict[str, Any] = {"problems": args.problems, "synthetic_products": args.synthetic_products, "seed": args.seed,
+                              "lora_r": None if args.full else args.lora_r, "epochs": args.epochs, "steps": {}}  # fmt: skip
     t_all = time.perf_counter()
 
-    def step(name: str, cli_args: list[str]) -> None:
+    def step(name: str, fn: Any, *fn_args: Any, **fn_kwargs: Any) -> Any:
         t0 = time.perf_counter()
         print(f"[aligner] {name} ...", flush=True)
-        _cli(cli_args)
+        result = fn(*fn_args, **fn_kwargs)
         report["steps"][name] = round(time.perf_counter() - t0, 1)
         print(f"[aligner] {name}: {report['steps'][name]} s", flush=True)
+        return result
 
-    problems = make_problems(args.problems, seed=args.seed, split="train")
-    (work / "questions.txt").write_text("\n".join(p.question for p in problems) + "\n")
-    common = ["build-dataset", "--questions", str(work / "questions.txt"), "--corrector", CHECKER, "--overwrite",
-              "--max-new-tokens", args.max_new_tokens, "--batch-size", "8", "--seed", str(args.seed), *quiet]  # fmt: skip
-    step("data (greedy answers)", [*common, "--output", str(work / "greedy.jsonl")])
-    step("data (sampled answers)", [*common, "--output", str(work / "sampled.jsonl"), "--do-sample", "--temperature", "0.7"])
-    records = [json.loads(line) for name in ("greedy", "sampled") for line in (work / f"{name}.jsonl").read_text().splitlines()]
-    train, report["records"] = assemble(records, synthetic=args.synthetic_products,
-                                        copies_per_change=args.copies_per_change, seed=args.seed)  # fmt: skip
-    (work / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+    questions = [p.question for p in make_problems(args.problems, seed=args.seed, split="train")]
+    common = {"seed": args.seed, "max_new_tokens": args.max_new_tokens, "progress": progress}
+    records = []
+    for name, sampled in (("greedy", False), ("sampled", True)):
+        collected = step(f"data ({name} answers)", collect_records, questions, sampled=sampled, **common)
+        write_records(collected, work / f"{name}.jsonl", overwrite=True)
+        records += collected
+    train_records, report["records"] = assemble(records, synthetic=args.synthetic_products,
+                                                copies_per_change=args.copies_per_change, seed=args.seed)  # fmt: skip
+    (work / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_records))
     print(f"[aligner] records: {report['records']}", flush=True)
     trained = work / "aligner"
-    train_args = ["train", "--base-model", "smollm2", "--train-file", str(work / "train.jsonl"), "--output-dir", str(trained),
-                  "--overwrite-output-dir", "--num-train-epochs", args.epochs, "--per-device-train-batch-size", "8",
-                  "--max-length", "512", "--seed", str(args.seed), *quiet]  # fmt: skip
-    if args.full:
-        train_args += ["--learning-rate", args.learning_rate or "2e-5"]
-    else:
-        train_args += ["--lora", "--lora-r", str(args.lora_r), "--lora-alpha", str(2 * args.lora_r),
-                       "--learning-rate", args.learning_rate or "5e-4"]  # fmt: skip
-    step("training", train_args)
+    learning_rate = args.learning_rate or (2e-5 if args.full else 5e-4)
+    step("training", train, work / "train.jsonl", trained, seed=args.seed, epochs=args.epochs,
+         learning_rate=learning_rate, lora_r=None if args.full else args.lora_r, progress=progress)  # fmt: skip
     portable(trained)
     if not args.full:
         to_float16(trained)

@@ -1,16 +1,16 @@
-"""``stream-aligner eval`` / ``make eval``: does the aligner help? Final-answer accuracy on held-out arithmetic.
+"""``make eval`` / ``python -m examples.arithmetic.evaluation``: does the aligner help? Final-answer accuracy on held-out arithmetic.
 
 The upstream (by default the embedded SmolLM2-135M-Instruct) answers held-out problems of
-:mod:`.examples.arithmetic` (``split="test"``: no operand triple of them is ever used for training), greedy,
+:mod:`.task` (``split="test"``: no operand triple of them is ever used for training), greedy,
 under four conditions:
 
 * ``plain`` - ``generate`` alone;
-* ``stream-trained`` - stream-aligned with the trained aligner (by default the one shipped in the package);
-* ``stream-checker`` - stream-aligned with the exact checker :func:`~.examples.arithmetic.check_arithmetic`
+* ``stream-trained`` - stream-aligned with the trained aligner (by default this example's, in ``trained_aligner/``);
+* ``stream-checker`` - stream-aligned with the exact checker :func:`~.task.check_arithmetic`
   (an upper bound for a sentence-level corrector);
 * ``posthoc-trained`` - Aligner-style: the plain answer, then the trained aligner rewrites it whole.
 
-Each answer is scored by :func:`~.examples.arithmetic.is_correct`. Reported: accuracy with a Wilson 95%
+Each answer is scored by :func:`~.task.is_correct`. Reported: accuracy with a Wilson 95%
 interval, and each condition's difference to ``plain`` with a paired bootstrap 95% interval (same
 questions); every answer is kept in the JSON for error analysis.
 
@@ -106,7 +106,7 @@ def _posthoc(aligner: Any, questions: Sequence[str], answers: Sequence[str], *, 
     """Aligner-style: each whole answer rewritten in one aligner call (its own aligner instance and cache)."""
     from tqdm.auto import tqdm
 
-    from .aligner import AlignmentRequest, StreamAligner
+    from transformers_stream_aligner import AlignmentRequest, StreamAligner
 
     config = dataclasses.replace(aligner.config, max_correction_tokens=max_new_tokens + 64)
     whole = StreamAligner(aligner.model, aligner.tokenizer, config)
@@ -132,7 +132,7 @@ def evaluate_arithmetic(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the evaluation (see the module docstring); returns the report (summary and every answer)."""
-    from .examples.arithmetic import check_arithmetic, is_correct, make_problems
+    from .task import check_arithmetic, is_correct, make_problems
 
     unknown = set(conditions) - set(CONDITIONS)
     if unknown:
@@ -195,11 +195,12 @@ def evaluate_arithmetic(
 
 def product_claim_probe(aligner: Any, *, n: int = 100, seed: int = 0, batch_size: int = 8) -> dict[str, Any]:
     """Sentence level, held out: ``n`` wrong product claims of test-split operands (``"There are 43 boxes ...
-    so there are 43 * 67 = 2781 ..."``, :func:`~.examples.arithmetic.synthetic_product_claims`) given to
+    so there are 43 * 67 = 2781 ..."``, :func:`~.task.synthetic_product_claims`) given to
     ``aligner`` alone; how often its correction states the right product, and how often every step of it
-    is right (:func:`~.examples.arithmetic.every_step_right`), with Wilson 95% intervals."""
-    from .aligner import AlignmentRequest
-    from .examples.arithmetic import every_step_right, is_correct, parse_problem, synthetic_product_claims
+    is right (:func:`~.task.every_step_right`), with Wilson 95% intervals."""
+    from transformers_stream_aligner import AlignmentRequest
+
+    from .task import every_step_right, is_correct, parse_problem, synthetic_product_claims
 
     records = synthetic_product_claims(n, seed=seed, wrong_fraction=1.0, split="test")
     if hasattr(aligner, "reset_cache"):
@@ -233,7 +234,7 @@ ERROR_KINDS = {
 def classify_error(question: str, sentences: Sequence[Sequence[str]]) -> str:
     """Why a stream-aligned answer is wrong, judged sentence by sentence with the exact checker: the first
     of ``missed``, ``wrong fix``, ``broke`` that occurs, else ``no checkable result`` (see ``ERROR_KINDS``)."""
-    from .examples.arithmetic import check_arithmetic
+    from .task import check_arithmetic
 
     prefix = ""
     for original, corrected in sentences:
@@ -321,8 +322,8 @@ def plot(report: dict[str, Any], path: str | Path) -> Path | None:
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="stream-aligner eval", description=__doc__)
-    parser.add_argument("--aligner", help="trained aligner checkpoint (default: the arithmetic aligner shipped in the package)")
+    parser = parser or argparse.ArgumentParser(prog="python -m examples.arithmetic.evaluation", description=__doc__)
+    parser.add_argument("--aligner", help="trained aligner checkpoint (default: this example's trained aligner)")
     parser.add_argument("--n", type=int, default=200, help="held-out problems (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="which held-out problems (default 0)")
     parser.add_argument("--conditions", default=",".join(CONDITIONS), help=f"comma-separated, from {', '.join(CONDITIONS)}")
@@ -338,8 +339,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import enable_stream_alignment
-    from .models import load_arithmetic_aligner, load_smollm2
+    from transformers_stream_aligner import enable_stream_alignment
+
+    from ..smollm2 import load_smollm2
+    from . import load_arithmetic_aligner
 
     conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
     model, tokenizer = load_smollm2(args.cache_dir)
@@ -350,7 +353,7 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate_arithmetic(model, tokenizer, aligner, n=args.n, seed=args.seed, conditions=conditions,
                                  batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                                  progress=not args.no_progress)  # fmt: skip
-    report["aligner"] = args.aligner or "shipped arithmetic aligner"
+    report["aligner"] = args.aligner or "trained arithmetic aligner (examples/arithmetic/trained_aligner)"
     if aligner is not None and args.probe_claims > 0:
         report["product_claim_probe"] = probe = product_claim_probe(aligner, n=args.probe_claims, batch_size=args.batch_size)
     if "stream-trained" in conditions:
@@ -372,3 +375,14 @@ def run(args: argparse.Namespace) -> int:
         written = plot(report, args.plot)
         print(f"[stream-aligner] plot: {written}" if written else "[stream-aligner] no plot: matplotlib is not installed")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    raise SystemExit(main())

@@ -332,7 +332,7 @@ def check_arithmetic(question: str, prefix: str, last: str) -> str:
     """An exact arithmetic aligner: ``last`` with every wrong result it can verify recomputed (see the module
     docstring); nothing else changes. Usable wherever an aligner is accepted, e.g.
     ``model.generate(..., aligner=check_arithmetic)`` or ``stream-aligner build-dataset --corrector
-    transformers_stream_aligner.examples.arithmetic:check_arithmetic``.
+    examples.arithmetic.task:check_arithmetic``.
 
     >>> check_arithmetic("Tom has 45 apples and gets 19 more. How many apples does Tom have now?", "",
     ...                  "So the total is 63, and Tom has 63 apples.")

