@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from transformers.utils import PushToHubMixin
 
 from .stream_aligner_config import CONFIG_NAME, StreamAlignerConfig
 from .tokens import token_id_list
@@ -79,7 +80,7 @@ def as_correction_fn(aligner: Any) -> CorrectionFn:
     )
 
 
-class StreamAligner:
+class StreamAligner(PushToHubMixin):
     """A sentence-level aligner model with its tokenizer and prompt configuration.
 
     Args:
@@ -201,18 +202,32 @@ class StreamAligner:
         model.eval()
         return cls(model, tokenizer, config)
 
-    # ------------------------------------------------------------------ saving
-    def save_pretrained(self, save_directory: str | os.PathLike, **save_kwargs: Any) -> None:
-        """Write model (safetensors), tokenizer, ``stream_aligner_config.json`` and a model card.
+    # ------------------------------------------------------------------ saving and the Hub
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        push_to_hub: bool = False,
+        repo_id: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Write model (safetensors), tokenizer, ``stream_aligner_config.json`` and a model card; the symmetric
+        counterpart of :meth:`from_pretrained`.
 
-        A peft model (or one with a loaded adapter) saves its adapter only, which loads back onto its base.
+        A peft model (or one with a loaded adapter) saves its adapter only, which loads back onto its base. With
+        ``push_to_hub=True`` the directory is also uploaded to ``repo_id`` (default: the directory's name) in one
+        commit (further keywords as in :meth:`push_to_hub`); returns that commit's ``CommitInfo``, else ``None``.
         """
+        hub_kwargs = {k: kwargs.pop(k) for k in ("commit_message", "private", "token", "revision", "create_pr") if k in kwargs}
         os.makedirs(save_directory, exist_ok=True)
-        self.model.save_pretrained(save_directory, safe_serialization=True, **save_kwargs)
+        self.model.save_pretrained(save_directory, safe_serialization=True, **kwargs)
         self.tokenizer.save_pretrained(save_directory)
         self.config.save_pretrained(save_directory)
-        card = self.model_card()
-        card.save(os.path.join(save_directory, "README.md"))
+        if not push_to_hub:
+            self.model_card().save(os.path.join(save_directory, "README.md"))
+            return None
+        repo_id = repo_id or Path(save_directory).resolve().name
+        return self._push_directory(save_directory, repo_id, **hub_kwargs)
 
     def model_card(self, repo_id: str | None = None) -> Any:
         """A ``huggingface_hub.ModelCard`` describing this aligner (library, tags, base model, template, usage)."""
@@ -224,38 +239,60 @@ class StreamAligner:
         self,
         repo_id: str,
         *,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
         private: bool | None = None,
         token: str | bool | None = None,
         revision: str | None = None,
-        commit_message: str | None = None,
         create_pr: bool = False,
     ) -> Any:
-        """Upload weights, tokenizer, config and model card to ``repo_id`` in one commit.
+        """Upload weights, tokenizer, config and model card to ``repo_id`` (created if needed) in one commit, on
+        branch ``revision`` (created if needed) or as a pull request. Returns the ``CommitInfo``.
 
-        Returns the ``huggingface_hub.CommitInfo`` of that commit.
+        This is ``transformers``' ``PushToHubMixin.push_to_hub`` with this aligner's own model card (the stock one
+        would fetch or template a generic card).
         """
-        from huggingface_hub import CommitOperationAdd, HfApi
-
-        api = HfApi(token=token)
-        repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        repo_id = getattr(repo_url, "repo_id", repo_id)
-        if revision is not None and not create_pr:
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
             self.save_pretrained(tmp)
-            self.model_card(repo_id=repo_id).save(os.path.join(tmp, "README.md"))
-            operations = [
-                CommitOperationAdd(path_in_repo=path.relative_to(tmp).as_posix(), path_or_fileobj=str(path))
-                for path in sorted(Path(tmp).rglob("*"))
-                if path.is_file()
-            ]
-            return api.create_commit(
-                repo_id=repo_id,
-                operations=operations,
-                commit_message=commit_message or "Upload Stream Aligner checkpoint",
+            return self._push_directory(
+                tmp,
+                repo_id,
+                commit_message=commit_message,
+                commit_description=commit_description,
+                private=private,
+                token=token,
                 revision=revision,
                 create_pr=create_pr,
             )
+
+    def _push_directory(
+        self,
+        directory: str | os.PathLike,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+    ) -> Any:
+        """Create ``repo_id`` if needed, write the model card for it into ``directory`` (**mutated**) and upload the
+        directory with ``PushToHubMixin._upload_modified_files`` (branch creation, one commit)."""
+        from transformers.utils.hub import hf_api
+
+        repo_id = hf_api().create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        self.model_card(repo_id=repo_id).save(os.path.join(directory, "README.md"))
+        return self._upload_modified_files(
+            directory,
+            repo_id,
+            files_timestamps={},
+            commit_message=commit_message or "Upload Stream Aligner checkpoint",
+            token=token,
+            create_pr=create_pr,
+            revision=revision,
+            commit_description=commit_description,
+        )
 
     # ------------------------------------------------------------------ prompting and correcting
     def build_prompt(self, request: AlignmentRequest) -> str:

@@ -3,7 +3,8 @@ r"""`StreamAlignerConfig`: how an aligner is prompted and decoded, saved next to
 The same config builds the aligner prompt at inference (:meth:`StreamAligner.build_prompt`) and at
 training time, so a checkpoint always carries the exact template it was trained with. It is saved as
 ``stream_aligner_config.json`` beside the model's ``config.json`` (peft-style: one JSON file per concept,
-``save_pretrained`` / ``from_pretrained`` symmetric, unknown keys warned about and kept out).
+``save_pretrained`` / ``from_pretrained`` symmetric, unknown keys warned about and kept out; ``push_to_hub`` from
+``transformers``' ``PushToHubMixin``, as peft's configs have it).
 
 Example:
 
@@ -22,6 +23,8 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from transformers.utils import PushToHubMixin
 
 from .sentence_splitter import DEFAULT_TERMINATORS
 
@@ -53,7 +56,7 @@ def _fill(template: str, values: dict[str, str]) -> str:
 
 
 @dataclass
-class StreamAlignerConfig:
+class StreamAlignerConfig(PushToHubMixin):
     """Prompt, decoding and sentence settings of a Stream Aligner checkpoint.
 
     Args:
@@ -179,16 +182,35 @@ class StreamAlignerConfig:
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False, sort_keys=True) + "\n"
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
-        """Write ``stream_aligner_config.json`` into ``save_directory`` and return its path."""
+    def save_pretrained(self, save_directory: str | os.PathLike, *, push_to_hub: bool = False, **kwargs: Any) -> str:
+        """Write ``stream_aligner_config.json`` into ``save_directory`` and return its path.
+
+        With ``push_to_hub=True`` it is also uploaded to ``kwargs["repo_id"]`` (default: the directory's name) with
+        ``commit_message``, ``private``, ``token`` and ``create_pr`` from ``kwargs`` (``transformers``' convention).
+        """
         from . import __version__
 
         os.makedirs(save_directory, exist_ok=True)
+        hub: dict[str, Any] = {}
+        if push_to_hub:
+            from transformers.utils.hub import hf_api
+
+            repo_id = kwargs.pop("repo_id", os.path.basename(os.path.abspath(save_directory)))
+            private, token = kwargs.pop("private", None), kwargs.get("token")
+            hub = {
+                "repo_id": hf_api().create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id,
+                "files_timestamps": self._get_files_timestamps(save_directory),
+                "commit_message": kwargs.pop("commit_message", None),
+                "token": token,
+                "create_pr": kwargs.pop("create_pr", False),
+            }
         path = os.path.join(save_directory, CONFIG_NAME)
         data = self.to_dict()
         data["library_version"] = __version__
         with open(path, "w", encoding="utf-8") as f:
             f.write(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+        if hub:
+            self._upload_modified_files(save_directory, hub.pop("repo_id"), hub.pop("files_timestamps"), **hub)
         return path
 
     @classmethod

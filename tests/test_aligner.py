@@ -203,3 +203,25 @@ def test_truncated_correction_is_warned_about(tiny_llama, caplog):
         out = short.correct(REQS[:1])
     assert len(tok(out[0], add_special_tokens=False).input_ids) <= 3
     assert "reached max_correction_tokens=3 without an EOS" in caplog.text
+
+
+def test_save_pretrained_push_to_hub_and_config_push(aligner, tmp_path, monkeypatch):
+    """save_pretrained(push_to_hub=True) saves and uploads in one commit (PushToHubMixin); so does the config."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoUrl
+
+    commits = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: RepoUrl(f"https://huggingface.co/{repo_id}"))
+    monkeypatch.setattr(
+        HfApi,
+        "create_commit",
+        lambda self, repo_id, operations, **kw: commits.append((repo_id, sorted(op.path_in_repo for op in operations), kw)),
+    )
+    aligner.save_pretrained(tmp_path / "local", push_to_hub=True, repo_id="me/pushed", commit_message="v1")
+    repo_id, files, kw = commits[0]
+    assert repo_id == "me/pushed" and kw["commit_message"] == "v1"
+    assert {"model.safetensors", "config.json", CONFIG_NAME, "README.md", "tokenizer.json"} <= set(files)
+    assert 'StreamAligner.from_pretrained("me/pushed")' in (tmp_path / "local" / "README.md").read_text()
+    aligner.config.save_pretrained(tmp_path / "cfg", push_to_hub=True, repo_id="me/cfg")
+    assert commits[1][:2] == ("me/cfg", [CONFIG_NAME])
+    assert StreamAlignerConfig.from_pretrained(tmp_path / "cfg") == aligner.config
