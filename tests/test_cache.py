@@ -128,20 +128,6 @@ def test_block_token_matrix_and_place_prefix():
     assert layout.block([[1], [2]]).positions.tolist() == [[2], [4]]  # positions count each row's own tokens
 
 
-def test_crop_cache_to_never_grows_and_checks(llama):
-    model, tok = llama
-    cache = DynamicCache(config=model.config)
-    with torch.no_grad():
-        model(prompt_ids(tok), past_key_values=cache, use_cache=True)
-    n = cache.get_seq_length()
-    crop_cache_to(cache, n + 5)
-    assert cache.get_seq_length() == n
-    crop_cache_to(cache, 1)
-    assert cache.get_seq_length() == 1
-    with pytest.raises(ValueError, match="keep must be >= 0"):
-        crop_cache_to(cache, -1)
-
-
 def test_rollback_cache_records_sliding_layers_and_trims():
     model, tok = cached_tiny("mistral-sliding")
     assert model_has_sliding_layers(model) and not model_has_sliding_layers(cached_tiny("llama")[0])
@@ -159,3 +145,42 @@ def test_rollback_cache_records_sliding_layers_and_trims():
     assert sliding.keys.shape[2] > window  # the past is kept for a crop
     trim_cache(cache)
     assert sliding.keys.shape[2] <= window and cache.get_seq_length() == ids.shape[1]
+
+
+def test_crop_cache_to_refuses_a_negative_length(llama):
+    model, tok = llama
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(prompt_ids(tok), past_key_values=cache, use_cache=True)
+    with pytest.raises(ValueError, match="keep must be >= 0"):
+        crop_cache_to(cache, -1)
+
+
+def test_crop_restores_exact_state_including_sliding_window():
+    model, tok = cached_tiny("mistral-sliding")
+    window = model.config.sliding_window
+    ids = prompt_ids(tok, "The cat is fine. " * 12)
+    assert ids.shape[1] > 3 * window
+    cache = make_rollback_cache(model)
+    assert any(getattr(layer, "is_sliding", False) for layer in cache.layers)
+    with torch.no_grad():
+        model(ids, past_key_values=cache, use_cache=True)
+        keep = ids.shape[1] - window - 3  # cut back past the window
+        crop_cache_to(cache, keep)
+        assert cache.get_seq_length() == keep
+        tail = torch.tensor([[5, 6, 7]])
+        cached = model(tail, past_key_values=cache, use_cache=True).logits
+        full = model(torch.cat([ids[:, :keep], tail], dim=1)).logits[:, -3:]
+    assert torch.allclose(cached, full, atol=1e-10)
+
+
+def test_crop_cache_to_never_grows_and_checks(tiny_llama):
+    model, tok = tiny_llama
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(prompt_ids(tok), past_key_values=cache, use_cache=True)
+    n = cache.get_seq_length()
+    crop_cache_to(cache, n + 5)
+    assert cache.get_seq_length() == n
+    crop_cache_to(cache, 1)
+    assert cache.get_seq_length() == 1

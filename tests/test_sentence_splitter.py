@@ -2,7 +2,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transformers_stream_aligner import find_sentence_end, split_sentences, split_whitespace
+from transformers_stream_aligner import split_sentences
+from transformers_stream_aligner.sentence_splitter import find_sentence_end, split_whitespace
 
 
 @pytest.mark.parametrize(

@@ -11,19 +11,18 @@ import pytest
 import torch
 
 from transformers_stream_aligner import (
-    IGNORE_INDEX,
     AlignerTrainingConfig,
     AlignmentRequest,
     StreamAligner,
     StreamAlignerConfig,
     TrainingDataError,
-    encode_record,
     encode_records,
     read_records,
     train_aligner,
     validate_records,
 )
 from transformers_stream_aligner.cli import main as cli_main
+from transformers_stream_aligner.training_data import IGNORE_INDEX, encode_record
 
 from .helpers import populate_hub_cache
 

@@ -15,7 +15,6 @@ Example:
 __version__ = "0.1.0"
 
 from .aligner import AlignmentRequest, StreamAligner, SupportsCorrect, as_correction_fn
-from .boundary import decode_span, find_token_boundary
 from .generation import StreamAlignedGenerationMixin, enable_stream_alignment, stream_aligned_generate
 from .logits_process import HoldCompletedRowsLogitsProcessor
 from .outputs import (
@@ -25,57 +24,42 @@ from .outputs import (
     StreamAlignedGenerateOutput,
     StreamAlignmentError,
 )
-from .prompt import question_from_prompt
-from .sentence_splitter import DEFAULT_TERMINATORS, find_sentence_end, split_sentences, split_whitespace
+from .sentence_splitter import DEFAULT_TERMINATORS, split_sentences
 from .stopping_criteria import SentenceBoundaryCriteria
 from .stream_aligner_config import CONFIG_NAME, GEMMA_WRAPPER, REFERENCE_INSTRUCTION_TEMPLATE, StreamAlignerConfig
-from .streamers import StreamAlignerIteratorStreamer, StreamAlignerStreamer, StreamEvent
-from .training_data import (
-    IGNORE_INDEX,
-    RECORD_FIELDS,
-    EncodingReport,
-    TrainingDataError,
-    encode_record,
-    encode_records,
-    read_records,
-    validate_records,
-)
+from .streamers import AlignmentStreamerHooks, StreamAlignerIteratorStreamer, StreamAlignerStreamer, StreamEvent
+from .training_data import RECORD_FIELDS, TrainingDataError, encode_records, read_records, validate_records
+
+_LAZY = {  # the training entry points import transformers.Trainer (and through it accelerate): loaded on first use
+    "AlignerTrainingConfig": "training_config",
+    "LoraArguments": "training_config",
+    "TrainingResult": "training",
+    "train_aligner": "training",
+}
 
 
 def __getattr__(name: str):
-    # The training entry points import transformers.Trainer (and through it accelerate): load them lazily.
-    if name == "AlignerTrainingConfig":
-        from .training_config import AlignerTrainingConfig
+    if name in _LAZY:
+        import importlib
 
-        return AlignerTrainingConfig
-    if name in ("train_aligner", "TrainingResult"):
-        from . import training
-
-        return getattr(training, name)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
     "CONFIG_NAME",
-    "IGNORE_INDEX",
-    "RECORD_FIELDS",
-    "AlignerTrainingConfig",
-    "EncodingReport",
-    "TrainingDataError",
-    "TrainingResult",
-    "encode_record",
-    "encode_records",
-    "read_records",
-    "train_aligner",
-    "validate_records",
     "DEFAULT_TERMINATORS",
     "GEMMA_WRAPPER",
+    "RECORD_FIELDS",
     "REFERENCE_INSTRUCTION_TEMPLATE",
     "AlignerOutputError",
+    "AlignerTrainingConfig",
     "AlignmentRecord",
-    "AlignmentStats",
     "AlignmentRequest",
+    "AlignmentStats",
+    "AlignmentStreamerHooks",
     "HoldCompletedRowsLogitsProcessor",
+    "LoraArguments",
     "SentenceBoundaryCriteria",
     "StreamAlignedGenerateOutput",
     "StreamAlignedGenerationMixin",
@@ -86,14 +70,15 @@ __all__ = [
     "StreamAlignmentError",
     "StreamEvent",
     "SupportsCorrect",
+    "TrainingDataError",
+    "TrainingResult",
     "__version__",
     "as_correction_fn",
-    "decode_span",
     "enable_stream_alignment",
-    "find_sentence_end",
-    "find_token_boundary",
-    "question_from_prompt",
+    "encode_records",
+    "read_records",
     "split_sentences",
-    "split_whitespace",
     "stream_aligned_generate",
+    "train_aligner",
+    "validate_records",
 ]

@@ -84,8 +84,10 @@ class LoraArguments:
 
     Example:
 
-        >>> LoraArguments(lora=True, lora_r=8).to_peft_config().r  # doctest: +SKIP
+        >>> LoraArguments(lora=True, lora_r=8).to_peft_config().r
         8
+        >>> LoraArguments().to_peft_config() is None
+        True
     """
 
     lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter (peft) instead of all weights."})

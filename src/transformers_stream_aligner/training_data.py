@@ -14,7 +14,8 @@ are counted in the :class:`EncodingReport`.
 
 Example (with the SmolLM2 tokenizer the loss falls on the correction and ``<|im_end|>`` only):
 
-    >>> from transformers_stream_aligner import StreamAlignerConfig, encode_record
+    >>> from transformers_stream_aligner import StreamAlignerConfig
+    >>> from transformers_stream_aligner.training_data import encode_record
     >>> from transformers import AutoTokenizer
     >>> tok = AutoTokenizer.from_pretrained("path/to/aligner-base")  # doctest: +SKIP
     >>> ex = encode_record({"question": "What is 17*23?", "prefix": "", "last": "17*23 = 381.",

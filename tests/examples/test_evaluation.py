@@ -1,4 +1,4 @@
-"""``stream-aligner eval``: interval arithmetic, and the evaluation's plumbing on a tiny model (float64)."""
+"""``make eval`` (examples/arithmetic/evaluation.py): interval arithmetic, and the evaluation's plumbing on a tiny model (float64)."""
 
 import json
 import re

@@ -8,8 +8,8 @@ from transformers_stream_aligner import (
     StreamAlignerIteratorStreamer,
     StreamAlignerStreamer,
     enable_stream_alignment,
-    question_from_prompt,
 )
+from transformers_stream_aligner.prompt import question_from_prompt
 
 from .helpers import prompt_ids, rewrite
 

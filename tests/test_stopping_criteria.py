@@ -1,13 +1,10 @@
-import torch
-from transformers import DynamicCache, LogitsProcessorList, StoppingCriteriaList
+from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from transformers_stream_aligner import (
     HoldCompletedRowsLogitsProcessor,
     SentenceBoundaryCriteria,
-    decode_span,
-    find_token_boundary,
 )
-from transformers_stream_aligner.cache import crop_cache_to, make_rollback_cache
+from transformers_stream_aligner.boundary import decode_span, find_token_boundary
 
 from .helpers import prompt_ids
 
@@ -73,35 +70,3 @@ def test_max_sentence_tokens_cap():
     ids = tok("words without any end " * 10, add_special_tokens=False).input_ids
     assert find_token_boundary(tok, ids, 0, len(ids), final=False) is None
     assert find_token_boundary(tok, ids, 0, 20, final=False, max_sentence_tokens=20) == 20
-
-
-def test_crop_restores_exact_state_including_sliding_window():
-    from .tiny_models import cached_tiny
-
-    model, tok = cached_tiny("mistral-sliding")
-    window = model.config.sliding_window
-    ids = prompt_ids(tok, "The cat is fine. " * 12)
-    assert ids.shape[1] > 3 * window
-    cache = make_rollback_cache(model)
-    assert any(getattr(layer, "is_sliding", False) for layer in cache.layers)
-    with torch.no_grad():
-        model(ids, past_key_values=cache, use_cache=True)
-        keep = ids.shape[1] - window - 3  # cut back past the window
-        crop_cache_to(cache, keep)
-        assert cache.get_seq_length() == keep
-        tail = torch.tensor([[5, 6, 7]])
-        cached = model(tail, past_key_values=cache, use_cache=True).logits
-        full = model(torch.cat([ids[:, :keep], tail], dim=1)).logits[:, -3:]
-    assert torch.allclose(cached, full, atol=1e-10)
-
-
-def test_crop_cache_to_never_grows_and_checks(tiny_llama):
-    model, tok = tiny_llama
-    cache = DynamicCache(config=model.config)
-    with torch.no_grad():
-        model(prompt_ids(tok), past_key_values=cache, use_cache=True)
-    n = cache.get_seq_length()
-    crop_cache_to(cache, n + 5)
-    assert cache.get_seq_length() == n
-    crop_cache_to(cache, 1)
-    assert cache.get_seq_length() == 1

@@ -6,10 +6,10 @@ import random
 import pytest
 import torch
 
-from transformers_stream_aligner import SentenceBoundaryCriteria, find_sentence_end
+from transformers_stream_aligner import SentenceBoundaryCriteria
 from transformers_stream_aligner import boundary as boundary_module
 from transformers_stream_aligner.boundary import SentenceTracker, find_token_boundary
-from transformers_stream_aligner.sentence_splitter import scan_sentence_end
+from transformers_stream_aligner.sentence_splitter import find_sentence_end, scan_sentence_end
 
 TRICKY = [
     "It is 3.5 m long. Next one.",
