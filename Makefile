@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 export STREAM_ALIGNER_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: install demo test test-fast lint eval aligner bench bench-batch bench-train clean
+.PHONY: install demo test test-fast lint eval aligner bench bench-compare bench-batch bench-train clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ aligner: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.speed
+
+# The same figures for an older version (BEFORE=<git ref>) and this checkout, alternating processes in one run.
+bench-compare: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[bench]"
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.before_after --before $(BEFORE)
 
 bench-batch: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.batch_vs_single
