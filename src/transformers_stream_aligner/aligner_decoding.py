@@ -48,6 +48,7 @@ from typing import Any
 import torch
 
 from .cache import MaskedKVLayout
+from .stream_aligner_config import StreamAlignerConfig
 from .tokens import longest_common_prefix, token_id_list
 
 __all__ = ["AlignerDecoder", "AlignerDecodingStats", "propose_copy_draft"]
@@ -163,7 +164,7 @@ class AlignerDecoder:
         *,
         eos_token_ids: Iterable[int],
         pad_token_id: int,
-        num_draft_tokens: int = 32,
+        num_draft_tokens: int = StreamAlignerConfig.copy_draft_tokens,
         max_ngram: int = 3,
         reuse_cache: bool = True,
         compact_slack: int = 64,

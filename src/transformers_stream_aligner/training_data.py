@@ -36,7 +36,7 @@ from typing import Any
 
 from .sentence_splitter import split_sentences
 from .stream_aligner_config import StreamAlignerConfig
-from .tokens import special_token_ids
+from .tokens import special_token_ids, token_id_list
 
 logger = logging.getLogger(__name__)
 
@@ -276,10 +276,10 @@ class EncodingReport:
 
 
 def _eos_id(tokenizer: Any) -> int:
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if eos is None:
+    ids = token_id_list(getattr(tokenizer, "eos_token_id", None))
+    if not ids:
         raise ValueError("the aligner tokenizer has no EOS token; the training target is the correction followed by EOS")
-    return int(eos)
+    return ids[0]
 
 
 def encode_record(
