@@ -53,7 +53,7 @@ bench: $(STAMP)
 # The same figures for an older version (BEFORE=<git ref>) and this checkout, alternating processes in one run.
 bench-compare: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"
-	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.before_after --before $(BEFORE)
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.before_after --before $(BEFORE) --after $(or $(AFTER),HEAD)
 
 bench-batch: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.batch_vs_single

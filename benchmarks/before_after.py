@@ -1,4 +1,4 @@
-"""``make bench`` for two versions of the code in one run: a git ref ("before") against this checkout ("after").
+"""``make bench`` for two versions of the code in one run: a git ref ("before") against another ("after", HEAD).
 
 Each repetition runs ``benchmarks/speed.py`` once per version, as separate processes that alternate (before,
 after; then after, before; ...), so the machine's noise and drift hit both alike. Every figure is the ratio that
@@ -8,8 +8,9 @@ the median over prompts and repetitions; the two versions' ratios are then compa
     python -m benchmarks.before_after --before 3a61184            # 3 repetitions x 3 prompts (~50 min on 2 cores)
     python -m benchmarks.before_after --before HEAD~4 --repeats 1 --prompts 1 --modes plain,identity,model
 
-The ``before`` tree is a git worktree (``--before-dir``, created when missing); both versions use the copy aligner
-``make bench`` builds in ``$STREAM_ALIGNER_CACHE``. Results: ``benchmarks/results/before_after.json`` and a
+Each version runs from a git worktree of its commit (created in the temporary directory when missing), never from
+the working tree, so what is measured is exactly what was committed; both use the copy aligner ``make bench``
+builds in ``$STREAM_ALIGNER_CACHE``. Results: ``benchmarks/results/before_after.json`` and a
 markdown table on stdout.
 """
 
@@ -38,6 +39,23 @@ RATIOS = [
     ("reference / model", "reference", "model", "seconds", "seconds", "higher"),
     ("model TTFS / posthoc TTFT", "model", "posthoc", "ttfs_median", "ttft_median", "lower"),
 ]
+
+
+def _rev(cwd: Path, ref: str) -> str:
+    return subprocess.run(["git", "rev-parse", ref], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _worktree(ref: str) -> Path:
+    """A worktree holding commit ``ref`` (reused when it exists; the copy aligner cache is shared through the
+    environment)."""
+    commit = _rev(ROOT, ref)
+    tree = Path(tempfile.gettempdir()) / f"stream-aligner-{commit[:12]}"
+    if not tree.is_dir():
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=ROOT, check=True,
+                       capture_output=True)  # fmt: skip
+    if _rev(tree, "HEAD") != commit:
+        raise SystemExit(f"{tree} does not hold {commit[:12]}")
+    return tree
 
 
 def _command(tree: Path, args: argparse.Namespace, json_path: Path, plot_path: Path) -> list[str]:
@@ -110,7 +128,7 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", required=True, help="git ref of the version to compare with (e.g. a commit)")
-    parser.add_argument("--before-dir", default=None, help="its worktree (default: <tmp>/stream-aligner-before-<ref>)")
+    parser.add_argument("--after", default="HEAD", help="git ref of the new version (default: HEAD)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=320)
@@ -118,15 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=str(HERE / "results" / "before_after.json"))
     args = parser.parse_args(argv)
 
-    ref = subprocess.run(["git", "rev-parse", args.before], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    before_dir = Path(args.before_dir or Path(tempfile.gettempdir()) / f"stream-aligner-before-{ref[:12]}")
-    if not before_dir.is_dir():
-        subprocess.run(["git", "worktree", "add", "--detach", str(before_dir), ref], cwd=ROOT, check=True)
-    checked_out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=before_dir, capture_output=True, text=True, check=True).stdout.strip()
-    if checked_out != ref:
-        raise SystemExit(f"{before_dir} holds {checked_out[:12]}, not {ref[:12]}")
-    trees = {"before": before_dir, "after": ROOT}
+    trees = {name: _worktree(ref) for name, ref in (("before", args.before), ("after", args.after))}
+    refs = {name: _rev(tree, "HEAD") for name, tree in trees.items()}
     reports: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.repeats):
@@ -138,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     result = {
-        "before": {"ref": ref, "ratios": _ratios(reports["before"]), "runs": reports["before"]},
-        "after": {"ref": head, "ratios": _ratios(reports["after"]), "runs": reports["after"]},
+        "before": {"ref": refs["before"], "ratios": _ratios(reports["before"]), "runs": reports["before"]},
+        "after": {"ref": refs["after"], "ratios": _ratios(reports["after"]), "runs": reports["after"]},
         "repeats": args.repeats,
         "prompts": args.prompts,
         "modes": args.modes,

@@ -184,3 +184,42 @@ def test_crop_cache_to_never_grows_and_checks(tiny_llama):
     assert cache.get_seq_length() == n
     crop_cache_to(cache, 1)
     assert cache.get_seq_length() == 1
+
+
+def test_prepare_upstream_cache_chooses_and_checks(llama):
+    from transformers_stream_aligner.cache import prepare_upstream_cache
+
+    model, tok = llama
+    kw = dict(prompt_length=5, max_cache_len=40)
+    cache, static = prepare_upstream_cache(model, None, **kw)
+    assert isinstance(cache, DynamicCache) and not static
+    assert prepare_upstream_cache(model, None, use_cache=False, **kw) == (None, False)
+    cache, static = prepare_upstream_cache(model, None, implementation="static", **kw)
+    assert isinstance(cache, StaticCache) and static
+    with pytest.raises(ValueError, match="StaticCache only works for one sequence"):
+        prepare_upstream_cache(model, None, implementation="static", batch_size=2, **kw)
+    with pytest.raises(ValueError, match="not supported with an aligner"):
+        prepare_upstream_cache(model, None, implementation="offloaded", **kw)
+    filled = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(prompt_ids(tok, "The cat is very good indeed"), past_key_values=filled, use_cache=True)
+    with pytest.raises(ValueError, match="must be empty or hold a prefix of the prompt"):
+        prepare_upstream_cache(model, filled, **kw)  # more tokens than the prompt has
+    with pytest.raises(ValueError, match="num_return_sequences must be 1"):
+        prepare_upstream_cache(model, filled, prompt_length=50, max_cache_len=60, copies=2)
+    assert prepare_upstream_cache(model, filled, prompt_length=50, max_cache_len=60) == (filled, False)
+
+
+def test_trim_accepted_waits_until_everything_cached_is_accepted():
+    model, tok = cached_tiny("mistral-sliding")
+    window = model.config.sliding_window
+    layout = MaskedKVLayout(1, cache=make_rollback_cache(model))
+    ids = _ids(tok, "The cat is fine. " * 10)
+    _feed(model, layout, [ids])
+    sliding = next(layer for layer in layout.cache.layers if layer.is_sliding)
+    layout.trim_accepted([len(ids) - 1])  # the last token is not accepted yet: a crop may still need the past
+    assert sliding.keys.shape[2] > window
+    layout.trim_accepted([len(ids)])
+    assert sliding.keys.shape[2] <= window and layout.cache.get_seq_length() == len(ids)
+    plain = MaskedKVLayout(1, cache=DynamicCache(config=cached_tiny("llama")[0].config))
+    plain.trim_accepted([0])  # no sliding layers: nothing to do

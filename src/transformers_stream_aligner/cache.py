@@ -1,13 +1,15 @@
 """The cache stage: creating a KV cache that can be cut back, cutting it, and the masked-hole layout of a batch.
 
-**Creation.** :func:`make_rollback_cache` builds a ``DynamicCache`` whose sliding-window layers record their
-past, so that a crop restores an exact earlier state (``activate_past_recording`` must run *before* the forward
-passes). Caches that cannot be rolled back (``StaticCache``, recurrent or linear-attention layers) are handled
-by their user with a reset and a re-prefill.
+**Creation.** :func:`prepare_upstream_cache` decides which cache a call uses (the user's, a ``StaticCache`` when
+asked for, else :func:`make_rollback_cache`: a ``DynamicCache`` whose sliding-window layers record their past, so
+that a crop restores an exact earlier state; ``activate_past_recording`` must run *before* the forward passes).
+Caches that cannot be rolled back (``StaticCache``, recurrent or linear-attention layers) are handled with a reset
+and a re-prefill (:meth:`MaskedKVLayout.crop_trailing`).
 
 **Crop and trim.** ``transformers`` changed ``Cache.crop``: up to 5.0 it took the absolute length to keep, from
 5.x on it takes the (negative) number of tokens to remove; :func:`crop_cache_to` hides the difference and checks
-the result. :func:`trim_cache` drops the recorded past of sliding layers once nothing can be cut back any more.
+the result. :func:`trim_cache` drops the recorded past of sliding layers; :meth:`MaskedKVLayout.trim_accepted` is
+the policy of when: once nothing cached can be cut back any more.
 
 **The masked-hole layout.** ``Cache.crop`` cuts every row of a batch at the same column, but rows change
 different numbers of tokens at different places. :class:`MaskedKVLayout` keeps replaced tokens in the cache as
@@ -52,6 +54,7 @@ __all__ = [
     "has_sliding_layers",
     "make_rollback_cache",
     "model_has_sliding_layers",
+    "prepare_upstream_cache",
     "prepare_user_cache",
     "trim_cache",
 ]
@@ -69,6 +72,55 @@ def make_rollback_cache(model: Any) -> Any:
     cache = DynamicCache(config=model.config)
     prepare_user_cache(cache)
     return cache
+
+
+def prepare_upstream_cache(
+    model: Any,
+    cache: Any,
+    *,
+    use_cache: bool = True,
+    implementation: str | None = None,
+    batch_size: int = 1,
+    prompt_length: int,
+    max_cache_len: int,
+    copies: int = 1,
+) -> tuple[Any, bool]:
+    """The KV cache an upstream call keeps across rounds (``None`` without ``use_cache``), and whether it is static
+    (cannot be cut back).
+
+    ``cache`` is the user's (``past_key_values``), prepared with :func:`prepare_user_cache` (**mutated**) and checked:
+    it must be empty or hold a prefix of the prompt (``prompt_length`` tokens at most; empty when each prompt is
+    repeated ``copies`` times). Without one, a new ``StaticCache`` of ``max_cache_len`` when
+    ``implementation == "static"``, else :func:`make_rollback_cache`. Raises ``ValueError`` for a static cache with
+    a batch (it cannot hold ragged rows) and for other implementations.
+    """
+    from transformers import StaticCache
+
+    static = implementation == "static" or isinstance(cache, StaticCache)
+    if static and batch_size > 1:
+        raise ValueError(
+            "batched stream alignment needs a cache that can be cut back per row: use the default dynamic "
+            "cache (a StaticCache only works for one sequence)"
+        )
+    if not use_cache:
+        return None, False
+    if cache is None:
+        if static:
+            return StaticCache(config=model.config, max_cache_len=max_cache_len), True
+        if implementation not in (None, "dynamic"):
+            raise ValueError(
+                f"cache_implementation={implementation!r} is not supported with an aligner; "
+                "use the default dynamic cache or 'static'"
+            )
+        return make_rollback_cache(model), False
+    prepare_user_cache(cache)
+    filled = cache.get_seq_length()
+    if filled > prompt_length or (filled and copies > 1):
+        raise ValueError(
+            f"past_key_values holds {filled} tokens; with an aligner it must be empty or hold a prefix of the "
+            "prompt (and num_return_sequences must be 1)"
+        )
+    return cache, static
 
 
 def prepare_user_cache(cache: Any) -> None:
@@ -311,6 +363,16 @@ class MaskedKVLayout:
         self.cols = [list(self.cols[o]) if o >= 0 else [] for o in order]
         self.tokens = [list(self.tokens[o]) if o >= 0 else [] for o in order]
         return self.crop_trailing()
+
+    def trim_accepted(self, accepted: Sequence[int]) -> None:
+        """The trim policy: once every row's placed tokens lie within its first ``accepted[row]`` tokens (accepted
+        for good: no crop can need their past any more), sliding layers drop their recorded past
+        (:func:`trim_cache`). **Mutates** the cache; does nothing to a cache without croppable sliding layers."""
+        cache = self.cache
+        if cache is None or not has_sliding_layers(cache) or not cache_can_crop(cache):
+            return
+        if all(self.placed(row) <= accepted[row] for row in range(self.batch_size)):
+            trim_cache(cache)
 
     def holes(self) -> int:
         """Masked columns beyond the longest row (what :meth:`compact` would free)."""

@@ -26,17 +26,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from transformers import (
-    GenerationMixin,
-    LogitsProcessorList,
-    MaxTimeCriteria,
-    StaticCache,
-    StoppingCriteriaList,
-    StopStringCriteria,
-)
+from transformers import GenerationMixin, LogitsProcessorList, MaxTimeCriteria, StoppingCriteriaList, StopStringCriteria
 
 from .aligner import CorrectionFn, StreamAligner, as_correction_fn
-from .cache import has_sliding_layers, make_rollback_cache, model_has_sliding_layers, prepare_user_cache
+from .cache import has_sliding_layers, make_rollback_cache, model_has_sliding_layers, prepare_upstream_cache
 from .engines.transformers_engine import TransformersEngine
 from .loop import AlignmentLoop
 from .outputs import StreamAlignedGenerateOutput
@@ -157,12 +150,7 @@ def stream_aligned_generate(
 
     # 6. the KV cache kept across rounds, and whether the rows must run one after another
     cache, user_cache, warned_fallback = _prepare_cache(model, config, model_kwargs, prompt_ids, max_new_tokens, expand)
-    row_by_row = batch > 1 and (has_sliding_layers(cache) if cache is not None else model_has_sliding_layers(model))
-    if row_by_row and user_cache:
-        raise ValueError(
-            "a batch on a sliding-window model is aligned one row at a time, which cannot use one "
-            "past_key_values for all rows: do not pass past_key_values"
-        )
+    row_by_row = _prepare_row_by_row(model, cache, batch, user_cache)
 
     # 7. the streamer, and what user processors see in a batch
     driver = _prepare_streamer(streamer, batch)
@@ -172,13 +160,6 @@ def stream_aligned_generate(
     questions = _prepare_questions(aligner_question, tokenizer, rows, n_inputs, expand)
 
     # 9. the engine and the plan
-    if row_by_row:
-        warnings.warn(
-            f"{type(model).__name__} has sliding-window attention: batched stream alignment runs the {batch} "
-            "rows one after another (exact, but without batching speed-ups)",
-            UserWarning,
-            stacklevel=3,
-        )
     engine_factory = functools.partial(
         _transformers_engine,
         model,
@@ -373,38 +354,24 @@ def _prepare_stopping_criteria(config: Any, stopping_criteria: StoppingCriteriaL
 def _prepare_cache(
     model: Any, config: Any, model_kwargs: dict[str, Any], prompt_ids: torch.Tensor, max_new_tokens: int, expand: int
 ) -> tuple[Any, bool, bool]:
-    """The KV cache kept across rounds (``past_key_values`` is popped from ``model_kwargs``, **mutated**): the user's,
-    or a new one that can be cut back. Returns ``(cache, the user gave it, warned that it cannot be cut back)``."""
+    """The KV cache kept across rounds, chosen by the cache stage (:func:`~.cache.prepare_upstream_cache`) from
+    ``past_key_values`` (popped from ``model_kwargs``, **mutated**) and ``config`` (its ``cache_implementation`` is
+    cleared once we hold the cache). Returns ``(cache, the user gave it, it is static)``; a static cache is warned
+    about here, once per call."""
     batch, width = prompt_ids.shape
-    use_cache = config.use_cache if config.use_cache is not None else True
-    cache = model_kwargs.pop("past_key_values", None)
-    user_cache = cache is not None
-    static = config.cache_implementation == "static" or isinstance(cache, StaticCache)
-    if static and batch > 1:
-        raise ValueError(
-            "batched stream alignment needs a cache that can be cut back per row: use the default dynamic "
-            "cache (a StaticCache only works for one sequence)"
-        )
-    if not use_cache:
-        return None, user_cache, False
-    if cache is None and static:
-        cache = StaticCache(config=model.config, max_cache_len=width + max_new_tokens + 1)
+    user_cache = model_kwargs.get("past_key_values") is not None
+    cache, static = prepare_upstream_cache(
+        model,
+        model_kwargs.pop("past_key_values", None),
+        use_cache=config.use_cache is not False,
+        implementation=config.cache_implementation,
+        batch_size=batch,
+        prompt_length=width,
+        max_cache_len=width + max_new_tokens + 1,
+        copies=expand,
+    )
+    if cache is not None:
         config.cache_implementation = None
-    elif cache is None:
-        if config.cache_implementation not in (None, "dynamic"):
-            raise ValueError(
-                f"cache_implementation={config.cache_implementation!r} is not supported with an aligner; "
-                "use the default dynamic cache or 'static'"
-            )
-        cache = make_rollback_cache(model)
-    else:
-        prepare_user_cache(cache)
-        filled = cache.get_seq_length()
-        if filled > width or (filled and expand > 1):
-            raise ValueError(
-                f"past_key_values holds {filled} tokens; with an aligner it must be empty or hold a prefix of "
-                "the prompt (and num_return_sequences must be 1)"
-            )
     if static:
         warnings.warn(
             "stream alignment: a StaticCache cannot be cut back; after each correction the whole sequence is "
@@ -413,6 +380,25 @@ def _prepare_cache(
             stacklevel=4,
         )
     return cache, user_cache, static
+
+
+def _prepare_row_by_row(model: Any, cache: Any, batch: int, user_cache: bool) -> bool:
+    """Whether the rows run one after another: a batch on a sliding-window model (masked holes would shift the
+    window), each row then with its own cache. Warns when so."""
+    if batch == 1 or not (has_sliding_layers(cache) if cache is not None else model_has_sliding_layers(model)):
+        return False
+    if user_cache:
+        raise ValueError(
+            "a batch on a sliding-window model is aligned one row at a time, which cannot use one "
+            "past_key_values for all rows: do not pass past_key_values"
+        )
+    warnings.warn(
+        f"{type(model).__name__} has sliding-window attention: batched stream alignment runs the {batch} "
+        "rows one after another (exact, but without batching speed-ups)",
+        UserWarning,
+        stacklevel=4,
+    )
+    return True
 
 
 def _prepare_streamer(streamer: Any, batch: int) -> StreamerDriver:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import GenerationMixin, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from ..cache import MaskedKVLayout, cache_can_crop, has_sliding_layers, trim_cache
+from ..cache import MaskedKVLayout
 from ..logits_process import HoldCompletedRowsLogitsProcessor
 from ..stopping_criteria import SentenceBoundaryCriteria
 from .base import RoundOutcome, UpstreamEngine
@@ -131,7 +131,6 @@ class TransformersEngine(UpstreamEngine):
         self.config = generation_config
         self.pad = int(generation_config.pad_token_id)
         self.model_kwargs = model_kwargs
-        self.cache = cache
         self.stats = stats
         self.warned_fallback = warned_fallback
         # The cache's batch holds the unfinished rows only: slots[i] is the index of the row in cache slot i.
@@ -182,7 +181,7 @@ class TransformersEngine(UpstreamEngine):
             generation_config=round_config,
             logits_processor=self.processors,
             stopping_criteria=self.stopping,
-            past_key_values=self.cache,
+            past_key_values=self.layout.cache,
             streamer=self.draft,
             tokenizer=self.tokenizer,
             **self.model_kwargs,
@@ -219,13 +218,10 @@ class TransformersEngine(UpstreamEngine):
     def commit(self) -> None:
         if not self.layout.crop_trailing():
             self._note_reset()
-        cache = self.cache
-        if cache is not None and has_sliding_layers(cache) and cache_can_crop(cache):
-            if all(self.layout.placed(i) <= self.rows[index].start for i, index in enumerate(self.slots)):
-                trim_cache(cache)  # every cached token is accepted for good
+        self.layout.trim_accepted([self.rows[index].start for index in self.slots])
 
     def close(self) -> Any:
-        return self.cache
+        return self.layout.cache
 
     # ------------------------------------------------------------------ the round's input and output
     def _leave_finished(self) -> None:
@@ -286,7 +282,7 @@ class TransformersEngine(UpstreamEngine):
         self.stats.cache_resets += 1
         if not self.warned_fallback:
             warnings.warn(
-                f"stream alignment: {type(self.cache).__name__} cannot be cut back; re-prefilling after "
+                f"stream alignment: {type(self.layout.cache).__name__} cannot be cut back; re-prefilling after "
                 "each correction (exact, but slower)",
                 UserWarning,
                 stacklevel=2,
