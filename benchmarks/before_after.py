@@ -7,6 +7,8 @@ the median over prompts and repetitions; the two versions' ratios are then compa
 
     python -m benchmarks.before_after --before 3a61184            # 3 repetitions x 3 prompts (~50 min on 2 cores)
     python -m benchmarks.before_after --before HEAD~4 --repeats 1 --prompts 1 --modes plain,identity,model
+    python -m benchmarks.before_after --before 3a61184 --first after --json more.json   # balance the order ...
+    python -m benchmarks.before_after --merge benchmarks/results/before_after.json more.json  # ... and pool both
 
 Each version runs from a git worktree of its commit (created in the temporary directory when missing), never from
 the working tree, so what is measured is exactly what was committed; both use the copy aligner ``make bench``
@@ -125,6 +127,22 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def merge(paths: list[str], out: str) -> int:
+    """Pool the runs of several results of the same two commits (e.g. one started with each version)."""
+    results = [json.loads(Path(p).read_text()) for p in paths]
+    first = results[0]
+    for other in results[1:]:
+        if (other["before"]["ref"], other["after"]["ref"]) != (first["before"]["ref"], first["after"]["ref"]):
+            raise SystemExit("the results compare different commits")
+    pooled = dict(first, repeats=sum(r["repeats"] for r in results), pooled_from=[str(p) for p in paths])
+    for side in ("before", "after"):
+        runs = [run for r in results for run in r[side]["runs"]]
+        pooled[side] = {"ref": first[side]["ref"], "ratios": _ratios(runs), "runs": runs}
+    Path(out).write_text(json.dumps(pooled, indent=1) + "\n")
+    print(markdown(pooled))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", required=True, help="git ref of the version to compare with (e.g. a commit)")
@@ -133,15 +151,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=320)
     parser.add_argument("--modes", default="plain,identity,model,model-plain,reference,posthoc")
+    parser.add_argument("--first", choices=("before", "after"), default="before", help="which version runs first in rep 0")
     parser.add_argument("--json", default=str(HERE / "results" / "before_after.json"))
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="only pool the runs of earlier results into --json")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.json)
 
     trees = {name: _worktree(ref) for name, ref in (("before", args.before), ("after", args.after))}
     refs = {name: _rev(tree, "HEAD") for name, tree in trees.items()}
     reports: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.repeats):
-            order = ["before", "after"] if rep % 2 == 0 else ["after", "before"]
+            order = ["before", "after"] if (rep % 2 == 0) == (args.first == "before") else ["after", "before"]
             for name in order:
                 report = _run(trees[name], args, Path(tmp) / f"{name}-{rep}.json", Path(tmp) / f"{name}-{rep}.png")
                 reports[name].append(report)
