@@ -382,7 +382,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     raise SystemExit(main())

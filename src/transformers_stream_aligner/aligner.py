@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["AlignmentRequest", "CorrectionFn", "StreamAligner", "SupportsCorrect", "as_correction_fn"]
 
+# Keywords of StreamAligner.push_to_hub, which save_pretrained(push_to_hub=True) takes too.
+_HUB_OPTIONS = ("commit_message", "commit_description", "private", "token", "revision", "create_pr")
+
 
 @dataclass(frozen=True)
 class AlignmentRequest:
@@ -216,9 +219,10 @@ class StreamAligner(PushToHubMixin):
 
         A peft model (or one with a loaded adapter) saves its adapter only, which loads back onto its base. With
         ``push_to_hub=True`` the directory is also uploaded to ``repo_id`` (default: the directory's name) in one
-        commit (further keywords as in :meth:`push_to_hub`); returns that commit's ``CommitInfo``, else ``None``.
+        commit, with the options of :meth:`push_to_hub` from ``kwargs``; returns that commit's ``CommitInfo``, else
+        ``None``. Other ``kwargs`` go to the model's ``save_pretrained``.
         """
-        hub_kwargs = {k: kwargs.pop(k) for k in ("commit_message", "private", "token", "revision", "create_pr") if k in kwargs}
+        hub = {name: kwargs.pop(name) for name in _HUB_OPTIONS if name in kwargs}
         os.makedirs(save_directory, exist_ok=True)
         self.model.save_pretrained(save_directory, safe_serialization=True, **kwargs)
         self.tokenizer.save_pretrained(save_directory)
@@ -226,8 +230,7 @@ class StreamAligner(PushToHubMixin):
         if not push_to_hub:
             self.model_card().save(os.path.join(save_directory, "README.md"))
             return None
-        repo_id = repo_id or Path(save_directory).resolve().name
-        return self._push_directory(save_directory, repo_id, **hub_kwargs)
+        return self._push_directory(save_directory, repo_id or Path(save_directory).resolve().name, hub)
 
     def model_card(self, repo_id: str | None = None) -> Any:
         """A ``huggingface_hub.ModelCard`` describing this aligner (library, tags, base model, template, usage)."""
@@ -252,46 +255,29 @@ class StreamAligner(PushToHubMixin):
         This is ``transformers``' ``PushToHubMixin.push_to_hub`` with this aligner's own model card (the stock one
         would fetch or template a generic card).
         """
+        options = dict(commit_message=commit_message, commit_description=commit_description, private=private,
+                       token=token, revision=revision, create_pr=create_pr)  # fmt: skip
         with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp)
-            return self._push_directory(
-                tmp,
-                repo_id,
-                commit_message=commit_message,
-                commit_description=commit_description,
-                private=private,
-                token=token,
-                revision=revision,
-                create_pr=create_pr,
-            )
+            return self.save_pretrained(tmp, push_to_hub=True, repo_id=repo_id, **options)
 
-    def _push_directory(
-        self,
-        directory: str | os.PathLike,
-        repo_id: str,
-        *,
-        commit_message: str | None = None,
-        commit_description: str | None = None,
-        private: bool | None = None,
-        token: str | bool | None = None,
-        revision: str | None = None,
-        create_pr: bool = False,
-    ) -> Any:
+    def _push_directory(self, directory: str | os.PathLike, repo_id: str, options: dict[str, Any]) -> Any:
         """Create ``repo_id`` if needed, write the model card for it into ``directory`` (**mutated**) and upload the
-        directory with ``PushToHubMixin._upload_modified_files`` (branch creation, one commit)."""
+        directory with ``PushToHubMixin._upload_modified_files`` (branch creation, one commit). ``options``: those of
+        :meth:`push_to_hub`."""
         from transformers.utils.hub import hf_api
 
-        repo_id = hf_api().create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        token = options.get("token")
+        repo_id = hf_api().create_repo(repo_id, private=options.get("private"), token=token, exist_ok=True).repo_id
         self.model_card(repo_id=repo_id).save(os.path.join(directory, "README.md"))
         return self._upload_modified_files(
             directory,
             repo_id,
             files_timestamps={},
-            commit_message=commit_message or "Upload Stream Aligner checkpoint",
+            commit_message=options.get("commit_message") or "Upload Stream Aligner checkpoint",
             token=token,
-            create_pr=create_pr,
-            revision=revision,
-            commit_description=commit_description,
+            create_pr=options.get("create_pr") or False,
+            revision=options.get("revision"),
+            commit_description=options.get("commit_description"),
         )
 
     # ------------------------------------------------------------------ prompting and correcting
