@@ -145,7 +145,7 @@ def merge(paths: list[str], out: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--before", required=True, help="git ref of the version to compare with (e.g. a commit)")
+    parser.add_argument("--before", help="git ref of the version to compare with (e.g. a commit); required unless --merge")
     parser.add_argument("--after", default="HEAD", help="git ref of the new version (default: HEAD)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=3)
@@ -157,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.json)
+    if not args.before:
+        parser.error("--before is required (unless --merge)")
 
     trees = {name: _worktree(ref) for name, ref in (("before", args.before), ("after", args.after))}
     refs = {name: _rev(tree, "HEAD") for name, tree in trees.items()}
