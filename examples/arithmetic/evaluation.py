@@ -321,18 +321,31 @@ def plot(report: dict[str, Any], path: str | Path) -> Path | None:
     return Path(path)
 
 
+def _count(minimum: int) -> Any:
+    """An argparse type: an int of at least ``minimum`` (else argparse's one-line error and exit code 2)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="python -m examples.arithmetic.evaluation", description=__doc__)
     parser.add_argument("--aligner", help="trained aligner checkpoint (default: this example's trained aligner)")
-    parser.add_argument("--n", type=int, default=200, help="held-out problems (default 200)")
+    parser.add_argument("--n", type=_count(1), default=200, help="held-out problems (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="which held-out problems (default 0)")
     parser.add_argument("--conditions", default=",".join(CONDITIONS), help=f"comma-separated, from {', '.join(CONDITIONS)}")
-    parser.add_argument("--batch-size", type=int, default=8, help="questions answered together (default 8)")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="bound on each answer (default 128)")
+    parser.add_argument("--batch-size", type=_count(1), default=8, help="questions answered together (default 8)")
+    parser.add_argument("--max-new-tokens", type=_count(1), default=128, help="bound on each answer (default 128)")
     parser.add_argument("--output", default="eval_results.json", help="JSON report with every answer (default eval_results.json)")
     parser.add_argument("--plot", help="also write a bar chart (PNG; needs matplotlib)")
     parser.add_argument("--cache-dir", help="where the converted SmolLM2 checkpoint is kept")
-    parser.add_argument("--probe-claims", type=int, default=100,
+    parser.add_argument("--probe-claims", type=_count(0), default=100,
                         help="also give the trained aligner this many held-out wrong product claims alone (default 100; 0: skip)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser

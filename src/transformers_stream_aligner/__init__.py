@@ -14,7 +14,7 @@ Example:
 
 __version__ = "0.1.0"
 
-from .aligner import AlignmentRequest, StreamAligner, SupportsCorrect, as_correction_fn
+from .aligner import AlignmentRequest, StreamAligner, SupportsCorrect, UnfinishedCorrection, as_correction_fn
 from .generation import StreamAlignedGenerationMixin, enable_stream_alignment, stream_aligned_generate
 from .logits_process import HoldCompletedRowsLogitsProcessor
 from .outputs import (
@@ -72,6 +72,7 @@ __all__ = [
     "SupportsCorrect",
     "TrainingDataError",
     "TrainingResult",
+    "UnfinishedCorrection",
     "__version__",
     "as_correction_fn",
     "enable_stream_alignment",

@@ -30,11 +30,18 @@ import torch
 from transformers.utils import PushToHubMixin
 
 from .stream_aligner_config import CONFIG_NAME, StreamAlignerConfig
-from .tokens import token_id_list
+from .tokens import token_id_list, tokenize_plain_text
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AlignmentRequest", "CorrectionFn", "StreamAligner", "SupportsCorrect", "as_correction_fn"]
+__all__ = [
+    "AlignmentRequest",
+    "CorrectionFn",
+    "StreamAligner",
+    "SupportsCorrect",
+    "UnfinishedCorrection",
+    "as_correction_fn",
+]
 
 # Keywords of StreamAligner.push_to_hub, which save_pretrained(push_to_hub=True) takes too.
 _HUB_OPTIONS = ("commit_message", "commit_description", "private", "token", "revision", "create_pr")
@@ -53,6 +60,18 @@ class AlignmentRequest:
     question: str
     prefix: str
     last: str
+
+
+class UnfinishedCorrection(str):
+    """A correction the aligner did not finish: it wrote ``max_correction_tokens`` tokens without an EOS.
+
+    It is the text the aligner wrote (a ``str``), marked: stream-aligned ``generate`` never splices it in but keeps
+    the sentence as generated, with a warning, whatever ``invalid_correction`` says and however the text
+    re-tokenizes upstream (half a rewrite is worse than the original; a served answer must not fail because an
+    aligner rambled).
+    """
+
+    __slots__ = ()
 
 
 @runtime_checkable
@@ -287,12 +306,20 @@ class StreamAligner(PushToHubMixin):
             question=request.question, prefix=request.prefix, last=request.last, tokenizer=self.tokenizer
         )
 
+    def _encode_prompt(self, request: AlignmentRequest) -> list[int]:
+        """The prompt ids the aligner reads for ``request`` (:meth:`StreamAlignerConfig.encode_prompt`: the request's
+        text is plain text, never control tokens)."""
+        return self.config.encode_prompt(self.tokenizer, question=request.question, prefix=request.prefix, last=request.last)
+
     @torch.no_grad()
     def correct(self, requests: Sequence[AlignmentRequest], *, batch_size: int | None = None) -> list[str]:
         """Correct a batch of sentences; returns one corrected sentence per request.
 
         The prompts are decoded together (greedy unless the config says otherwise); each stops at the
         aligner's own EOS. Returned text has no special tokens and no surrounding whitespace.
+
+        A correction that reached ``max_correction_tokens`` without an EOS is returned as an
+        :class:`UnfinishedCorrection` (generation keeps the original sentence then).
 
         Greedy decoding drafts from the sentence being corrected and keeps the KV cache between calls
         (``copy_draft_tokens``, ``reuse_kv_cache``; see :mod:`.aligner_decoding`), with exactly the
@@ -348,8 +375,12 @@ class StreamAligner(PushToHubMixin):
         return self._decoder
 
     def _source_ids(self, last: str) -> list[int]:
-        """The draft for copy speculation: the sentence's tokens, then the EOS a copy would end with."""
-        ids = list(self.tokenizer(last, add_special_tokens=False)["input_ids"])
+        """The draft for copy speculation: the sentence's tokens as plain text, then the EOS a copy would end with
+        (no draft when the sentence cannot be plain text; the draft only ever saves forwards)."""
+        try:
+            ids = tokenize_plain_text(self.tokenizer, last)
+        except ValueError:
+            return []
         eos = self.tokenizer.eos_token_id
         if eos is None or eos not in self._eos_token_ids:
             eos = self._eos_token_ids[0] if self._eos_token_ids else None
@@ -360,40 +391,30 @@ class StreamAligner(PushToHubMixin):
         limit = self.config.max_correction_tokens
         decoder = self._fast_decoder()
         if decoder is not None:
-            prompts = [
-                self.config.encode_prompt(tok, question=r.question, prefix=r.prefix, last=r.last) for r in requests
-            ]
+            prompts = [self._encode_prompt(r) for r in requests]
             sources = [self._source_ids(r.last) for r in requests]
             with self._decoder_lock:
                 outputs = decoder.generate(prompts, sources=sources, max_new_tokens=limit)
         else:
             outputs = self._generate_batch(requests)
         eos = set(self._eos_token_ids)
-        for output, request in zip(outputs, requests, strict=True):
+        texts = [t.strip() for t in tok.batch_decode(outputs, skip_special_tokens=True)]
+        for i, (output, request) in enumerate(zip(outputs, requests, strict=True)):
             if len(output) >= limit and not eos.intersection(output):
                 logger.warning(
                     "aligner correction of %r reached max_correction_tokens=%d without an EOS; it is cut there",
                     request.last[:80],
                     limit,
                 )
-        texts = tok.batch_decode(outputs, skip_special_tokens=True)
-        return [t.strip() for t in texts]
+                texts[i] = UnfinishedCorrection(texts[i])
+        return texts
 
     def _generate_batch(self, requests: list[AlignmentRequest]) -> list[list[int]]:
         """Plain batched decoding with the stock ``generate`` (left-padded prompts); new tokens per row."""
         tok = self.tokenizer
-        prompts = [self.build_prompt(r) for r in requests]
-        old_side = tok.padding_side
-        tok.padding_side = "left"
-        try:
-            enc = tok(
-                prompts,
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=self.config.prompt_adds_special_tokens(tok),
-            )
-        finally:
-            tok.padding_side = old_side
+        prompts = [self._encode_prompt(r) for r in requests]
+        # padding_side per call: the tokenizer may be shared by other threads, so its attributes are never changed.
+        enc = tok.pad({"input_ids": prompts}, padding_side="left", return_attention_mask=True, return_tensors="pt")
         device = getattr(self.model, "device", None)
         if device is not None:
             enc = {k: v.to(device) for k, v in enc.items()}

@@ -42,14 +42,16 @@ class AlignerCallFailure(Exception):
 
 
 def call_aligner(correct: CorrectionFn, requests: list[AlignmentRequest], *, rows: Sequence[int]) -> list[Any]:
-    """Call ``correct(requests)`` once; ``rows[i]`` is the row of ``requests[i]`` (for messages). Returns the answers,
-    unchecked (:func:`~.splice.check_correction` checks each). Raises :class:`AlignerCallFailure`."""
+    """Call ``correct`` once with a copy of ``requests``; ``rows[i]`` is the row of ``requests[i]`` (for messages).
+    Returns the answers, unchecked (:func:`~.splice.check_correction` checks each). Raises
+    :class:`AlignerCallFailure` (an ``Exception`` of the aligner; ``KeyboardInterrupt`` and other
+    ``BaseException`` s propagate as they are). Does not mutate ``requests``."""
     only = len(requests) == 1
     row = rows[0] if only else None
     sentence = requests[0].last if only else None
     rows_named = ", ".join(str(r) for r in rows)
     try:
-        answers = correct(requests)
+        answers = correct(list(requests))  # a copy: an aligner that edits its list cannot desynchronise the rows
     except Exception as err:
         where = f"sentence {sentence!r}" if only else f"a batch of {len(requests)} sentences (rows {rows_named})"
         raise AlignerCallFailure(

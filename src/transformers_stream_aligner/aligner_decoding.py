@@ -288,7 +288,8 @@ class AlignerDecoder:
         unless ``max_new_tokens`` came first), drafting from ``sources`` (one token list per prompt).
 
         Exactly the tokens ``model.generate(prompt, do_sample=False, max_new_tokens=...)`` returns for
-        each prompt alone (up to floating-point ties). Mutates the decoder's cache.
+        each prompt alone (up to floating-point ties). Mutates the decoder's cache; an exception (also
+        ``KeyboardInterrupt``) drops it, so the next call starts afresh with the same result.
         """
         prompts = [list(p) for p in prompts]
         if len(sources) != len(prompts):
@@ -298,6 +299,13 @@ class AlignerDecoder:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         sources = [list(s) for s in sources]
+        try:
+            return self._generate(prompts, sources, max_new_tokens)
+        except BaseException:  # an interrupted forward leaves the cache out of step with its bookkeeping: drop it
+            self.reset()
+            raise
+
+    def _generate(self, prompts: list[list[int]], sources: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         self.stats.calls += 1
         self.stats.forwards_last_call = 0
         self.stats.fed_tokens_last_call = 0

@@ -56,6 +56,17 @@ def _first_cut_at_or_after(tokenizer: Any, ids: Sequence[int], start: int, end: 
     return k
 
 
+def _cut_at_limit(tokenizer: Any, ids: Sequence[int], start: int, end: int, max_sentence_tokens: int | None) -> int | None:
+    """The cut of a sentence ``ids[start:end]`` that has not ended: ``end`` once it holds ``max_sentence_tokens``
+    tokens, unless ``end`` falls inside a character (a byte-level tokenizer's unfinished UTF-8 sequence decodes
+    to U+FFFD): then up to three more tokens finish it first, so no sentence holds half a character."""
+    if max_sentence_tokens is None or end - start < max_sentence_tokens:
+        return None
+    if end - start < max_sentence_tokens + 3 and decode_span(tokenizer, ids, start, end).endswith("\ufffd"):
+        return None
+    return end
+
+
 def find_token_boundary(
     tokenizer: Any,
     ids: Sequence[int],
@@ -72,7 +83,7 @@ def find_token_boundary(
     sentence. With ``final=True`` (end of answer or of the token budget) the remainder always forms
     a sentence, so the result is never ``None`` for non-empty input: a trailing whitespace-only tail
     stays with the last sentence. With ``max_sentence_tokens``, a sentence that reached that many
-    tokens without ending is cut at ``end``.
+    tokens without ending is cut at ``end`` (a few tokens later if ``end`` falls inside a character).
     """
     if end <= start:
         return None
@@ -91,9 +102,7 @@ def find_token_boundary(
         pos = p  # the token crossing this end also holds the next sentence's start: merge them
     if final:
         return end
-    if max_sentence_tokens is not None and end - start >= max_sentence_tokens:
-        return end
-    return None
+    return _cut_at_limit(tokenizer, ids, start, end, max_sentence_tokens)
 
 
 class SentenceTracker:
@@ -201,9 +210,7 @@ class SentenceTracker:
             if cut is None:
                 self.exact = True  # the end shares a token with the next sentence: rare, be exact
             return cut
-        if self.max_sentence_tokens is not None and len(self.tokens) - self.start >= self.max_sentence_tokens:
-            return len(self.tokens)
-        return None
+        return _cut_at_limit(self.tokenizer, self.tokens, self.start, len(self.tokens), self.max_sentence_tokens)
 
 
 @dataclass(frozen=True)

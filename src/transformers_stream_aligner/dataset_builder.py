@@ -28,20 +28,25 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .aligner import AlignmentRequest, as_correction_fn
 from .sentence_splitter import DEFAULT_TERMINATORS, split_sentences
-from .training_data import RECORD_FIELDS, TrainingDataError, check_fields, read_records
+from .training_data import RECORD_FIELDS, TrainingDataError, check_fields, read_records, read_utf8
 
-__all__ = ["PairReport", "read_questions", "records_from_pairs", "records_on_policy", "write_records"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["OnPolicyReport", "PairReport", "read_questions", "records_from_pairs", "records_on_policy", "write_records"]
 
 PAIR_FIELDS = ("question", "answer", "corrected_answer")
+#: Characters of answer prefix a record keeps (whole sentences): more than the reference's 4096-token examples hold.
+DEFAULT_MAX_PREFIX_CHARS = 16384
 
 
 @dataclass
@@ -52,6 +57,7 @@ class PairReport:
         pairs: pairs read; records: records written; changed: records whose correction differs from ``last``.
         inserted: corrected sentences with no original, joined to a neighbouring correction.
         deleted: original sentences with no counterpart in the correction (no record).
+        prefix_shortened: records whose prefix lost leading sentences to ``max_prefix_chars``.
     """
 
     pairs: int = 0
@@ -59,12 +65,14 @@ class PairReport:
     changed: int = 0
     inserted: int = 0
     deleted: int = 0
+    prefix_shortened: int = 0
 
     def summary(self) -> str:
         return (
             f"{self.records} records from {self.pairs} pairs ({self.changed} changed, "
             f"{self.records - self.changed} copies); {self.inserted} inserted sentence(s) joined to a neighbour, "
             f"{self.deleted} deleted sentence(s) without a record"
+            + (f"; {self.prefix_shortened} prefix(es) cut to their last sentences" if self.prefix_shortened else "")
         )
 
 
@@ -81,6 +89,18 @@ def _sentences(text: str, terminators: str) -> list[str]:
     return pieces
 
 
+def _trailing_prefix(sentences: list[str], end: int, max_chars: int | None) -> tuple[str, bool]:
+    """The text of ``sentences[:end]`` (stripped), or of its last whole sentences that fit in ``max_chars``; and
+    whether sentences were left out. Work and size are bounded by ``max_chars``, not by ``end``."""
+    if max_chars is None:
+        return "".join(sentences[:end]).strip(), False
+    start, size = end, 0
+    while start > 0 and size + len(sentences[start - 1].strip()) <= max_chars:
+        size += len(sentences[start - 1])
+        start -= 1
+    return "".join(sentences[start:end]).strip(), start > 0
+
+
 def _norm(sentence: str) -> str:
     return " ".join(sentence.split())
 
@@ -90,11 +110,17 @@ def records_from_pairs(
     *,
     terminators: str = DEFAULT_TERMINATORS,
     source: str | None = None,
+    max_prefix_chars: int | None = DEFAULT_MAX_PREFIX_CHARS,
 ) -> tuple[list[dict[str, str]], PairReport]:
     """Sentence-level records from ``{question, answer, corrected_answer}`` pairs (see the module docstring).
 
-    Raises :class:`TrainingDataError` naming the pair and field when a pair is malformed.
+    Each record's prefix keeps the last whole sentences of the corrected answer that fit in ``max_prefix_chars``
+    characters (``None``: all), so the records grow linearly with an answer, not with its square; training
+    drops leading prefix sentences the same way when an example is over its token ``max_length``. Raises
+    :class:`TrainingDataError` naming the pair and field when a pair is malformed.
     """
+    if max_prefix_chars is not None and max_prefix_chars < 0:
+        raise ValueError(f"max_prefix_chars must be >= 0 or None, got {max_prefix_chars}")
     pairs = check_fields(list(pairs), PAIR_FIELDS, non_empty=PAIR_FIELDS, source=source, purpose="building records")
     report = PairReport(pairs=len(pairs))
     records: list[dict[str, str]] = []
@@ -130,14 +156,9 @@ def records_from_pairs(
         for o, start, end in pair_records:
             last = original[o].strip()
             correction = "".join(corrected[start:end]).strip()
-            records.append(
-                {
-                    "question": pair["question"],
-                    "prefix": "".join(corrected[:start]).strip(),
-                    "last": last,
-                    "correction": correction,
-                }
-            )
+            prefix, shortened = _trailing_prefix(corrected, start, max_prefix_chars)
+            report.prefix_shortened += int(shortened)
+            records.append({"question": pair["question"], "prefix": prefix, "last": last, "correction": correction})
             report.changed += int(_norm(correction) != _norm(last))
     report.records = len(records)
     return records, report
@@ -160,6 +181,20 @@ class _Recorder:
         return outputs
 
 
+@dataclass
+class OnPolicyReport:
+    """What :func:`records_on_policy` did: ``records`` collected, ``batches`` run, and the ``failures`` (one
+    ``"questions i-j: error"`` line per batch whose generation failed; the records it collected before are kept)."""
+
+    records: int = 0
+    batches: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        failed = f"; {len(self.failures)} of {self.batches} batches failed (their records so far kept)" if self.failures else ""
+        return f"{self.records} records from {self.batches} batches{failed}"
+
+
 def records_on_policy(
     model: Any,
     tokenizer: Any,
@@ -169,16 +204,21 @@ def records_on_policy(
     num_samples: int = 1,
     batch_size: int = 4,
     progress: bool = True,
+    report: OnPolicyReport | None = None,
     **generate_kwargs: Any,
 ) -> list[dict[str, str]]:
     """Records collected while ``model`` answers ``questions`` with stream alignment by ``corrector``.
 
     Each question is asked ``num_samples`` times (``num_samples > 1`` needs ``do_sample=True``), in
-    batches of ``batch_size`` questions, as one chat turn when the tokenizer has a chat template. Every
-    request the corrector answers with text becomes a record; a correction generation rejects (e.g.
-    too long) is replaced by the original sentence (``invalid_correction="keep_original"``) and not
-    recorded. ``generate_kwargs`` go to ``generate`` (``max_new_tokens``, ``do_sample``, ``temperature``...).
-    The corrector is never given the model's own draft beyond the sentence it corrects.
+    batches of ``batch_size`` questions, as one chat turn when the tokenizer has a chat template (the question is
+    plain text: control-token strings in it stay text). Every request the corrector answers with text becomes a
+    record; a correction generation rejects (e.g. too long) is replaced by the original sentence
+    (``invalid_correction="keep_original"``) and not recorded. When a batch fails (the corrector raised, say),
+    the records collected so far are kept, the failure is logged and counted in ``report`` (an
+    :class:`OnPolicyReport`, filled in if given), and the next batch runs; only a build where every batch failed
+    raises. ``generate_kwargs`` go to ``generate`` (``max_new_tokens``, ``do_sample``, ``temperature``...).
+    The corrector is never given the model's own draft beyond the sentence it corrects. The tokenizer is not
+    mutated.
     """
     import torch
     from tqdm.auto import tqdm
@@ -187,24 +227,29 @@ def records_on_policy(
 
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if num_samples > 1 and not generate_kwargs.get("do_sample"):
         raise ValueError("num_samples > 1 needs do_sample=True (greedy answers would repeat)")
+    report = report if report is not None else OnPolicyReport()
     recorder = _Recorder(as_correction_fn(corrector))
-    padding_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        for begin in tqdm(range(0, len(questions), batch_size), desc="Answering questions", disable=not progress):
-            batch = list(questions[begin : begin + batch_size])
-            if getattr(tokenizer, "chat_template", None):
-                enc = tokenizer.apply_chat_template(
-                    [[{"role": "user", "content": q}] for q in batch],
-                    add_generation_prompt=True,
-                    padding=True,
-                    return_tensors="pt",
-                    return_dict=True,
-                )
-            else:
-                enc = tokenizer(batch, padding=True, return_tensors="pt")
+    last_error: BaseException | None = None
+    for begin in tqdm(range(0, len(questions), batch_size), desc="Answering questions", disable=not progress):
+        batch = list(questions[begin : begin + batch_size])
+        report.batches += 1
+        if getattr(tokenizer, "chat_template", None):
+            enc = tokenizer.apply_chat_template(
+                [[{"role": "user", "content": q}] for q in batch],
+                add_generation_prompt=True,
+                sanitize_control_tokens=True,
+                padding=True,
+                return_tensors="pt",
+                return_dict=True,
+                tokenizer_kwargs={"padding_side": "left"},
+            )
+        else:
+            enc = tokenizer(batch, padding=True, padding_side="left", return_tensors="pt")
+        try:
             with torch.no_grad():
                 stream_aligned_generate(
                     model,
@@ -217,8 +262,13 @@ def records_on_policy(
                     num_return_sequences=num_samples,
                     **generate_kwargs,
                 )
-    finally:
-        tokenizer.padding_side = padding_side
+        except Exception as err:  # one failing batch must not lose the records of the others
+            last_error = err
+            report.failures.append(f"questions {begin}-{begin + len(batch) - 1}: {type(err).__name__}: {err}")
+            logger.warning("build-dataset: %s; continuing with the next batch", report.failures[-1])
+    report.records = len(recorder.records)
+    if report.failures and len(report.failures) == report.batches:
+        raise RuntimeError(f"every batch failed; the first: {report.failures[0]}") from last_error
     return recorder.records
 
 
@@ -226,7 +276,7 @@ def read_questions(source: str | os.PathLike) -> list[str]:
     """Questions from a ``.txt`` file (one per non-empty line) or JSON/JSONL records with a ``question`` field."""
     path = os.fspath(source)
     if path.endswith(".txt"):
-        questions = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        questions = [line.strip() for line in read_utf8(path).splitlines() if line.strip()]
         if not questions:
             raise TrainingDataError("holds no questions", source=path)
         return questions
@@ -237,6 +287,8 @@ def read_questions(source: str | os.PathLike) -> list[str]:
 def write_records(records: Sequence[Mapping[str, str]], path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write records as JSONL (the training format), atomically: a failed write leaves no partial file."""
     out = Path(path)
+    if out.is_dir():
+        raise IsADirectoryError(f"{out} is a directory; give the path of a JSONL file to write")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,6 @@ import copy
 import dataclasses
 import functools
 import inspect
-import types
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +30,7 @@ from transformers import GenerationMixin, LogitsProcessorList, MaxTimeCriteria, 
 from .aligner import CorrectionFn, StreamAligner, as_correction_fn
 from .cache import has_sliding_layers, make_rollback_cache, model_has_sliding_layers, prepare_upstream_cache
 from .engines.transformers_engine import TransformersEngine
+from .generation_fields import check_generation_fields
 from .loop import AlignmentLoop
 from .outputs import StreamAlignedGenerateOutput
 from .plan import GenerationPlan
@@ -51,7 +51,6 @@ _ALIGNER_KWARGS = (
     "invalid_correction",
     "completed_rows",
 )
-_UNSUPPORTED_OUTPUTS = ("output_scores", "output_logits", "output_attentions", "output_hidden_states")
 
 
 @torch.no_grad()
@@ -94,10 +93,14 @@ def stream_aligned_generate(
         max_correction_tokens: reject corrections longer than this (default 256, or the aligner config's).
         terminators: sentence terminators (default ``.!?…。！？``).
         invalid_correction: what to do when the aligner returns unusable text (not a string, empty, over
-            ``max_correction_tokens``, or text that would become control tokens): ``"raise"`` (default) an
+            ``max_correction_tokens``, not valid Unicode, or text the upstream tokenizer cannot keep as plain
+            text; control-token strings are plain text): ``"raise"`` (default) an
             :class:`AlignerOutputError` naming the row, after applying the other rows' corrections; or
             ``"keep_original"``: keep the sentence as generated, with a warning. An exception raised by
-            the aligner itself always propagates as :class:`StreamAlignmentError`.
+            the aligner itself always propagates as :class:`StreamAlignmentError`. A correction the aligner did
+            not finish (:class:`UnfinishedCorrection`: a :class:`StreamAligner` that reached its
+            ``max_correction_tokens`` without an EOS) keeps the sentence as generated, with a warning, whatever
+            this says: a served answer should not fail because an aligner rambled.
         completed_rows: in a batch, what a row whose sentence is complete does while the other rows
             finish theirs: ``"draft"`` (default) keeps generating its next sentence, which is kept if the
             aligner leaves the finished sentence unchanged and discarded otherwise (never more forwards
@@ -123,80 +126,85 @@ def stream_aligned_generate(
         StreamAlignmentError: the aligner failed or returned unusable text; the error says which row
             and carries every row's partial output.
     """
-    # 1. the aligner, its settings and the call's options
-    tokenizer = _prepare_tokenizer(model, tokenizer)
-    correct, settings = _prepare_aligner(
-        aligner, terminators=terminators, max_sentence_tokens=max_sentence_tokens, max_correction_tokens=max_correction_tokens
-    )
-    _check_choice("invalid_correction", invalid_correction, ("raise", "keep_original"))
-    _check_choice("completed_rows", completed_rows, ("draft", "hold"))
+    driver = StreamerDriver(streamer)  # ended on every exit path, so a streaming consumer never waits forever
+    try:
+        # 1. the aligner, its settings and the call's options
+        tokenizer = _prepare_tokenizer(model, tokenizer)
+        correct, settings = _prepare_aligner(
+            aligner, terminators=terminators, max_sentence_tokens=max_sentence_tokens, max_correction_tokens=max_correction_tokens
+        )
+        _check_choice("invalid_correction", invalid_correction, ("raise", "keep_original"))
+        _check_choice("completed_rows", completed_rows, ("draft", "hold"))
 
-    # 2. the prompt tensors and the generation config (validated: what cannot be exact is refused here)
-    input_ids, attention_mask = _prepare_inputs(inputs, kwargs)
-    config, model_kwargs = _prepare_generation_config(model, generation_config, kwargs)
+        # 2. the prompt tensors and the generation config (validated: what cannot be exact is refused here)
+        input_ids, attention_mask = _prepare_inputs(inputs, kwargs)
+        config, model_kwargs = _prepare_generation_config(model, generation_config, kwargs)
 
-    # 3. special tokens, resolved once (no per-round warnings)
-    eos_token_ids = _prepare_special_tokens(config, tokenizer)
-    return_dict = bool(config.return_dict_in_generate)
-    config.return_dict_in_generate = False
+        # 3. special tokens, resolved once (no per-round warnings)
+        eos_token_ids = _prepare_special_tokens(config, tokenizer)
+        return_dict = bool(config.return_dict_in_generate)
+        config.return_dict_in_generate = False
 
-    # 4. the prompt rows: attention mask, num_return_sequences copies, each row without padding
-    prompt_ids, prompt_mask, rows, n_inputs, expand = _prepare_prompt_rows(input_ids, attention_mask, config, eos_token_ids)
-    batch = len(rows)
+        # 4. the prompt rows: attention mask, num_return_sequences copies, each row without padding
+        prompt_ids, prompt_mask, rows, n_inputs, expand = _prepare_prompt_rows(input_ids, attention_mask, config, eos_token_ids)
+        batch = len(rows)
 
-    # 5. the token budget and the user's stopping criteria (stop strings and max_time apply per row across rounds)
-    max_new_tokens = _prepare_max_new_tokens(config, prompt_ids.shape[1])
-    user_criteria = _prepare_stopping_criteria(config, stopping_criteria, tokenizer)
+        # 5. the token budget and the user's stopping criteria (stop strings and max_time apply per row across rounds)
+        max_new_tokens = _prepare_max_new_tokens(config, prompt_ids.shape[1])
+        user_criteria = _prepare_stopping_criteria(config, stopping_criteria, tokenizer)
 
-    # 6. the KV cache kept across rounds, and whether the rows must run one after another
-    cache, user_cache, warned_fallback = _prepare_cache(model, config, model_kwargs, prompt_ids, max_new_tokens, expand)
-    row_by_row = _prepare_row_by_row(model, cache, batch, user_cache)
+        # 6. the KV cache kept across rounds, and whether the rows must run one after another
+        cache, user_cache, warned_fallback = _prepare_cache(model, config, model_kwargs, prompt_ids, max_new_tokens, expand)
+        row_by_row = _prepare_row_by_row(model, cache, batch, user_cache)
 
-    # 7. the streamer, and what user processors see in a batch
-    driver = _prepare_streamer(streamer, batch)
-    _warn_about_batch_processors(config, logits_processor, batch)
+        # 7. the streamer, and what user processors see in a batch
+        _prepare_streamer(driver, batch)
+        _warn_about_batch_processors(config, logits_processor, batch)
 
-    # 8. the question each row answers
-    questions = _prepare_questions(aligner_question, tokenizer, rows, n_inputs, expand)
+        # 8. the question each row answers
+        questions = _prepare_questions(aligner_question, tokenizer, rows, n_inputs, expand)
 
-    # 9. the engine and the plan
-    engine_factory = functools.partial(
-        _transformers_engine,
-        model,
-        tokenizer=tokenizer,
-        generation_config=config,
-        model_kwargs=model_kwargs,
-        cache=cache,
-        new_cache=row_by_row and cache is not None,
-        settings=settings,
-        eos_token_ids=eos_token_ids,
-        logits_processor=list(logits_processor or []),
-        stopping_criteria=user_criteria,
-        hold_completed=completed_rows == "hold",
-        on_draft=driver.on_draft,
-        device=prompt_ids.device,
-        prefilled=(prompt_ids, prompt_mask) if cache is not None and cache.get_seq_length() > 0 else None,
-        warned_fallback=warned_fallback,
-    )
-    plan = GenerationPlan(
-        tokenizer=tokenizer,
-        correct=correct,
-        settings=settings,
-        prompt_ids=prompt_ids,
-        rows=rows,
-        questions=questions,
-        max_new_tokens=max_new_tokens,
-        eos_token_ids=frozenset(eos_token_ids),
-        pad_token_id=int(config.pad_token_id),
-        invalid_correction=invalid_correction,
-        completed_rows=completed_rows,
-        streamer=driver,
-        engine_factory=engine_factory,
-        row_by_row=row_by_row,
-        return_dict=return_dict,
-    )
-    loop = AlignmentLoop(plan)
-    cache = loop.run()
+        # 9. the engine and the plan
+        engine_factory = functools.partial(
+            _transformers_engine,
+            model,
+            tokenizer=tokenizer,
+            generation_config=config,
+            model_kwargs=model_kwargs,
+            cache=cache,
+            new_cache=row_by_row and cache is not None,
+            settings=settings,
+            eos_token_ids=eos_token_ids,
+            logits_processor=list(logits_processor or []),
+            stopping_criteria=user_criteria,
+            hold_completed=completed_rows == "hold",
+            on_draft=driver.on_draft,
+            device=prompt_ids.device,
+            prefilled=(prompt_ids, prompt_mask) if cache is not None and cache.get_seq_length() > 0 else None,
+            warned_fallback=warned_fallback,
+        )
+        plan = GenerationPlan(
+            tokenizer=tokenizer,
+            correct=correct,
+            settings=settings,
+            prompt_ids=prompt_ids,
+            rows=rows,
+            questions=questions,
+            max_new_tokens=max_new_tokens,
+            eos_token_ids=frozenset(eos_token_ids),
+            pad_token_id=int(config.pad_token_id),
+            invalid_correction=invalid_correction,
+            completed_rows=completed_rows,
+            streamer=driver,
+            engine_factory=engine_factory,
+            row_by_row=row_by_row,
+            return_dict=return_dict,
+        )
+        loop = AlignmentLoop(plan)
+        cache = loop.run()
+    except BaseException as error:  # KeyboardInterrupt too (a no-op if the loop has ended the streamer)
+        driver.abort(error)
+        raise
     return loop.output(cache)
 
 
@@ -245,26 +253,14 @@ def _prepare_generation_config(model: Any, generation_config: Any, kwargs: dict[
     Refuses what stream alignment cannot do exactly."""
     config = copy.deepcopy(generation_config if generation_config is not None else model.generation_config)
     model_kwargs = config.update(**kwargs)
-    if getattr(config, "num_beams", 1) and config.num_beams > 1:
-        raise ValueError(
-            f"stream alignment does not support beam search (num_beams={config.num_beams}): a correction "
-            "replaces the text every beam was scored on. Use greedy decoding or sampling."
-        )
-    if model_kwargs.get("assistant_model") is not None or getattr(config, "prompt_lookup_num_tokens", None):
+    check_generation_fields(config)  # every field: honoured exactly, applied here, or refused
+    if model_kwargs.get("assistant_model") is not None:
         raise ValueError(
             "stream alignment does not support assisted decoding (assistant_model / prompt_lookup_num_tokens) "
             "for the upstream model"
         )
     if model_kwargs.get("custom_generate") is not None:
         raise ValueError("stream alignment cannot be combined with custom_generate")
-    for name in _UNSUPPORTED_OUTPUTS:
-        if getattr(config, name, False):
-            raise ValueError(
-                f"{name}=True is not supported with an aligner: per-step outputs of replaced sentences would "
-                "no longer match the returned sequences"
-            )
-    if (getattr(config, "min_new_tokens", None) or 0) > 0 or (getattr(config, "min_length", None) or 0) > 0:
-        raise ValueError("min_new_tokens / min_length are not supported with an aligner")
     if (getattr(config, "num_return_sequences", 1) or 1) > 1 and not config.do_sample:
         raise ValueError(
             f"num_return_sequences={config.num_return_sequences} needs do_sample=True: greedy decoding would "
@@ -401,14 +397,13 @@ def _prepare_row_by_row(model: Any, cache: Any, batch: int, user_cache: bool) ->
     return True
 
 
-def _prepare_streamer(streamer: Any, batch: int) -> StreamerDriver:
-    driver = StreamerDriver(streamer)
-    if streamer is not None and batch > 1 and not driver.per_row:
+def _prepare_streamer(driver: StreamerDriver, batch: int) -> None:
+    """Check that the streamer can follow ``batch`` rows."""
+    if driver.streamer is not None and batch > 1 and not driver.per_row:
         raise ValueError(
-            f"streamer {type(streamer).__name__} shows one sequence, but the batch has {batch} rows: use "
+            f"streamer {type(driver.streamer).__name__} shows one sequence, but the batch has {batch} rows: use "
             "StreamAlignerIteratorStreamer(tokenizer, per_row=True) for batches"
         )
-    return driver
 
 
 def _warn_about_batch_processors(config: Any, logits_processor: Any, batch: int) -> None:
@@ -491,12 +486,59 @@ class StreamAlignedGenerationMixin:
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         return _generate_or_align(self, super().generate, args, kwargs)  # type: ignore[misc]
 
+    generate.__doc__ = stream_aligned_generate.__doc__
+
+
+def _aligned_signature() -> inspect.Signature:
+    """``GenerationMixin.generate``'s signature (``inputs`` first) with the aligner's keywords before ``**kwargs``."""
+    stock = inspect.signature(GenerationMixin.generate)
+    params = [p for p in stock.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    ours = inspect.signature(stream_aligned_generate).parameters
+    names = {p.name for p in params}
+    extra = [ours[n].replace(kind=inspect.Parameter.KEYWORD_ONLY) for n in _ALIGNER_KWARGS if n in ours and n not in names]
+    tail = [p for p in stock.parameters.values() if p.kind is p.VAR_KEYWORD]
+    positional = [p for p in params if p.kind is not p.KEYWORD_ONLY]
+    keyword = [p for p in params if p.kind is p.KEYWORD_ONLY]
+    return stock.replace(parameters=positional + keyword + extra + tail)
+
+
+StreamAlignedGenerationMixin.generate.__signature__ = _aligned_signature()  # type: ignore[attr-defined]
+
+_ALIGNED_CLASSES: dict[type, type] = {}
+
+
+def _aligned_class(cls: type) -> type:
+    """``cls`` with :class:`StreamAlignedGenerationMixin` in front, made once per class. It has ``cls``'s name, and
+    pickles (``torch.save``, ``copy.deepcopy``) as an instance of itself, rebuilt from ``cls``."""
+    if issubclass(cls, StreamAlignedGenerationMixin):
+        return cls
+    if cls not in _ALIGNED_CLASSES:
+
+        def __reduce_ex__(self: Any, protocol: Any) -> Any:
+            reduced = object.__reduce_ex__(self, protocol)  # (copyreg.__newobj__, (class,), state, ...)
+            return (_new_aligned, (cls,), *reduced[2:])
+
+        _ALIGNED_CLASSES[cls] = type(
+            cls.__name__,
+            (StreamAlignedGenerationMixin, cls),
+            {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__reduce_ex__": __reduce_ex__},
+        )
+    return _ALIGNED_CLASSES[cls]
+
+
+def _new_aligned(cls: type) -> Any:
+    """An empty instance of ``cls``'s stream-aligned class (unpickling fills its state)."""
+    aligned = _aligned_class(cls)
+    return aligned.__new__(aligned)
+
 
 def enable_stream_alignment(model: Any, tokenizer: Any = None) -> Any:
-    """Patch ``model`` (this instance only) so that ``model.generate(..., aligner=...)`` works.
+    """Give ``model`` (this instance only) ``generate(..., aligner=...)``; returns the same model.
 
-    ``tokenizer`` (the upstream's) is remembered for calls that do not pass one, e.g. from
-    ``pipeline("text-generation")``. Returns the same model. Calling it twice is harmless.
+    The instance's class becomes a subclass of its own with :class:`StreamAlignedGenerationMixin` (same name,
+    ``isinstance`` unchanged), so ``copy.deepcopy``, ``pickle`` and ``torch.save`` keep the patch and copies
+    generate with their own weights. ``tokenizer`` (the upstream's) is remembered for calls that do not pass one,
+    e.g. from ``pipeline("text-generation")``. Calling it twice is harmless.
 
     Example:
 
@@ -508,16 +550,5 @@ def enable_stream_alignment(model: Any, tokenizer: Any = None) -> Any:
         raise TypeError(f"enable_stream_alignment needs a transformers generative model, got {type(model).__name__}")
     if tokenizer is not None:
         model._stream_aligner_tokenizer = tokenizer
-    if getattr(model, "_stream_alignment_enabled", False):
-        return model
-    original: Callable[..., Any] = model.generate
-
-    @torch.no_grad()
-    def generate(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return _generate_or_align(self, original, args, kwargs)
-
-    generate.__doc__ = stream_aligned_generate.__doc__
-    generate.__signature__ = inspect.signature(original)  # type: ignore[attr-defined]
-    model.generate = types.MethodType(generate, model)
-    model._stream_alignment_enabled = True
+    model.__class__ = _aligned_class(type(model))
     return model

@@ -119,15 +119,19 @@ class AlignmentLoop:
     def run(self) -> Any:
         """Generate every row; returns what the engine leaves (the KV cache of a single engine, else ``None``)."""
         plan = self.plan
-        plan.streamer.prompt(plan.prompt_ids)
-        if plan.row_by_row:
-            for row in self.rows:
-                self._run(plan.engine_factory([row], self.stats), [row])
-            result = None
-        else:
-            engine = plan.engine_factory(self.rows, self.stats)
-            self._run(engine, self.rows)
-            result = engine.close()
+        try:
+            plan.streamer.prompt(plan.prompt_ids)
+            if plan.row_by_row:
+                for row in self.rows:
+                    self._run(plan.engine_factory([row], self.stats), [row])
+                result = None
+            else:
+                engine = plan.engine_factory(self.rows, self.stats)
+                self._run(engine, self.rows)
+                result = engine.close()
+        except BaseException as error:  # KeyboardInterrupt too: a streaming consumer must not wait forever
+            plan.streamer.abort(error, [row.index for row in self.rows if not row.finished])
+            raise
         plan.streamer.end()
         return result
 
@@ -216,6 +220,9 @@ class AlignmentLoop:
                     continue  # this row keeps its draft; the other rows' corrections still go in
                 where = f"row {row.index}: " if plan.batch_size > 1 else ""
                 warnings.warn(where + check.problem + "; keeping the original sentence", UserWarning, stacklevel=2)
+            if check.note is not None:
+                where = f"row {row.index}: " if plan.batch_size > 1 else ""
+                warnings.warn(where + check.note, UserWarning, stacklevel=2)
             if check.ids is None:  # unchanged: keep the tokens, the look-ahead and the cache as they are
                 original = row.ids[sentence.start : sentence.cut]
                 self._emit(row, AlignmentRecord(sentence.start, original, list(original), sentence.text, sentence.text))
@@ -231,12 +238,15 @@ class AlignmentLoop:
         """Put ``corrected_ids`` in place of ``sentence`` and its look-ahead; the engine keeps the common prefix."""
         self.stats.sentences_changed += 1
         original = row.ids[sentence.start : sentence.cut]
-        result = splice_correction(row.ids, sentence, corrected_ids, max_length=row.prompt_len + row.max_new_tokens)
+        result = splice_correction(
+            row.ids, sentence, corrected_ids, max_length=row.prompt_len + row.max_new_tokens, tokenizer=self.plan.tokenizer
+        )
         row.ids = result.ids
         engine.replace_tail(row, result.keep)
         shown = decode_span(self.plan.tokenizer, result.ids, sentence.start, len(result.ids))
         self._emit(row, AlignmentRecord(sentence.start, original, list(result.corrected_ids), sentence.text, shown))
         row.advance(len(result.ids))
+        row.stopped = row.stopped or result.truncated  # the correction spent the budget (a partial character dropped)
 
     def _emit(self, row: RowState, record: AlignmentRecord) -> None:
         record.start += row.offset

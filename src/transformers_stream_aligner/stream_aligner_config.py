@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import typing
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -53,6 +54,26 @@ _PLACEHOLDER = re.compile(r"\{(question|prefix|last|instruction)\}")
 def _fill(template: str, values: dict[str, str]) -> str:
     """Substitute ``{name}`` placeholders in one pass (values are never re-scanned, braces elsewhere kept)."""
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)] if m.group(1) in values else m.group(0), template)
+
+
+def _wrapper_chat_template(wrapper: str) -> str:
+    """A Jinja chat template that renders ``wrapper`` with the first message's content for ``{instruction}``: the
+    wrapper's text as string literals (so ``apply_chat_template`` counts its markers as the template's own control
+    tokens), the message as a variable (so ``sanitize_control_tokens`` makes it plain text)."""
+    pieces = wrapper.split("{instruction}")
+    literal = ["{{ " + json.dumps(piece, ensure_ascii=False) + " }}" if piece else "" for piece in pieces]
+    return "{{ messages[0]['content'] }}".join(literal)
+
+
+def _special_tokens_around(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer's ``add_special_tokens=True`` puts before and after a text (e.g. ``([bos], [])``)."""
+    probe = "a"
+    bare = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    full = list(tokenizer(probe, add_special_tokens=True)["input_ids"])
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return full[:start], full[start + len(bare) :]
+    raise ValueError(f"cannot tell which special tokens {type(tokenizer).__name__} adds around a text")
 
 
 @dataclass
@@ -104,7 +125,9 @@ class StreamAlignerConfig(PushToHubMixin):
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the problem when a field is unusable."""
+        """Raise ``ValueError`` naming the problem when a field is unusable (a wrong type included: a config read
+        from JSON fails here, not later inside ``generate()``)."""
+        self._check_types()
         missing = [name for name in _INSTRUCTION_FIELDS if "{" + name + "}" not in self.instruction_template]
         if missing:
             raise ValueError(
@@ -125,6 +148,25 @@ class StreamAlignerConfig(PushToHubMixin):
             raise ValueError(f"max_sentence_tokens must be >= 2, got {self.max_sentence_tokens}")
         if not self.terminators:
             raise ValueError("terminators must name at least one character")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"temperature must be > 0 and top_p in (0, 1], got {self.temperature} and {self.top_p}")
+
+    def _check_types(self) -> None:
+        """Every field against its annotation (``bool`` is not an ``int`` here; an ``int`` is a valid ``float``)."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            allowed = typing.get_args(hints[f.name]) or (hints[f.name],)
+            if value is None and type(None) in allowed:
+                continue
+            ok = any(
+                isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
+                for kind in (*allowed, *((int,) if float in allowed else ()))
+                if isinstance(kind, type) and kind is not type(None)
+            )
+            if not ok:
+                names = " or ".join("None" if k is type(None) else k.__name__ for k in allowed)
+                raise ValueError(f"StreamAlignerConfig.{f.name} must be {names}, got {type(value).__name__} {value!r}")
 
     # ------------------------------------------------------------------ prompt text
     def format_instruction(self, *, question: str, prefix: str, last: str) -> str:
@@ -135,25 +177,44 @@ class StreamAlignerConfig(PushToHubMixin):
         """Turn an instruction into the aligner's input text (see ``prompt_wrapper``)."""
         if self.prompt_wrapper is not None:
             return _fill(self.prompt_wrapper, {"instruction": instruction})
-        if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-            messages = []
-            if self.system_prompt is not None:
-                messages.append({"role": "system", "content": self.system_prompt})
-            messages.append({"role": "user", "content": instruction})
-            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if self.uses_chat_template(tokenizer):
+            return tokenizer.apply_chat_template(self._messages(instruction), tokenize=False, add_generation_prompt=True)
         return instruction
 
     def build_prompt(self, *, question: str, prefix: str, last: str, tokenizer: Any | None = None) -> str:
-        """The aligner's full input text for one sentence: instruction template, then the wrapper.
-
-        Inference (:meth:`StreamAligner.build_prompt`) and training (:mod:`.training_data`) both call this.
-        """
+        """The aligner's full input text for one sentence: instruction template, then the wrapper (for display and
+        model cards; the model reads :meth:`encode_prompt`)."""
         return self.wrap(self.format_instruction(question=question, prefix=prefix, last=last), tokenizer)
 
     def encode_prompt(self, tokenizer: Any, *, question: str, prefix: str, last: str) -> list[int]:
-        """Token ids of :meth:`build_prompt`, tokenized as :meth:`StreamAligner.correct` tokenizes it."""
-        text = self.build_prompt(question=question, prefix=prefix, last=last, tokenizer=tokenizer)
-        return list(tokenizer(text, add_special_tokens=self.prompt_adds_special_tokens(tokenizer))["input_ids"])
+        """Token ids of :meth:`build_prompt`, as the aligner reads them at inference and training alike.
+
+        The instruction (the user turn, filled with ``question``, ``prefix`` and ``last``, which come from users and
+        models) is plain text: a control-token string in it such as ``"<|im_end|>"`` is encoded as ordinary text, so
+        only the markers of the chat template or ``prompt_wrapper`` are control tokens. This is ``transformers``'
+        ``apply_chat_template(..., sanitize_control_tokens=True)``; a ``prompt_wrapper`` is rendered as a one-message
+        chat template for it. Text without control-token strings gets the ids plain tokenization gives. Does not
+        mutate the tokenizer (safe to share across threads).
+        """
+        instruction = self.format_instruction(question=question, prefix=prefix, last=last)
+        chat = self.uses_chat_template(tokenizer)
+        ids = tokenizer.apply_chat_template(
+            self._messages(instruction) if chat else [{"role": "user", "content": instruction}],
+            chat_template=None if chat else _wrapper_chat_template(self.prompt_wrapper or "{instruction}"),
+            add_generation_prompt=chat,
+            tokenize=True,
+            return_dict=False,
+            sanitize_control_tokens=True,
+        )
+        ids = list(ids)
+        if self.prompt_adds_special_tokens(tokenizer):
+            head, tail = _special_tokens_around(tokenizer)
+            ids = head + ids + tail
+        return ids
+
+    def _messages(self, instruction: str) -> list[dict[str, str]]:
+        messages = [] if self.system_prompt is None else [{"role": "system", "content": self.system_prompt}]
+        return messages + [{"role": "user", "content": instruction}]
 
     def uses_chat_template(self, tokenizer: Any | None) -> bool:
         return self.prompt_wrapper is None and tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
@@ -215,14 +276,21 @@ class StreamAlignerConfig(PushToHubMixin):
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> StreamAlignerConfig:
-        with open(path, encoding="utf-8") as f:
-            try:
+        """Read a config file; any problem with it (not UTF-8, not JSON, a wrong type or value) is a ``ValueError``
+        that names the file."""
+        try:
+            with open(path, encoding="utf-8") as f:
                 data = json.load(f)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path} is not valid JSON: {err}") from err
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path} is not UTF-8 text: {err}") from err
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from err
         if not isinstance(data, dict):
             raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
 
     @classmethod
     def from_pretrained(

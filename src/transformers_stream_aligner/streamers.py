@@ -21,12 +21,16 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import TextIteratorStreamer, TextStreamer
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "AlignmentStreamerHooks",
@@ -60,6 +64,10 @@ class AlignmentStreamerHooks:
     def put_draft(self, value: torch.Tensor) -> None:
         """Tokens the upstream drafted before the aligner saw them (single sequence; only when overridden)."""
 
+    def put_error(self, error: BaseException) -> None:
+        """The call failed with ``error`` (a :class:`~.outputs.StreamAlignmentError` carries the partial output);
+        ``end()`` follows. Streamers are ended on every exit path, so a consumer never waits forever."""
+
 
 class StreamerDriver:
     """How the loop talks to the user's streamer (any ``transformers`` streamer, or ``None``).
@@ -70,6 +78,7 @@ class StreamerDriver:
 
     def __init__(self, streamer: Any) -> None:
         self.streamer = streamer
+        self.ended = False
         self.per_row = bool(getattr(streamer, "per_row", False))
         self._put_alignment = getattr(streamer, "put_alignment", None)
         self._end_row = getattr(streamer, "end_row", None) if self.per_row else None
@@ -95,8 +104,29 @@ class StreamerDriver:
             self._end_row(row)
 
     def end(self) -> None:
-        if self.streamer is not None:
-            self.streamer.end()
+        """The call is over: ``end()`` once."""
+        if not self.ended:
+            self.ended = True
+            if self.streamer is not None:
+                self.streamer.end()
+
+    def abort(self, error: BaseException, rows: Sequence[int] = ()) -> None:
+        """The call failed with ``error``: ``end_row`` for each of ``rows`` (those not ended yet), ``put_error``,
+        then ``end()``, each attempted even if another raised (logged: ``error`` is what the caller sees). Does
+        nothing if the streamer has ended already."""
+        if self.ended:
+            return
+        self.ended = True
+        if self.streamer is None:
+            return
+        put_error = getattr(self.streamer, "put_error", None)
+        steps = [functools.partial(self.row_end, row) for row in rows]
+        steps += [functools.partial(put_error, error)] if put_error is not None else []
+        for step in [*steps, self.streamer.end]:
+            try:
+                step()
+            except Exception:
+                logger.warning("the streamer raised while ending a failed call", exc_info=True)
 
 
 class StreamAlignerStreamer(AlignmentStreamerHooks, TextStreamer):
@@ -168,6 +198,10 @@ class StreamAlignerIteratorStreamer(AlignmentStreamerHooks, TextIteratorStreamer
     :class:`StreamEvent` per accepted sentence of any row, as soon as it is accepted, and one event
     with ``finished=True`` when a row ends.
 
+    When ``generate`` fails, every row still gets its final event and iteration ends; with ``raise_errors``
+    (default) the consumer's loop then raises the error (:attr:`error`; a :class:`~.outputs.StreamAlignmentError`
+    carries the partial output), so a server can tell a failed answer from a finished one.
+
     Example:
 
         >>> from threading import Thread
@@ -187,12 +221,28 @@ class StreamAlignerIteratorStreamer(AlignmentStreamerHooks, TextIteratorStreamer
         timeout: float | None = None,
         *,
         per_row: bool = False,
+        raise_errors: bool = True,
         **decode_kwargs: Any,
     ) -> None:
         decode_kwargs.setdefault("skip_special_tokens", True)
         super().__init__(tokenizer, skip_prompt=skip_prompt, timeout=timeout, **decode_kwargs)
         self.per_row = per_row
+        self.raise_errors = raise_errors
         self.records: list[Any] = []
+        #: the exception ``generate`` failed with, if it did.
+        self.error: BaseException | None = None
+
+    def put_error(self, error: BaseException) -> None:
+        """Keep ``error`` for the consumer (raised by iteration after the last piece, with ``raise_errors``)."""
+        self.error = error
+
+    def __next__(self) -> Any:
+        value = self.text_queue.get(timeout=self.timeout)
+        if value is self.stop_signal:
+            if self.error is not None and self.raise_errors:
+                raise self.error
+            raise StopIteration()
+        return value
 
     def put_alignment(self, record: Any) -> None:
         """Called with each accepted :class:`AlignmentRecord` (``record.row`` says which row)."""

@@ -53,15 +53,37 @@ def special_token_ids(tokenizer: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
-def tokenize_plain_text(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of ``text`` as plain text: no BOS/EOS added, special-token strings not recognised.
+#: A chat template that renders the first message's content and nothing else (see :func:`tokenize_plain_text`).
+PLAIN_TEXT_TEMPLATE = "{{ messages[0]['content'] }}"
 
-    Raises ``ValueError`` if the result still contains a control token (a tokenizer that cannot split
-    special tokens): text from a model or a user must never become control tokens.
+
+def tokenize_plain_text(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` as plain text: no BOS/EOS added, control-token strings (``"<|im_end|>"``) encoded as
+    ordinary text.
+
+    A ``transformers`` tokenizer does this with its own sanitizer, ``apply_chat_template(...,
+    sanitize_control_tokens=True)`` on :data:`PLAIN_TEXT_TEMPLATE`, which leaves the tokenizer untouched: the
+    ``split_special_tokens=True`` keyword instead flips a flag on the Rust tokenizer that every thread shares. Text
+    without control-token strings gets the ids ``tokenizer(text, add_special_tokens=False)`` gives. Other objects
+    are called as ``tokenizer(text, add_special_tokens=False, split_special_tokens=True)``.
+
+    Raises ``ValueError`` if the result still contains a control token (a tokenizer that produces it from plain
+    text): text from a model or a user must never become control tokens. Does not mutate anything.
     """
-    ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    if not text:
+        return []
+    if hasattr(tokenizer, "apply_chat_template"):
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}],
+            chat_template=PLAIN_TEXT_TEMPLATE,
+            tokenize=True,
+            return_dict=False,
+            sanitize_control_tokens=True,
+        )
+    else:
+        ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
     bad = special_token_ids(tokenizer).intersection(ids)
     if bad:
         names = ", ".join(repr(tokenizer.convert_ids_to_tokens(i)) for i in sorted(bad))
-        raise ValueError(f"text {text!r} tokenizes to control token(s) {names} of the upstream")
+        raise ValueError(f"text {text!r} tokenizes to control token(s) {names}")
     return list(ids)

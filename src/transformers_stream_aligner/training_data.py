@@ -36,7 +36,7 @@ from typing import Any
 
 from .sentence_splitter import split_sentences
 from .stream_aligner_config import StreamAlignerConfig
-from .tokens import special_token_ids, token_id_list
+from .tokens import special_token_ids, token_id_list, tokenize_plain_text
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def read_records(
 
 
 def _read_json_file(path: Path, *, label: str) -> list[Any]:
-    raw = path.read_text(encoding="utf-8")
+    raw = read_utf8(path, label=label)
     if not raw.strip():
         raise TrainingDataError("the file is empty", source=label)
     if path.suffix == ".jsonl" or (path.suffix != ".json" and not raw.lstrip().startswith("[")):
@@ -163,6 +163,14 @@ def _read_with_datasets(name: str, *, split: str, revision: str | None, token: s
 
 
 # ---------------------------------------------------------------------------------------------- checking
+def read_utf8(path: str | os.PathLike, *, label: str | None = None) -> str:
+    """The text of ``path``; a file that is not UTF-8 is a :class:`TrainingDataError` naming it and the byte."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise TrainingDataError(f"is not UTF-8 text ({err.reason} at byte {err.start})", source=label or os.fspath(path)) from err
+
+
 def validate_records(
     records: Sequence[Any], *, source: str | None = None, tokenizer: Any | None = None
 ) -> list[dict[str, str]]:
@@ -215,6 +223,12 @@ def check_fields(
                 )
             if name in non_empty and not value.strip():
                 raise TrainingDataError("is empty", source=source, record=index, field=name)
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise TrainingDataError(
+                    f"is not valid Unicode text ({err.reason} at character {err.start})", source=source, record=index, field=name
+                ) from err
             for special in specials:
                 if special in value:
                     raise TrainingDataError(
@@ -292,11 +306,11 @@ def encode_record(
     """``input_ids``, ``attention_mask`` and ``labels`` of one checked record; ``None`` if it cannot fit.
 
     The prompt is :meth:`StreamAlignerConfig.encode_prompt`; the target is the stripped correction
-    tokenized without special tokens, then EOS. Over ``max_length``, leading sentences of the prefix are
+    as plain text (:func:`~.tokens.tokenize_plain_text`), then EOS. Over ``max_length``, leading sentences of the prefix are
     removed (never the correction); the returned dict then has ``truncated=True`` in its ``"meta"``.
     """
     eos = _eos_id(tokenizer)
-    target = list(tokenizer(record["correction"].strip(), add_special_tokens=False)["input_ids"]) + [eos]
+    target = tokenize_plain_text(tokenizer, record["correction"].strip()) + [eos]
 
     def prompt_for(prefix: str) -> list[int]:
         return config.encode_prompt(tokenizer, question=record["question"], prefix=prefix, last=record["last"])

@@ -4,7 +4,9 @@
 * ``stream-aligner build-dataset`` (:mod:`.build_dataset`): turn answers into training records.
 
 Each command's flags are generated from its dataclasses by ``transformers.HfArgumentParser`` (the help text has
-one source: the fields' metadata); both ``--flag-name`` and ``--flag_name`` are accepted.
+one source: the fields' metadata); both ``--flag-name`` and ``--flag_name`` are accepted. Bad input (unreadable or
+invalid data, an unusable path, a missing model, a bad value) prints one ``error:`` line and exits with code 2
+(``STREAM_ALIGNER_DEBUG=1`` shows the traceback).
 
 Example:
 
@@ -16,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from transformers import HfArgumentParser
@@ -47,10 +50,19 @@ def main(argv: list[str] | None = None) -> int:
     command = COMMANDS[args.command]
     try:
         return command.run(args)
-    except (TrainingDataError, FileExistsError, FileNotFoundError) as err:
-        # bad input: one clear line, no traceback (nothing was written)
-        print(f"stream-aligner {args.command}: error: {err}", file=sys.stderr)
+    except (TrainingDataError, OSError, ValueError) as err:
+        # bad input (unreadable or invalid data, a path that cannot be used, a model that is not there, a bad
+        # value): one clear line and exit code 2, as argparse does; nothing was written.
+        if os.environ.get("STREAM_ALIGNER_DEBUG"):
+            raise
+        print(f"stream-aligner {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's message on one line (transformers' OSErrors span several)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 500 else text[:497] + "..."
 
 
 if __name__ == "__main__":

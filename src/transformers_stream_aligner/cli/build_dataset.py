@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..dataset_builder import DEFAULT_MAX_PREFIX_CHARS
 from ..sentence_splitter import DEFAULT_TERMINATORS
 from ._dataclasses import from_namespace
 
@@ -50,6 +51,10 @@ class BuildDatasetArguments:
     seed: int = field(default=42, metadata={"help": "Random seed."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code."})
     terminators: str = field(default=DEFAULT_TERMINATORS, metadata={"help": "Sentence terminators."})
+    max_prefix_chars: int = field(
+        default=DEFAULT_MAX_PREFIX_CHARS,
+        metadata={"help": "--pairs: a record's prefix keeps the last whole sentences within this many characters."},
+    )
     no_progress: bool = field(default=False, metadata={"help": "No progress bar."})
 
 
@@ -83,14 +88,16 @@ def _load_corrector(spec: str, *, trust_remote_code: bool) -> Any:
 
 def run(namespace: argparse.Namespace) -> int:
     """Run ``stream-aligner build-dataset``."""
-    from ..dataset_builder import read_questions, records_from_pairs, records_on_policy, write_records
+    from ..dataset_builder import OnPolicyReport, read_questions, records_from_pairs, records_on_policy, write_records
     from ..training_data import read_records
 
     args = from_namespace(namespace, BuildDatasetArguments)
     if bool(args.pairs) == bool(args.questions):
         raise SystemExit("stream-aligner build-dataset: error: give either --pairs or --questions")
     if args.pairs:
-        records, report = records_from_pairs(read_records(args.pairs), terminators=args.terminators, source=args.pairs)
+        records, report = records_from_pairs(
+            read_records(args.pairs), terminators=args.terminators, source=args.pairs, max_prefix_chars=args.max_prefix_chars
+        )
         summary = report.summary()
     else:
         if not args.corrector or not args.upstream:
@@ -110,6 +117,7 @@ def run(namespace: argparse.Namespace) -> int:
             sampling["temperature"] = args.temperature
         if args.top_p is not None:
             sampling["top_p"] = args.top_p
+        built = OnPolicyReport()
         records = records_on_policy(
             model,
             tokenizer,
@@ -120,10 +128,13 @@ def run(namespace: argparse.Namespace) -> int:
             progress=not args.no_progress,
             max_new_tokens=args.max_new_tokens,
             terminators=args.terminators,
+            report=built,
             **sampling,
         )
         changed = sum(r["correction"] != r["last"] for r in records)
         summary = f"{len(records)} records from {len(questions)} questions x {args.num_samples} ({changed} changed)"
+        if built.failures:
+            summary += f"; {len(built.failures)} of {built.batches} batches failed (see the warnings), their records so far kept"
     path = write_records(records, args.output, overwrite=args.overwrite)
     print(f"[stream-aligner] {summary}; written to {path}")
     return 0

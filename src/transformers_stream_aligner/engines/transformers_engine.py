@@ -152,6 +152,7 @@ class TransformersEngine(UpstreamEngine):
         if stopping_criteria:
             self.stopping.append(_UserCriteria(list(stopping_criteria), self.criteria))
         self.draft = _DraftForwarder(on_draft) if on_draft is not None else None
+        self.rounds_run = 0  # rounds this engine has run
 
     # ------------------------------------------------------------------ the seam
     def run_round(self, rows: Sequence[RowState], drafting: Sequence[RowState]) -> dict[int, RoundOutcome]:
@@ -172,6 +173,9 @@ class TransformersEngine(UpstreamEngine):
         round_input = self._prepare_round([row.ids for row in states], fed_slots)
         round_config = copy.copy(self.config)
         round_config.max_new_tokens = max(limit for limit in limits if limit is not None)
+        if self.rounds_run:
+            round_config.begin_suppress_tokens = None  # one call's first step is in the first round only
+        self.rounds_run += 1
         if self.draft is not None:
             self.draft.first = True
         out = GenerationMixin.generate(
