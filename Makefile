@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 export STREAM_ALIGNER_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: install demo test test-fast lint eval aligner bench bench-compare bench-batch bench-train clean
+.PHONY: install demo test test-fast lint eval aligner bench bench-compare bench-batch bench-train soak clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ bench: $(STAMP)
 bench-compare: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.before_after --before $(BEFORE) --after $(or $(AFTER),HEAD)
+
+# Reliability soak (docs/reliability.md): threads share SmolLM2 and the shipped aligner, plain and flaky (5% faults).
+soak: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.soak
 
 bench-batch: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.batch_vs_single
