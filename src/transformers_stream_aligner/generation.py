@@ -30,7 +30,7 @@ from transformers import GenerationMixin, LogitsProcessorList, MaxTimeCriteria, 
 from .aligner import CorrectionFn, StreamAligner, as_correction_fn
 from .cache import has_sliding_layers, make_rollback_cache, model_has_sliding_layers, prepare_upstream_cache
 from .engines.transformers_engine import TransformersEngine
-from .generation_fields import check_generation_fields
+from .generation_fields import ASSISTED_DECODING, check_generation_fields
 from .loop import AlignmentLoop
 from .outputs import StreamAlignedGenerateOutput
 from .plan import GenerationPlan
@@ -255,10 +255,7 @@ def _prepare_generation_config(model: Any, generation_config: Any, kwargs: dict[
     model_kwargs = config.update(**kwargs)
     check_generation_fields(config)  # every field: honoured exactly, applied here, or refused
     if model_kwargs.get("assistant_model") is not None:
-        raise ValueError(
-            "stream alignment does not support assisted decoding (assistant_model / prompt_lookup_num_tokens) "
-            "for the upstream model"
-        )
+        raise ValueError(f"assistant_model is not supported with an aligner: {ASSISTED_DECODING}")
     if model_kwargs.get("custom_generate") is not None:
         raise ValueError("stream alignment cannot be combined with custom_generate")
     if (getattr(config, "num_return_sequences", 1) or 1) > 1 and not config.do_sample:

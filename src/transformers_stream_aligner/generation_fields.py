@@ -27,7 +27,14 @@ import functools
 import warnings
 from typing import Any
 
-__all__ = ["EXACT_FIELDS", "HANDLED_FIELDS", "METADATA_FIELDS", "REFUSED_FIELDS", "check_generation_fields"]
+__all__ = [
+    "ASSISTED_DECODING",
+    "EXACT_FIELDS",
+    "HANDLED_FIELDS",
+    "METADATA_FIELDS",
+    "REFUSED_FIELDS",
+    "check_generation_fields",
+]
 
 _PER_STEP = "a per-step processor that reads only the tokens so far, so every round applies it as one call would"
 _WARPER = "a sampling warper of each step's scores"
@@ -92,49 +99,45 @@ HANDLED_FIELDS: dict[str, str] = {
     "max_cache_len": "the size of a static cache",
 }
 
-_ALIGNER_RESTARTS = "stream alignment restarts generate() at every sentence, so it cannot be exact"
+_RESTARTS = "stream alignment restarts generate() at every sentence, so it cannot be exact"
+_BEAMS = ("stream alignment does not support beam search (a correction replaces the text every beam was scored on); "
+          "use greedy decoding or sampling")  # fmt: skip
+#: Why assisted decoding of the upstream is refused (also for ``assistant_model=``, which is not a config field).
+ASSISTED_DECODING = "stream alignment does not support assisted decoding of the upstream model (assistant_model, " \
+    "prompt_lookup_num_tokens, self-speculation, multi-token prediction)"  # fmt: skip
+_MIN_LENGTH = "an EOS that the aligner's correction moves cannot be held back"
+_OUTPUTS = "per-step outputs of replaced sentences would no longer match the returned sequences"
 
 #: Fields refused when set: (the values that leave them off, why).
 REFUSED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
-    "num_beams": ((None, 1), "stream alignment does not support beam search: a correction replaces the text every "
-                  "beam was scored on. Use greedy decoding or sampling"),
-    "num_beam_groups": ((None, 1), "group beam search is beam search, which stream alignment does not support"),
-    "diversity_penalty": ((None, 0.0), "group beam search is beam search, which stream alignment does not support"),
-    "constraints": ((None, []), "constrained beam search is beam search, which stream alignment does not support"),
-    "force_words_ids": ((None, []), "constrained beam search is beam search, which stream alignment does not "
-                        "support"),
+    "num_beams": ((None, 1), _BEAMS),
+    "num_beam_groups": ((None, 1), _BEAMS),
+    "diversity_penalty": ((None, 0.0), _BEAMS),
+    "constraints": ((None, []), _BEAMS),
+    "force_words_ids": ((None, []), _BEAMS),
     "penalty_alpha": ((None, 0, 0.0), "contrastive search compares each candidate with the hidden states of the "
                       "text so far, which a correction replaces"),
     "dola_layers": ((None,), "DoLa decoding is a different decoding loop, which stream alignment does not drive"),
-    "prompt_lookup_num_tokens": ((None, 0), "stream alignment does not support assisted decoding "
-                                 "(assistant_model / prompt_lookup_num_tokens) for the upstream model"),
-    "assistant_early_exit": ((None,), "stream alignment does not support assisted decoding (self-speculation) for "
-                             "the upstream model"),
-    "use_mtp": ((None, False), "stream alignment does not support assisted decoding (multi-token prediction) for "
-                "the upstream model"),
+    "prompt_lookup_num_tokens": ((None, 0), ASSISTED_DECODING),
+    "assistant_early_exit": ((None,), ASSISTED_DECODING),
+    "use_mtp": ((None, False), ASSISTED_DECODING),
     "is_assistant": ((None, False), "it makes the upstream a draft model of assisted decoding (it stops on its own "
                      "confidence), which stream alignment does not drive"),
     "token_healing": ((None, False), "token healing rewrites the end of the prompt, and every round's prompt ends "
-                      "with the answer so far: " + _ALIGNER_RESTARTS),
+                      "with the answer so far: " + _RESTARTS),
     "guidance_scale": ((None, 1, 1.0), "classifier-free guidance keeps its own unconditional pass that starts with "
-                       "each generate() call: " + _ALIGNER_RESTARTS),
+                       "each generate() call: " + _RESTARTS),
     "exponential_decay_length_penalty": ((None,), "the penalty counts tokens from where generate() started: "
-                                         + _ALIGNER_RESTARTS),
+                                         + _RESTARTS),
     "encoder_repetition_penalty": ((None, 1, 1.0), "the penalty reads the prompt of each generate() call, which "
-                                   "holds the answer so far after the first sentence: " + _ALIGNER_RESTARTS),
+                                   "holds the answer so far after the first sentence: " + _RESTARTS),
     "encoder_no_repeat_ngram_size": ((None, 0), "it needs an encoder-decoder model (the upstream is a causal LM)"),
-    "min_length": ((None, 0), "min_new_tokens / min_length are not supported with an aligner: an EOS the "
-                   "aligner's correction moves cannot be held back"),
-    "min_new_tokens": ((None, 0), "min_new_tokens / min_length are not supported with an aligner: an EOS the "
-                       "aligner's correction moves cannot be held back"),
-    "output_scores": ((None, False), "output_scores=True is not supported with an aligner: per-step outputs of "
-                      "replaced sentences would no longer match the returned sequences"),
-    "output_logits": ((None, False), "output_logits=True is not supported with an aligner: per-step outputs of "
-                      "replaced sentences would no longer match the returned sequences"),
-    "output_attentions": ((None, False), "output_attentions=True is not supported with an aligner: per-step "
-                          "outputs of replaced sentences would no longer match the returned sequences"),
-    "output_hidden_states": ((None, False), "output_hidden_states=True is not supported with an aligner: per-step "
-                             "outputs of replaced sentences would no longer match the returned sequences"),
+    "min_length": ((None, 0), _MIN_LENGTH),
+    "min_new_tokens": ((None, 0), _MIN_LENGTH),
+    "output_scores": ((None, False), _OUTPUTS),
+    "output_logits": ((None, False), _OUTPUTS),
+    "output_attentions": ((None, False), _OUTPUTS),
+    "output_hidden_states": ((None, False), _OUTPUTS),
 }
 
 #: Bookkeeping fields.

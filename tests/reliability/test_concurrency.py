@@ -41,8 +41,9 @@ def test_threads_share_model_tokenizer_and_aligner_without_corrupting_anything(t
                                        do_sample=False, invalid_correction="keep_original")  # fmt: skip
 
     expected = {job: run(*job) for job in jobs}  # sequential
-    for name in aligners:
-        aligners[name].reset_cache() if isinstance(aligners[name], StreamAligner) else None
+    for aligner in aligners.values():
+        if isinstance(aligner, StreamAligner):
+            aligner.reset_cache()  # the threads start from an empty aligner cache, as the sequential runs did
 
     specials = special_token_ids(tok)
     chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
