@@ -64,7 +64,7 @@ def test_show_drafts_prints_replaced_sentences(tiny_llama):
     model, tok = tiny_llama
     enable_stream_alignment(model, tok)
     buf = io.StringIO()
-    streamer = StreamAlignerStreamer(tok, show_drafts=True, draft_format="[{draft}]")
+    streamer = StreamAlignerStreamer(tok, skip_prompt=True, skip_special_tokens=True, show_drafts=True, draft_format="[{draft}]")
     with redirect_stdout(buf):
         out = model.generate(prompt_ids(tok), max_new_tokens=80, do_sample=False, aligner=rewrite, streamer=streamer,
                              return_dict_in_generate=True)
@@ -79,7 +79,7 @@ def test_iterator_streamer(tiny_llama):
     model, tok = tiny_llama
     enable_stream_alignment(model, tok)
     ids = prompt_ids(tok)
-    streamer = StreamAlignerIteratorStreamer(tok, timeout=60)
+    streamer = StreamAlignerIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=60)
     result = {}
 
     def run():
@@ -148,3 +148,30 @@ def test_explicit_aligner_question(tiny_llama):
     assert len(prefixes) == len(recs) >= 3 and prefixes[0] == ""
     for i, p in enumerate(prefixes[1:], 1):
         assert p == "".join(r.corrected_text for r in recs[:i]).strip()
+
+
+def test_async_iterator_streamer_yields_the_corrected_answer(tiny_llama):
+    import asyncio
+
+    from transformers_stream_aligner import StreamAlignerAsyncIteratorStreamer
+
+    model, tok = tiny_llama
+    enable_stream_alignment(model, tok)
+    ids = prompt_ids(tok)
+
+    async def consume():
+        streamer = StreamAlignerAsyncIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True, timeout=60)
+        result = {}
+
+        def run():
+            result["out"] = model.generate(ids, max_new_tokens=80, do_sample=False, aligner=rewrite, streamer=streamer)
+
+        thread = Thread(target=run)
+        thread.start()
+        text = "".join([piece async for piece in streamer])
+        await asyncio.to_thread(thread.join)
+        return text, result["out"], streamer
+
+    text, out, streamer = asyncio.run(consume())
+    assert text == tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    assert streamer.records and any(r.changed for r in streamer.records)

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
         print(f"Q: {question}\nA (corrected, streamed): ", end="", flush=True)
-        streamer = StreamAlignerStreamer(tokenizer, show_drafts=args.show_drafts)
+        streamer = StreamAlignerStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, show_drafts=args.show_drafts)
         t1 = time.perf_counter()
         bound = {} if args.max_correction_tokens is None else {"max_correction_tokens": args.max_correction_tokens}
         with warnings.catch_warnings(record=True) as caught:

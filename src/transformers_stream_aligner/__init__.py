@@ -27,7 +27,13 @@ from .outputs import (
 from .sentence_splitter import DEFAULT_TERMINATORS, split_sentences
 from .stopping_criteria import SentenceBoundaryCriteria
 from .stream_aligner_config import CONFIG_NAME, GEMMA_WRAPPER, REFERENCE_INSTRUCTION_TEMPLATE, StreamAlignerConfig
-from .streamers import AlignmentStreamerHooks, StreamAlignerIteratorStreamer, StreamAlignerStreamer, StreamEvent
+from .streamers import (
+    AlignmentStreamerHooks,
+    StreamAlignerAsyncIteratorStreamer,
+    StreamAlignerIteratorStreamer,
+    StreamAlignerStreamer,
+    StreamEvent,
+)
 from .training_data import RECORD_FIELDS, TrainingDataError, encode_records, read_records, validate_records
 
 _LAZY = {  # the training entry points import transformers.Trainer (and through it accelerate): loaded on first use
@@ -65,6 +71,7 @@ __all__ = [
     "StreamAlignedGenerationMixin",
     "StreamAligner",
     "StreamAlignerConfig",
+    "StreamAlignerAsyncIteratorStreamer",
     "StreamAlignerIteratorStreamer",
     "StreamAlignerStreamer",
     "StreamAlignmentError",

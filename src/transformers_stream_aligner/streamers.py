@@ -9,12 +9,14 @@ draft tokens. :class:`StreamerDriver` is the one place that adapts any streamer 
 calls every event unconditionally.
 
 :class:`StreamAlignerStreamer` can also show the drafts that were replaced, and
-:class:`StreamAlignerIteratorStreamer` keeps the per-sentence records for servers.
+:class:`StreamAlignerIteratorStreamer` (threads) and :class:`StreamAlignerAsyncIteratorStreamer` (asyncio) keep the
+per-sentence records for servers. All three are drop-ins for ``transformers``' ``TextStreamer``,
+``TextIteratorStreamer`` and ``AsyncTextIteratorStreamer``: same arguments, same defaults.
 
 Example:
 
     >>> from transformers_stream_aligner import StreamAlignerStreamer
-    >>> streamer = StreamAlignerStreamer(tokenizer, show_drafts=True)  # doctest: +SKIP
+    >>> streamer = StreamAlignerStreamer(tokenizer, skip_prompt=True, show_drafts=True)  # doctest: +SKIP
     >>> model.generate(ids, aligner=aligner, streamer=streamer, max_new_tokens=100)  # doctest: +SKIP
     17*23 = 381. 17*23 = 391.  (the first sentence struck through on a terminal)
 """
@@ -28,12 +30,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import TextIteratorStreamer, TextStreamer
+from transformers import AsyncTextIteratorStreamer, TextIteratorStreamer, TextStreamer
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "AlignmentStreamerHooks",
+    "StreamAlignerAsyncIteratorStreamer",
     "StreamAlignerIteratorStreamer",
     "StreamAlignerStreamer",
     "StreamEvent",
@@ -132,25 +135,28 @@ class StreamerDriver:
 class StreamAlignerStreamer(AlignmentStreamerHooks, TextStreamer):
     """A ``TextStreamer`` that prints only corrected text, sentence by sentence.
 
+    A drop-in for ``TextStreamer``: the same arguments and defaults (the prompt is printed unless
+    ``skip_prompt=True``; special tokens are printed unless ``skip_special_tokens=True``), and without an aligner
+    it prints what ``TextStreamer`` prints.
+
     Args:
         tokenizer: the upstream tokenizer.
-        skip_prompt: do not print the prompt (default ``True``).
+        skip_prompt: do not print the prompt (default ``False``, as ``TextStreamer``).
         show_drafts: also print each replaced draft sentence, struck through, before its correction.
         draft_format: how a replaced draft is shown (``{draft}`` is the original sentence); the
             default uses ANSI strikethrough.
-        **decode_kwargs: passed to ``tokenizer.decode`` (``skip_special_tokens`` defaults to ``True``).
+        **decode_kwargs: passed to ``tokenizer.decode`` (e.g. ``skip_special_tokens=True``).
     """
 
     def __init__(
         self,
         tokenizer: Any,
-        skip_prompt: bool = True,
+        skip_prompt: bool = False,
         *,
         show_drafts: bool = False,
         draft_format: str = "\x1b[9m{draft}\x1b[0m",
         **decode_kwargs: Any,
     ) -> None:
-        decode_kwargs.setdefault("skip_special_tokens", True)
         super().__init__(tokenizer, skip_prompt=skip_prompt, **decode_kwargs)
         self.show_drafts = show_drafts
         self.draft_format = draft_format
@@ -191,7 +197,8 @@ class StreamEvent:
 class StreamAlignerIteratorStreamer(AlignmentStreamerHooks, TextIteratorStreamer):
     """A ``TextIteratorStreamer`` of corrected text, for serving generation from another thread.
 
-    Iterating yields text pieces of the corrected answer. :attr:`records` collects each accepted
+    A drop-in for ``TextIteratorStreamer``: the same arguments and defaults (``skip_prompt=False``, no
+    ``decode_kwargs``). Iterating yields text pieces of the corrected answer. :attr:`records` collects each accepted
     :class:`AlignmentRecord` (original and corrected ids and text) as it is accepted.
 
     With ``per_row=True`` (needed for batches, also fine for one row) iterating yields a
@@ -205,7 +212,7 @@ class StreamAlignerIteratorStreamer(AlignmentStreamerHooks, TextIteratorStreamer
     Example:
 
         >>> from threading import Thread
-        >>> streamer = StreamAlignerIteratorStreamer(tokenizer)  # doctest: +SKIP
+        >>> streamer = StreamAlignerIteratorStreamer(tokenizer, skip_prompt=True)  # doctest: +SKIP
         >>> Thread(target=model.generate, kwargs=dict(input_ids=ids, aligner=a, streamer=streamer)).start()  # doctest: +SKIP
         >>> "".join(streamer)  # doctest: +SKIP
         >>> batch_streamer = StreamAlignerIteratorStreamer(tokenizer, per_row=True)  # doctest: +SKIP
@@ -217,14 +224,13 @@ class StreamAlignerIteratorStreamer(AlignmentStreamerHooks, TextIteratorStreamer
     def __init__(
         self,
         tokenizer: Any,
-        skip_prompt: bool = True,
+        skip_prompt: bool = False,
         timeout: float | None = None,
         *,
         per_row: bool = False,
         raise_errors: bool = True,
         **decode_kwargs: Any,
     ) -> None:
-        decode_kwargs.setdefault("skip_special_tokens", True)
         super().__init__(tokenizer, skip_prompt=skip_prompt, timeout=timeout, **decode_kwargs)
         self.per_row = per_row
         self.raise_errors = raise_errors
@@ -263,5 +269,81 @@ class StreamAlignerIteratorStreamer(AlignmentStreamerHooks, TextIteratorStreamer
     def end(self) -> None:
         if self.per_row:
             self.text_queue.put(self.stop_signal, timeout=self.timeout)
+            return
+        super().end()
+
+
+class StreamAlignerAsyncIteratorStreamer(AlignmentStreamerHooks, AsyncTextIteratorStreamer):
+    """An ``AsyncTextIteratorStreamer`` of corrected text, for asyncio servers (``async for`` in the event loop while
+    ``generate`` runs in a thread).
+
+    A drop-in for ``AsyncTextIteratorStreamer`` (same arguments and defaults; create it inside a coroutine, it binds
+    the running loop). Like :class:`StreamAlignerIteratorStreamer`: :attr:`records` collects the accepted
+    :class:`AlignmentRecord` objects, ``per_row=True`` yields a :class:`StreamEvent` per accepted piece of any row and
+    one ``finished`` event per row, and a failed ``generate`` ends the iteration by raising its error
+    (:attr:`error`, with the partial output) unless ``raise_errors=False``. ``timeout`` raises ``TimeoutError`` as
+    the stock streamer does.
+
+    Example:
+
+        >>> import asyncio, threading
+        >>> async def answer(model, ids, aligner, tokenizer):  # doctest: +SKIP
+        ...     streamer = StreamAlignerAsyncIteratorStreamer(tokenizer, skip_prompt=True)
+        ...     kwargs = dict(input_ids=ids, aligner=aligner, streamer=streamer, max_new_tokens=100)
+        ...     threading.Thread(target=model.generate, kwargs=kwargs).start()
+        ...     return "".join([text async for text in streamer])
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        skip_prompt: bool = False,
+        timeout: float | None = None,
+        *,
+        per_row: bool = False,
+        raise_errors: bool = True,
+        **decode_kwargs: Any,
+    ) -> None:
+        super().__init__(tokenizer, skip_prompt=skip_prompt, timeout=timeout, **decode_kwargs)
+        self.per_row = per_row
+        self.raise_errors = raise_errors
+        self.records: list[Any] = []
+        #: the exception ``generate`` failed with, if it did.
+        self.error: BaseException | None = None
+
+    def _send(self, item: Any) -> None:
+        self.loop.call_soon_threadsafe(self.text_queue.put_nowait, item)
+
+    def put_error(self, error: BaseException) -> None:
+        """Keep ``error`` for the consumer (raised by iteration after the last piece, with ``raise_errors``)."""
+        self.error = error
+
+    async def __anext__(self) -> Any:
+        try:
+            return await super().__anext__()
+        except StopAsyncIteration:
+            if self.error is not None and self.raise_errors:
+                raise self.error from None
+            raise
+
+    def put_alignment(self, record: Any) -> None:
+        """Called with each accepted :class:`AlignmentRecord` (``record.row`` says which row)."""
+        self.records.append(record)
+        if self.per_row:
+            self._send(StreamEvent(record.row, record.corrected_text, record))
+
+    def end_row(self, row: int) -> None:
+        """Called once when ``row`` has finished (per-row mode)."""
+        if self.per_row:
+            self._send(StreamEvent(row, "", None, finished=True))
+
+    def put(self, value: Any) -> None:
+        if self.per_row:
+            return  # per-row mode streams records, not token ids
+        super().put(value)
+
+    def end(self) -> None:
+        if self.per_row:
+            self._send(self.stop_signal)
             return
         super().end()

@@ -41,7 +41,7 @@ def _serve(model, tok, streamer, aligner, inputs=None, **kwargs):
 
 def test_iterator_consumer_gets_the_text_then_the_error(tiny_llama):
     model, tok = tiny_llama
-    streamer = StreamAlignerIteratorStreamer(tok, timeout=60)
+    streamer = StreamAlignerIteratorStreamer(tok, skip_prompt=True, timeout=60)
     thread, outcome = _serve(model, tok, streamer, fails_on_second)
     pieces = []
     with pytest.raises(StreamAlignmentError, match="aligner service unavailable") as caught:
@@ -56,7 +56,7 @@ def test_iterator_consumer_gets_the_text_then_the_error(tiny_llama):
 
 def test_iterator_without_raise_errors_just_ends(tiny_llama):
     model, tok = tiny_llama
-    streamer = StreamAlignerIteratorStreamer(tok, timeout=60, raise_errors=False)
+    streamer = StreamAlignerIteratorStreamer(tok, skip_prompt=True, timeout=60, raise_errors=False)
     thread, outcome = _serve(model, tok, streamer, fails_on_second)
     assert "".join(streamer)  # ends without raising
     thread.join(60)
@@ -81,12 +81,12 @@ def test_per_row_consumer_gets_every_rows_final_event_then_the_error(tiny_llama)
 
 def test_invalid_correction_and_bad_settings_end_the_streamer_too(tiny_llama):
     model, tok = tiny_llama
-    streamer = StreamAlignerIteratorStreamer(tok, timeout=60)
+    streamer = StreamAlignerIteratorStreamer(tok, skip_prompt=True, timeout=60)
     thread, _ = _serve(model, tok, streamer, lambda q, p, last: "")  # empty: an AlignerOutputError
     with pytest.raises(AlignerOutputError):
         list(streamer)
     thread.join(60)
-    streamer = StreamAlignerIteratorStreamer(tok, timeout=60)
+    streamer = StreamAlignerIteratorStreamer(tok, skip_prompt=True, timeout=60)
     thread, outcome = _serve(model, tok, streamer, lambda q, p, last: last, num_beams=2)  # refused before any token
     with pytest.raises(ValueError, match="beam search"):
         list(streamer)
@@ -96,10 +96,39 @@ def test_invalid_correction_and_bad_settings_end_the_streamer_too(tiny_llama):
 
 def test_text_streamer_flushes_what_was_accepted_on_failure(tiny_llama, capsys):
     model, tok = tiny_llama
-    streamer = StreamAlignerStreamer(tok)
+    streamer = StreamAlignerStreamer(tok, skip_prompt=True)
     with pytest.raises(StreamAlignmentError) as caught:
         stream_aligned_generate(model, prompt_ids(tok), aligner=fails_on_second, tokenizer=tok, streamer=streamer,
                                 max_new_tokens=40, do_sample=False)  # fmt: skip
     printed = capsys.readouterr().out
     first = caught.value.alignment_trace[0][0].corrected_text
     assert printed == first + "\n"  # the accepted sentence, flushed by end()
+
+
+def test_async_consumer_gets_the_text_then_the_error(tiny_llama):
+    import asyncio
+
+    from transformers_stream_aligner import StreamAlignerAsyncIteratorStreamer
+
+    model, tok = tiny_llama
+
+    async def consume(**options):
+        streamer = StreamAlignerAsyncIteratorStreamer(tok, skip_prompt=True, timeout=60, **options)
+        thread, outcome = _serve(model, tok, streamer, fails_on_second)
+        pieces, error = [], None
+        try:
+            async for piece in streamer:
+                pieces.append(piece)
+        except StreamAlignmentError as caught:
+            error = caught
+        await asyncio.to_thread(thread.join, 60)
+        return streamer, outcome, pieces, error
+
+    streamer, outcome, pieces, error = asyncio.run(consume())
+    assert error is outcome["error"] is streamer.error
+    assert len(streamer.records) == 1 and "".join(pieces).strip() == streamer.records[0].corrected_text.strip()
+    streamer, outcome, pieces, error = asyncio.run(consume(raise_errors=False))
+    assert error is None and isinstance(streamer.error, StreamAlignmentError) and pieces
+    streamer, outcome, events, error = asyncio.run(consume(per_row=True))
+    assert isinstance(error, StreamAlignmentError)
+    assert [e.finished for e in events] == [False, True] and events[0].record is streamer.records[0]
