@@ -97,6 +97,10 @@ HANDLED_FIELDS: dict[str, str] = {
     "cache_implementation": "None, 'dynamic' or 'static' (one row); others are refused",
     "cache_config": "with the cache of cache_implementation",
     "max_cache_len": "the size of a static cache",
+    "min_new_tokens": "EOS is held back until the row's corrected output has this many tokens, counted across rounds "
+                      "(a correction that shortens the answer below it lets the upstream continue, as one call would "
+                      "from the corrected text)",
+    "min_length": "turned into min_new_tokens from the prompt's (padded) length, as generate does",
 }
 
 _RESTARTS = "stream alignment restarts generate() at every sentence, so it cannot be exact"
@@ -105,7 +109,6 @@ _BEAMS = ("stream alignment does not support beam search (a correction replaces 
 #: Why assisted decoding of the upstream is refused (also for ``assistant_model=``, which is not a config field).
 ASSISTED_DECODING = "stream alignment does not support assisted decoding of the upstream model (assistant_model, " \
     "prompt_lookup_num_tokens, self-speculation, multi-token prediction)"  # fmt: skip
-_MIN_LENGTH = "an EOS that the aligner's correction moves cannot be held back"
 _OUTPUTS = "per-step outputs of replaced sentences would no longer match the returned sequences"
 
 #: Fields refused when set: (the values that leave them off, why).
@@ -132,8 +135,6 @@ REFUSED_FIELDS: dict[str, tuple[tuple[Any, ...], str]] = {
     "encoder_repetition_penalty": ((None, 1, 1.0), "the penalty reads the prompt of each generate() call, which "
                                    "holds the answer so far after the first sentence: " + _RESTARTS),
     "encoder_no_repeat_ngram_size": ((None, 0), "it needs an encoder-decoder model (the upstream is a causal LM)"),
-    "min_length": ((None, 0), _MIN_LENGTH),
-    "min_new_tokens": ((None, 0), _MIN_LENGTH),
     "output_scores": ((None, False), _OUTPUTS),
     "output_logits": ((None, False), _OUTPUTS),
     "output_attentions": ((None, False), _OUTPUTS),

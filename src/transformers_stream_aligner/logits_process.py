@@ -1,4 +1,9 @@
-"""`HoldCompletedRowsLogitsProcessor`: keeps rows whose sentence is complete from adding tokens.
+"""The logits processors of an upstream round.
+
+`MinNewTokensAcrossRoundsLogitsProcessor` holds EOS back until a row's output is long enough, counted across
+rounds (``min_new_tokens``: one ``generate`` call counts from its own start, a round's call would restart it).
+
+`HoldCompletedRowsLogitsProcessor` keeps rows whose sentence is complete from adding tokens.
 
 In a batch, rows finish their sentences at different steps. Once :class:`SentenceBoundaryCriteria`
 holds a row (its sentence is complete, or it reached EOS or its token limit), this processor forces
@@ -25,7 +30,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor
 
-__all__ = ["HoldCompletedRowsLogitsProcessor"]
+__all__ = ["HoldCompletedRowsLogitsProcessor", "MinNewTokensAcrossRoundsLogitsProcessor"]
 
 
 class HoldCompletedRowsLogitsProcessor(LogitsProcessor):
@@ -53,3 +58,40 @@ class HoldCompletedRowsLogitsProcessor(LogitsProcessor):
         forced = torch.full_like(scores, -float("inf"))
         forced[:, self.pad_token_id] = 0.0
         return torch.where(held[:, None], forced, scores)
+
+
+class MinNewTokensAcrossRoundsLogitsProcessor(LogitsProcessor):
+    """``min_new_tokens`` for a whole stream-aligned answer: EOS scores are ``-inf`` in row ``i`` while
+    ``generated_before[i] + criteria.produced[i] < min_new_tokens``.
+
+    ``generated_before`` (set by the engine before each round) is each row's output so far, accepted and pending;
+    ``criteria.produced`` counts what the round has added. With an aligner that changes nothing this is
+    ``transformers``' ``MinNewTokensLengthLogitsProcessor`` of one call; after a correction the count is that of the
+    corrected text, as a call from the corrected text would count. Does not mutate its inputs (returns new scores).
+
+    Example:
+
+        >>> import torch
+        >>> class Round:  # stands in for SentenceBoundaryCriteria
+        ...     produced = [1, 3]
+        >>> proc = MinNewTokensAcrossRoundsLogitsProcessor(Round(), eos_token_ids=[2], min_new_tokens=5)
+        >>> proc.generated_before = [2, 2]
+        >>> proc(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 4))[:, 2].tolist()
+        [-inf, 0.0]
+    """
+
+    def __init__(self, criteria: Any, eos_token_ids: list[int], min_new_tokens: int) -> None:
+        self.criteria = criteria
+        self.eos_token_ids = list(eos_token_ids)
+        self.min_new_tokens = int(min_new_tokens)
+        self.generated_before: list[int] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        produced = self.criteria.produced
+        short = [before + done < self.min_new_tokens for before, done in zip(self.generated_before, produced, strict=True)]
+        if not any(short):
+            return scores
+        rows = torch.tensor(short, dtype=torch.bool, device=scores.device)
+        columns = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
+        columns[[t for t in self.eos_token_ids if 0 <= t < scores.shape[-1]]] = True
+        return scores.masked_fill(rows[:, None] & columns[None, :], -float("inf"))

@@ -86,6 +86,8 @@ EXACT_VALUES = {
     # handled fields with a token-comparable effect
     "max_length": {"max_length": 30},
     "stop_strings": {"stop_strings": ["times"]},
+    "min_new_tokens": {"min_new_tokens": 30, "eos_token_id": [2, 16]},
+    "min_length": {"min_length": 30, "eos_token_id": [2, 16]},
 }
 
 
@@ -126,7 +128,7 @@ REFUSED_VALUES = {
     "num_beams": 2, "num_beam_groups": 2, "diversity_penalty": 0.5, "constraints": ["x"], "force_words_ids": [[5]],
     "penalty_alpha": 0.6, "dola_layers": "high", "prompt_lookup_num_tokens": 3, "assistant_early_exit": 1,
     "use_mtp": True, "is_assistant": True, "token_healing": True, "guidance_scale": 1.5, "exponential_decay_length_penalty": (5, 1.5),
-    "encoder_repetition_penalty": 1.3, "encoder_no_repeat_ngram_size": 2, "min_length": 5, "min_new_tokens": 5,
+    "encoder_repetition_penalty": 1.3, "encoder_no_repeat_ngram_size": 2,
     "output_scores": True, "output_logits": True, "output_attentions": True, "output_hidden_states": True,
 }  # fmt: skip
 

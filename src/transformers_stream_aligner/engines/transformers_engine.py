@@ -28,7 +28,7 @@ import torch
 from transformers import GenerationMixin, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from ..cache import MaskedKVLayout
-from ..logits_process import HoldCompletedRowsLogitsProcessor
+from ..logits_process import HoldCompletedRowsLogitsProcessor, MinNewTokensAcrossRoundsLogitsProcessor
 from ..stopping_criteria import SentenceBoundaryCriteria
 from .base import RoundOutcome, UpstreamEngine
 
@@ -95,6 +95,7 @@ class TransformersEngine(UpstreamEngine):
         stats: the call's :class:`~..outputs.AlignmentStats`; the engine adds its counters (**mutated**).
         terminators, max_sentence_tokens: the boundary settings.
         eos_token_ids: the upstream's end-of-answer tokens.
+        min_new_tokens: EOS is held back until a row's output (accepted and pending tokens) has this many tokens.
         logits_processor, stopping_criteria: the user's, run in every round (rows stopped by a criterion of the user
             are reported as ``stopped``).
         hold_completed: hold rows whose sentence is complete while others finish theirs (else they draft ahead).
@@ -117,6 +118,7 @@ class TransformersEngine(UpstreamEngine):
         terminators: str,
         max_sentence_tokens: int,
         eos_token_ids: Iterable[int],
+        min_new_tokens: int = 0,
         logits_processor: Sequence[Any] = (),
         stopping_criteria: Sequence[Any] = (),
         hold_completed: bool = False,
@@ -147,7 +149,16 @@ class TransformersEngine(UpstreamEngine):
             eos_token_id=sorted(eos_token_ids),
             hold_completed=hold_completed,
         )
-        self.processors = LogitsProcessorList([*logits_processor, HoldCompletedRowsLogitsProcessor(self.criteria, self.pad)])
+        self.min_new_tokens = (
+            MinNewTokensAcrossRoundsLogitsProcessor(self.criteria, sorted(eos_token_ids), min_new_tokens)
+            if min_new_tokens > 0 and eos_token_ids
+            else None
+        )
+        minimum = [self.min_new_tokens] if self.min_new_tokens is not None else []
+        # the minimum before the hold: a held row is forced to pad even when pad is an EOS
+        self.processors = LogitsProcessorList(
+            [*logits_processor, *minimum, HoldCompletedRowsLogitsProcessor(self.criteria, self.pad)]
+        )
         self.stopping = StoppingCriteriaList([self.criteria])
         if stopping_criteria:
             self.stopping.append(_UserCriteria(list(stopping_criteria), self.criteria))
@@ -171,8 +182,15 @@ class TransformersEngine(UpstreamEngine):
             complete=[index in drafting_rows for index in slots],
         )
         round_input = self._prepare_round([row.ids for row in states], fed_slots)
+        if self.min_new_tokens is not None:
+            self.min_new_tokens.generated_before = [len(row.ids) - row.prompt_len for row in states]
         round_config = copy.copy(self.config)
-        round_config.max_new_tokens = max(limit for limit in limits if limit is not None)
+        _set_round_lengths(
+            round_config,
+            self.model.generation_config,
+            round_input.input_ids.shape[1],
+            max(limit for limit in limits if limit is not None),
+        )
         if self.rounds_run:
             round_config.begin_suppress_tokens = None  # one call's first step is in the first round only
         self.rounds_run += 1
@@ -292,3 +310,16 @@ class TransformersEngine(UpstreamEngine):
                 stacklevel=2,
             )
             self.warned_fallback = True
+
+
+def _set_round_lengths(config: Any, model_config: Any, width: int, limit: int) -> None:
+    """Let a round of ``width`` input columns generate ``limit`` tokens, with no minimum (the call's minimum is the
+    engine's processor). ``generate`` fills the fields a config leaves ``None`` from the model's generation config,
+    so each field is set only in the form the model's config leaves alone: no per-round length warnings, no model
+    default taking over. ``config`` is **mutated**."""
+    if model_config.max_new_tokens is None:
+        config.max_new_tokens, config.max_length = None, width + limit
+    else:
+        config.max_new_tokens, config.max_length = limit, None
+    config.min_new_tokens = 0 if model_config.min_new_tokens is not None else None
+    config.min_length = 0 if model_config.min_length is not None else None
