@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 from transformers import GenerationMixin, LogitsProcessorList, MaxTimeCriteria, StoppingCriteriaList, StopStringCriteria
-
 from transformers.utils import logging as hf_logging
 
 from .aligner import CorrectionFn, StreamAligner, as_correction_fn
