@@ -15,6 +15,7 @@ Example:
 __version__ = "0.1.0"
 
 from .aligner import AlignmentRequest, StreamAligner, SupportsCorrect, UnfinishedCorrection, as_correction_fn
+from .custom_generate import MIN_TRANSFORMERS_VERSION, export_custom_generate, stream_aligned_decoding
 from .generation import StreamAlignedGenerationMixin, enable_stream_alignment, stream_aligned_generate
 from .logits_process import HoldCompletedRowsLogitsProcessor
 from .outputs import (
@@ -25,6 +26,7 @@ from .outputs import (
     StreamAlignmentError,
 )
 from .sentence_splitter import DEFAULT_TERMINATORS, split_sentences
+from .serving_config import ServingConfig
 from .stopping_criteria import SentenceBoundaryCriteria
 from .stream_aligner_config import CONFIG_NAME, GEMMA_WRAPPER, REFERENCE_INSTRUCTION_TEMPLATE, StreamAlignerConfig
 from .streamers import (
@@ -56,6 +58,7 @@ __all__ = [
     "CONFIG_NAME",
     "DEFAULT_TERMINATORS",
     "GEMMA_WRAPPER",
+    "MIN_TRANSFORMERS_VERSION",
     "RECORD_FIELDS",
     "REFERENCE_INSTRUCTION_TEMPLATE",
     "AlignerOutputError",
@@ -67,6 +70,7 @@ __all__ = [
     "HoldCompletedRowsLogitsProcessor",
     "LoraArguments",
     "SentenceBoundaryCriteria",
+    "ServingConfig",
     "StreamAlignedGenerateOutput",
     "StreamAlignedGenerationMixin",
     "StreamAligner",
@@ -82,10 +86,12 @@ __all__ = [
     "UnfinishedCorrection",
     "__version__",
     "as_correction_fn",
+    "export_custom_generate",
     "enable_stream_alignment",
     "encode_records",
     "read_records",
     "split_sentences",
+    "stream_aligned_decoding",
     "stream_aligned_generate",
     "train_aligner",
     "validate_records",

@@ -41,6 +41,7 @@ __all__ = [
     "SupportsCorrect",
     "UnfinishedCorrection",
     "as_correction_fn",
+    "load_aligner",
 ]
 
 # Keywords of StreamAligner.push_to_hub, which save_pretrained(push_to_hub=True) takes too.
@@ -447,3 +448,25 @@ class StreamAligner(PushToHubMixin):
     def __repr__(self) -> str:
         name = getattr(getattr(self.model, "config", None), "_name_or_path", None) or type(self.model).__name__
         return f"StreamAligner(model={name!r}, config={self.config!r})"
+
+
+def load_aligner(spec: str, *, trust_remote_code: bool = False, **kwargs: Any) -> Any:
+    """An aligner named by ``spec``: ``"module:attribute"`` (a function ``fn(question, prefix, last)`` or an object
+    with ``correct``, imported), else a checkpoint directory or Hub repo id for :meth:`StreamAligner.from_pretrained`
+    (``kwargs`` go there; safetensors only). Python code is imported only from a ``module:attribute`` spec, which the
+    caller (an operator's command line or server configuration, never a request) chose.
+
+    Example:
+
+        >>> load_aligner("examples.arithmetic.task:check_arithmetic")  # doctest: +ELLIPSIS
+        <function check_arithmetic at ...>
+    """
+    if ":" in spec and not os.path.exists(spec):
+        import importlib
+
+        module_name, _, attr = spec.partition(":")
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        return obj
+    return StreamAligner.from_pretrained(spec, trust_remote_code=trust_remote_code, **kwargs)

@@ -20,6 +20,8 @@ import copy
 import dataclasses
 import functools
 import inspect
+import sys
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -131,7 +133,8 @@ def stream_aligned_generate(
         StreamAlignmentError: the aligner failed or returned unusable text; the error says which row
             and carries every row's partial output.
     """
-    driver = StreamerDriver(streamer)  # ended on every exit path, so a streaming consumer never waits forever
+    # ended on every exit path, so a streaming consumer never waits forever
+    driver = streamer if isinstance(streamer, StreamerDriver) else StreamerDriver(streamer)
     try:
         # 1. the aligner, its settings and the call's options
         tokenizer = _prepare_tokenizer(model, tokenizer)
@@ -218,14 +221,60 @@ def stream_aligned_generate(
 
 # ---------------------------------------------------------------------------------------------- the steps
 def _prepare_tokenizer(model: Any, tokenizer: Any) -> Any:
+    """The upstream tokenizer: the one passed, else the calling ``pipeline``'s, else the one given to
+    :func:`enable_stream_alignment`, else the model's own (``AutoTokenizer.from_pretrained(model.name_or_path)``,
+    as ``pipeline`` loads it, once per path)."""
+    if tokenizer is not None:
+        return tokenizer
+    tokenizer = _calling_pipeline_tokenizer()
     if tokenizer is None:
         tokenizer = getattr(model, "_stream_aligner_tokenizer", None)
     if tokenizer is None:
+        tokenizer = _model_tokenizer(getattr(model, "name_or_path", None))
+    if tokenizer is None:
         raise ValueError(
             "stream-aligned generation needs the upstream tokenizer: pass tokenizer=... to generate() "
-            "or enable_stream_alignment(model, tokenizer)"
+            "or enable_stream_alignment(model, tokenizer) (the model has no name_or_path to load its own from)"
         )
     return tokenizer
+
+
+def _calling_pipeline_tokenizer(depth: int = 40) -> Any:
+    """The tokenizer of the ``transformers`` pipeline this call runs in, if any: a pipeline calls
+    ``model.generate`` without one, although it encoded the prompt with its own."""
+    from transformers import Pipeline
+
+    frame = sys._getframe(1)
+    for _ in range(depth):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self") if "self" in frame.f_code.co_varnames else None
+        if isinstance(owner, Pipeline):
+            return owner.tokenizer
+        frame = frame.f_back
+    return None
+
+
+_MODEL_TOKENIZERS: dict[str, Any] = {}
+_MODEL_TOKENIZERS_LOCK = threading.Lock()
+
+
+def _model_tokenizer(name_or_path: Any) -> Any:
+    if not isinstance(name_or_path, str) or not name_or_path:
+        return None
+    from transformers import AutoTokenizer
+
+    with _MODEL_TOKENIZERS_LOCK:
+        if name_or_path not in _MODEL_TOKENIZERS:
+            try:
+                _MODEL_TOKENIZERS[name_or_path] = AutoTokenizer.from_pretrained(name_or_path)
+            except (OSError, ValueError) as err:
+                raise ValueError(
+                    f"stream-aligned generation needs the upstream tokenizer: none was passed and the model's own "
+                    f"({name_or_path!r}) cannot be loaded ({err}); pass tokenizer=... to generate() or "
+                    "enable_stream_alignment(model, tokenizer)"
+                ) from err
+        return _MODEL_TOKENIZERS[name_or_path]
 
 
 def _prepare_aligner(aligner: Any, **overrides: Any) -> tuple[CorrectionFn, StreamAlignerConfig]:

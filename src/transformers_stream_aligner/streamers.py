@@ -79,9 +79,11 @@ class StreamerDriver:
     Does not own the streamer (``end`` is forwarded once, by :meth:`end`).
     """
 
-    def __init__(self, streamer: Any) -> None:
+    def __init__(self, streamer: Any, *, prompt_sent: bool = False) -> None:
         self.streamer = streamer
         self.ended = False
+        #: the streamer already has the prompt (transformers' generate put it before calling a custom decoding method)
+        self.prompt_sent = prompt_sent
         self.per_row = bool(getattr(streamer, "per_row", False))
         self._put_alignment = getattr(streamer, "put_alignment", None)
         self._end_row = getattr(streamer, "end_row", None) if self.per_row else None
@@ -92,7 +94,8 @@ class StreamerDriver:
 
     def prompt(self, prompt_ids: torch.Tensor) -> None:
         """The prompt, once, as ``generate`` sends it (not to per-row streamers)."""
-        if self.streamer is not None and not self.per_row:
+        if self.streamer is not None and not self.per_row and not self.prompt_sent:
+            self.prompt_sent = True
             self.streamer.put(prompt_ids.cpu())
 
     def record(self, record: Any) -> None:

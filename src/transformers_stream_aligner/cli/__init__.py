@@ -1,7 +1,9 @@
 """The ``stream-aligner`` command.
 
 * ``stream-aligner train`` (:mod:`.train`): fine-tune a causal LM into an aligner;
-* ``stream-aligner build-dataset`` (:mod:`.build_dataset`): turn answers into training records.
+* ``stream-aligner build-dataset`` (:mod:`.build_dataset`): turn answers into training records;
+* ``stream-aligner export-custom-generate`` (:mod:`.export_custom_generate`): write (and push) the Hub-ready
+  ``custom_generate`` folder.
 
 Each command's flags are generated from its dataclasses by ``transformers.HfArgumentParser`` (the help text has
 one source: the fields' metadata); both ``--flag-name`` and ``--flag_name`` are accepted. Bad input (unreadable or
@@ -25,11 +27,11 @@ from transformers import HfArgumentParser
 
 from .. import __version__
 from ..training_data import TrainingDataError
-from . import build_dataset, train
+from . import build_dataset, export_custom_generate, train
 
 __all__ = ["main"]
 
-COMMANDS = {"train": train, "build-dataset": build_dataset}
+COMMANDS = {"train": train, "build-dataset": build_dataset, "export-custom-generate": export_custom_generate}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,6 @@ Two routes (:mod:`..dataset_builder`): ``--pairs`` (question, answer, corrected 
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,17 +72,9 @@ def normalize_argv(argv: list[str]) -> list[str]:
 
 def _load_corrector(spec: str, *, trust_remote_code: bool) -> Any:
     """``module:attribute`` (a callable or an object with ``correct``) or an aligner checkpoint."""
-    if ":" in spec and not os.path.exists(spec):
-        import importlib
+    from ..aligner import load_aligner
 
-        module_name, _, attr = spec.partition(":")
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-        return obj
-    from ..aligner import StreamAligner
-
-    return StreamAligner.from_pretrained(spec, trust_remote_code=trust_remote_code)
+    return load_aligner(spec, trust_remote_code=trust_remote_code)
 
 
 def run(namespace: argparse.Namespace) -> int:
