@@ -1,0 +1,6 @@
+"""Aligners a test server offers by name (``module:attribute`` specs of a ``stream_aligner_serving.json``)."""
+
+
+def identity(question, prefix, last):
+    """Returns every sentence unchanged: stream-aligned output must equal plain generation."""
+    return last
