@@ -213,6 +213,20 @@ def test_callable_keeps_the_callers_processors_and_criteria(tiny_llama):
     assert torch.equal(out, plain)
 
 
+def test_a_patched_model_runs_custom_generate_too(tiny_llama, dirs):
+    model, tok = tiny_llama
+    from transformers_stream_aligner import enable_stream_alignment
+
+    enable_stream_alignment(model, tok)
+    ids = prompt_ids(tok, "The answer")
+    expected = stream_aligned_generate(model, ids, aligner=rewrite, tokenizer=tok, **_settings())
+    folder = model.generate(ids, custom_generate=str(dirs["method"]), trust_remote_code=True, aligner=rewrite,
+                            tokenizer=tok, **_settings())  # fmt: skip
+    method = functools.partial(stream_aligned_decoding, tokenizer=tok)
+    assert torch.equal(folder, expected)
+    assert torch.equal(model.generate(ids, custom_generate=method, aligner=rewrite, **_settings()), expected)
+
+
 def test_cli_exports_and_refuses_to_overwrite(tmp_path):
     from transformers_stream_aligner.cli import main
 

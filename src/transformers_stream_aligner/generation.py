@@ -573,7 +573,11 @@ def _transformers_engine(
 
 # ---------------------------------------------------------------------------------------------- generate(aligner=...)
 def _generate_or_align(model: Any, stock_generate: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
-    """The body of both ``generate`` overrides: the stock ``generate`` without ``aligner=``, else ours."""
+    """The body of both ``generate`` overrides: the stock ``generate`` without ``aligner=``, else ours. With
+    ``custom_generate=`` the stock ``generate`` runs it, aligner keywords included (the package's own
+    ``custom_generate`` folder and callable take them)."""
+    if kwargs.get("custom_generate") is not None:
+        return stock_generate(*args, **kwargs)
     aligner_kwargs = {name: kwargs.pop(name) for name in _ALIGNER_KWARGS if name in kwargs}
     aligner = aligner_kwargs.pop("aligner", None)
     if aligner is None:
