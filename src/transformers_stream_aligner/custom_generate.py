@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import shutil
 import sys
 from collections import Counter
@@ -39,7 +40,7 @@ import transformers
 from packaging.version import Version
 from transformers import GenerationMixin, LogitsProcessorList, StoppingCriteriaList
 
-from .generation import _generate_or_align, stream_aligned_generate
+from .generation import _ALIGNER_KWARGS, _generate_or_align, stream_aligned_generate
 from .serving_config import SERVING_CONFIG_NAME, ServingConfig, load_served_aligner
 from .streamers import StreamerDriver
 
@@ -148,16 +149,7 @@ def stream_aligned_decoding(
     logits_processor: LogitsProcessorList,
     stopping_criteria: StoppingCriteriaList,
     generation_config: Any,
-    *,
-    aligner: Any = None,
-    tokenizer: Any = None,
-    aligner_question: str | list[str] | None = None,
-    max_sentence_tokens: int | None = None,
-    max_correction_tokens: int | None = None,
-    terminators: str | None = None,
-    invalid_correction: str = "raise",
-    completed_rows: str = "draft",
-    **model_kwargs: Any,
+    **kwargs: Any,
 ) -> Any:
     """Stream alignment as the decoding method of transformers' ``generate``: pass it as ``custom_generate=``.
 
@@ -181,7 +173,9 @@ def stream_aligned_decoding(
         >>> model.generate(**inputs, custom_generate=stream_aligned_decoding, aligner=fn, max_new_tokens=50)  # doctest: +SKIP
     """
     streamer = _streamer_of_calling_generate(model)
-    if aligner is None:
+    aligner_kwargs = {name: kwargs.pop(name) for name in (*_ALIGNER_KWARGS, "tokenizer") if name in kwargs}
+    model_kwargs = kwargs
+    if aligner_kwargs.get("aligner") is None:
         return GenerationMixin._sample(
             model, input_ids, logits_processor, stopping_criteria, generation_config, streamer=streamer, **model_kwargs
         )
@@ -199,20 +193,28 @@ def stream_aligned_decoding(
     return stream_aligned_generate(
         model,
         input_ids,
-        aligner=aligner,
-        tokenizer=tokenizer,
-        aligner_question=aligner_question,
-        max_sentence_tokens=max_sentence_tokens,
-        max_correction_tokens=max_correction_tokens,
-        terminators=terminators,
-        invalid_correction=invalid_correction,
-        completed_rows=completed_rows,
+        **aligner_kwargs,
         generation_config=config,
         logits_processor=_added(logits_processor, _config_processors(model, generation_config, input_ids, model_kwargs)),
         stopping_criteria=_added(stopping_criteria, model._get_stopping_criteria(generation_config, StoppingCriteriaList())),
         streamer=StreamerDriver(streamer, prompt_sent=True),
         **model_kwargs,
     )
+
+
+def _decoding_signature() -> inspect.Signature:
+    """``stream_aligned_decoding``'s own parameters, then the aligner keywords of ``generate`` (and ``tokenizer``)
+    as keyword-only: transformers routes to a ``custom_generate`` callable the keywords its signature names."""
+    own = inspect.signature(stream_aligned_decoding).parameters
+    aligned = inspect.signature(stream_aligned_generate).parameters
+    names = (*_ALIGNER_KWARGS, "tokenizer")
+    extra = [aligned[name].replace(kind=inspect.Parameter.KEYWORD_ONLY) for name in names]
+    extra[0] = extra[0].replace(default=None)  # aligner: without it, transformers' sampling loop
+    positional = [p for p in own.values() if p.kind is not p.VAR_KEYWORD]
+    return inspect.Signature([*positional, *extra, own["kwargs"]])
+
+
+stream_aligned_decoding.__signature__ = _decoding_signature()  # type: ignore[attr-defined]
 
 
 def _config_processors(model: Any, config: Any, input_ids: torch.Tensor, model_kwargs: dict[str, Any]) -> list[Any]:

@@ -197,7 +197,58 @@ class StreamEvent:
     finished: bool = False
 
 
-class StreamAlignerIteratorStreamer(AlignmentStreamerHooks, TextIteratorStreamer):
+class _RecordQueueStreamer(AlignmentStreamerHooks):
+    """What the iterator streamers share: the records, per-row events and the error, on a queue that the subclass
+    fills with ``_send`` (a thread-safe queue, or an asyncio loop's). Put before the ``transformers`` class."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        skip_prompt: bool = False,
+        timeout: float | None = None,
+        *,
+        per_row: bool = False,
+        raise_errors: bool = True,
+        **decode_kwargs: Any,
+    ) -> None:
+        super().__init__(tokenizer, skip_prompt=skip_prompt, timeout=timeout, **decode_kwargs)  # type: ignore[call-arg]
+        self.per_row = per_row
+        self.raise_errors = raise_errors
+        self.records: list[Any] = []
+        #: the exception ``generate`` failed with, if it did.
+        self.error: BaseException | None = None
+
+    def _send(self, item: Any) -> None:
+        raise NotImplementedError
+
+    def put_error(self, error: BaseException) -> None:
+        """Keep ``error`` for the consumer (raised by iteration after the last piece, with ``raise_errors``)."""
+        self.error = error
+
+    def put_alignment(self, record: Any) -> None:
+        """Called with each accepted :class:`AlignmentRecord` (``record.row`` says which row)."""
+        self.records.append(record)
+        if self.per_row:
+            self._send(StreamEvent(record.row, record.corrected_text, record))
+
+    def end_row(self, row: int) -> None:
+        """Called once when ``row`` has finished (per-row mode)."""
+        if self.per_row:
+            self._send(StreamEvent(row, "", None, finished=True))
+
+    def put(self, value: Any) -> None:
+        if self.per_row:
+            return  # per-row mode streams records, not token ids
+        super().put(value)  # type: ignore[misc]
+
+    def end(self) -> None:
+        if self.per_row:
+            self._send(self.stop_signal)  # type: ignore[attr-defined]
+            return
+        super().end()  # type: ignore[misc]
+
+
+class StreamAlignerIteratorStreamer(_RecordQueueStreamer, TextIteratorStreamer):
     """A ``TextIteratorStreamer`` of corrected text, for serving generation from another thread.
 
     A drop-in for ``TextIteratorStreamer``: the same arguments and defaults (``skip_prompt=False``, no
@@ -224,26 +275,8 @@ class StreamAlignerIteratorStreamer(AlignmentStreamerHooks, TextIteratorStreamer
         ...     print(event.row, event.text)
     """
 
-    def __init__(
-        self,
-        tokenizer: Any,
-        skip_prompt: bool = False,
-        timeout: float | None = None,
-        *,
-        per_row: bool = False,
-        raise_errors: bool = True,
-        **decode_kwargs: Any,
-    ) -> None:
-        super().__init__(tokenizer, skip_prompt=skip_prompt, timeout=timeout, **decode_kwargs)
-        self.per_row = per_row
-        self.raise_errors = raise_errors
-        self.records: list[Any] = []
-        #: the exception ``generate`` failed with, if it did.
-        self.error: BaseException | None = None
-
-    def put_error(self, error: BaseException) -> None:
-        """Keep ``error`` for the consumer (raised by iteration after the last piece, with ``raise_errors``)."""
-        self.error = error
+    def _send(self, item: Any) -> None:
+        self.text_queue.put(item, timeout=self.timeout)
 
     def __next__(self) -> Any:
         value = self.text_queue.get(timeout=self.timeout)
@@ -253,30 +286,8 @@ class StreamAlignerIteratorStreamer(AlignmentStreamerHooks, TextIteratorStreamer
             raise StopIteration()
         return value
 
-    def put_alignment(self, record: Any) -> None:
-        """Called with each accepted :class:`AlignmentRecord` (``record.row`` says which row)."""
-        self.records.append(record)
-        if self.per_row:
-            self.text_queue.put(StreamEvent(record.row, record.corrected_text, record), timeout=self.timeout)
 
-    def end_row(self, row: int) -> None:
-        """Called once when ``row`` has finished (per-row mode)."""
-        if self.per_row:
-            self.text_queue.put(StreamEvent(row, "", None, finished=True), timeout=self.timeout)
-
-    def put(self, value: Any) -> None:
-        if self.per_row:
-            return  # per-row mode streams records, not token ids
-        super().put(value)
-
-    def end(self) -> None:
-        if self.per_row:
-            self.text_queue.put(self.stop_signal, timeout=self.timeout)
-            return
-        super().end()
-
-
-class StreamAlignerAsyncIteratorStreamer(AlignmentStreamerHooks, AsyncTextIteratorStreamer):
+class StreamAlignerAsyncIteratorStreamer(_RecordQueueStreamer, AsyncTextIteratorStreamer):
     """An ``AsyncTextIteratorStreamer`` of corrected text, for asyncio servers (``async for`` in the event loop while
     ``generate`` runs in a thread).
 
@@ -297,29 +308,8 @@ class StreamAlignerAsyncIteratorStreamer(AlignmentStreamerHooks, AsyncTextIterat
         ...     return "".join([text async for text in streamer])
     """
 
-    def __init__(
-        self,
-        tokenizer: Any,
-        skip_prompt: bool = False,
-        timeout: float | None = None,
-        *,
-        per_row: bool = False,
-        raise_errors: bool = True,
-        **decode_kwargs: Any,
-    ) -> None:
-        super().__init__(tokenizer, skip_prompt=skip_prompt, timeout=timeout, **decode_kwargs)
-        self.per_row = per_row
-        self.raise_errors = raise_errors
-        self.records: list[Any] = []
-        #: the exception ``generate`` failed with, if it did.
-        self.error: BaseException | None = None
-
     def _send(self, item: Any) -> None:
         self.loop.call_soon_threadsafe(self.text_queue.put_nowait, item)
-
-    def put_error(self, error: BaseException) -> None:
-        """Keep ``error`` for the consumer (raised by iteration after the last piece, with ``raise_errors``)."""
-        self.error = error
 
     async def __anext__(self) -> Any:
         try:
@@ -328,25 +318,3 @@ class StreamAlignerAsyncIteratorStreamer(AlignmentStreamerHooks, AsyncTextIterat
             if self.error is not None and self.raise_errors:
                 raise self.error from None
             raise
-
-    def put_alignment(self, record: Any) -> None:
-        """Called with each accepted :class:`AlignmentRecord` (``record.row`` says which row)."""
-        self.records.append(record)
-        if self.per_row:
-            self._send(StreamEvent(record.row, record.corrected_text, record))
-
-    def end_row(self, row: int) -> None:
-        """Called once when ``row`` has finished (per-row mode)."""
-        if self.per_row:
-            self._send(StreamEvent(row, "", None, finished=True))
-
-    def put(self, value: Any) -> None:
-        if self.per_row:
-            return  # per-row mode streams records, not token ids
-        super().put(value)
-
-    def end(self) -> None:
-        if self.per_row:
-            self._send(self.stop_signal)
-            return
-        super().end()
