@@ -81,3 +81,15 @@ def test_smollm2_batch_rows_equal_rows_alone(smollm2):
         assert [r.corrected_text for r in out.alignment_trace[row]] == [r.corrected_text for r in alone.alignment_trace[0]]
     assert out.alignment_stats.aligner_calls < sum(r.aligned for t in out.alignment_trace for r in t)
     assert out.alignment_stats.sentences_changed >= 2
+
+
+def test_min_new_tokens_identity_equals_plain_generate(smollm2):
+    """The answer ends early (EOS after one sentence); the minimum holds EOS back across rounds exactly as one call."""
+    model, tok = smollm2
+    enable_stream_alignment(model, tok)
+    inputs = chat_ids(tok, "What is 17*23?")
+    short = model.generate(**inputs, max_new_tokens=60, do_sample=False)
+    assert short.shape[1] - inputs["input_ids"].shape[1] < 25  # so the minimum below changes the answer
+    plain = model.generate(**inputs, max_new_tokens=60, min_new_tokens=40, do_sample=False)
+    out = model.generate(**inputs, max_new_tokens=60, min_new_tokens=40, do_sample=False, aligner=lambda q, p, last: last)
+    assert torch.equal(out, plain) and plain.shape[1] - inputs["input_ids"].shape[1] >= 40
