@@ -1,3 +1,5 @@
+import contextlib
+
 import torch
 
 
@@ -53,3 +55,49 @@ def populate_hub_cache(src_dir, cache_dir, repo_id, *, repo_type="model", revisi
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(revision)
     return snap
+
+
+def free_port():
+    """A port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(command, *, health_url, log_path, env=None, cwd=None, timeout=300):
+    """Start ``command`` (a server) in its own process group, wait until ``health_url`` answers 200 (bounded by
+    ``timeout`` seconds), yield, then stop it by its process id (SIGTERM, then SIGKILL)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import httpx
+
+    log = open(log_path, "w")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"the server exited: {open(log_path).read()[-3000:]}")
+            try:
+                if httpx.get(health_url, timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not become healthy within {timeout} s")
+            time.sleep(0.5)
+        yield server
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=60)
+        log.close()

@@ -8,11 +8,7 @@ examples; ``identity`` is on the allow-list too. A request may pick a name from 
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -21,17 +17,13 @@ import pytest
 from examples.arithmetic.task import check_arithmetic
 from transformers_stream_aligner import export_custom_generate, stream_aligned_generate
 
+from .helpers import free_port, running_server
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 QUESTION = "What is 17*23?"
 MAX_TOKENS = 60
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -47,35 +39,14 @@ def served(smollm2, tmp_path_factory):
         aligners={"arith": "examples.arithmetic.task:check_arithmetic", "identity": "tests.serving_aligners:identity"},
         default_aligner="arith",
     )
-    port = _free_port()
+    port = free_port()
     command = [str(Path(sys.executable).parent / "transformers"), "serve", str(directory), "--trust-remote-code",
                "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32"]  # fmt: skip
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
-    log = open(directory.parent / "server.log", "w")  # noqa: SIM115 - closed at teardown
-    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"the server exited: {(directory.parent / 'server.log').read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not become healthy within 180 s")
-            time.sleep(0.5)
+    with running_server(command, health_url=f"{base}/health", log_path=directory.parent / "server.log", env=env,
+                        cwd=ROOT, timeout=180):  # fmt: skip
         yield base, str(directory)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
-        log.close()
 
 
 @pytest.fixture(scope="module")
