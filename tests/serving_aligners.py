@@ -4,3 +4,10 @@
 def identity(question, prefix, last):
     """Returns every sentence unchanged: stream-aligned output must equal plain generation."""
     return last
+
+
+def fails_on_second(question, prefix, last):
+    """Accepts the first sentence, then fails as an unreachable aligner service would."""
+    if prefix:
+        raise ConnectionError("aligner service unavailable")
+    return last

@@ -13,7 +13,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, TextIteratorStreamer, TextStreamer
 
-import transformers_stream_aligner
 from transformers_stream_aligner import (
     MIN_TRANSFORMERS_VERSION,
     StreamAlignerStreamer,
@@ -23,7 +22,7 @@ from transformers_stream_aligner import (
 )
 from transformers_stream_aligner.custom_generate import check_transformers_version
 
-from .helpers import RecordingAligner, prompt_ids, rewrite
+from .helpers import prompt_ids, rewrite
 from .tiny_models import cached_tiny
 
 REPO_ID = "stream-aligner-tests/stream-aligned-generate"
@@ -160,6 +159,24 @@ def test_a_model_directory_carrying_the_folder_generates_stream_aligned(dirs):
         without.generate(ids, aligner=identity, **_settings())
 
 
+def test_a_served_name_the_model_directory_does_not_offer_is_refused_and_ends_the_streamer(dirs, tmp_path, monkeypatch):
+    from transformers_stream_aligner import ServingConfig
+
+    _, tok = cached_tiny("llama")
+    ids = prompt_ids(tok, "The answer")
+    config = tmp_path / "serving.json"
+    ServingConfig(aligners={"rewrite": "tests.helpers:rewrite"}).to_json_file(config)
+    monkeypatch.setenv("STREAM_ALIGNER_SERVING_CONFIG", str(config))
+    model = AutoModelForCausalLM.from_pretrained(dirs["carrying"], dtype=torch.float64, trust_remote_code=True)
+    expected = stream_aligned_generate(model, ids, aligner=rewrite, tokenizer=tok, **_settings())
+    assert torch.equal(model.generate(ids, stream_aligner="rewrite", **_settings()), expected)  # a name it offers
+    assert torch.equal(model.generate(ids, **_settings()), model.generate(ids, aligner=None, **_settings()))  # no default
+    streamer = TextIteratorStreamer(tok, timeout=5)
+    with pytest.raises(ValueError, match="not one this server offers"):
+        model.generate(ids, stream_aligner="/etc/passwd", streamer=streamer, **_settings())
+    assert "".join(streamer) == ""  # ended (an unended streamer raises Empty here), nothing streamed
+
+
 # ---------------------------------------------------------------------------------------------- the callable
 def test_callable_identity_is_plain_generate_and_rewrites_match_the_patched_route(tiny, dirs):
     model, tok = tiny
@@ -250,8 +267,3 @@ def test_cli_push_to_hub_uploads_the_folder_in_one_commit(tmp_path, monkeypatch)
     assert calls[1][0] == "upload" and calls[1][1]["repo_id"] == "me/generate"
     assert calls[1][1]["folder_path"] == str(tmp_path / "m")
     assert len(calls) == 2
-
-
-def test_the_package_exports_the_entry_points():
-    assert transformers_stream_aligner.stream_aligned_decoding is stream_aligned_decoding
-    assert RecordingAligner  # the helpers stay importable

@@ -51,6 +51,9 @@ class UncachedEngine(UpstreamEngine):
     def drop_rows(self, rows):
         self.calls.append(("drop", [r.index for r in rows]))
 
+    def close(self):
+        self.closed = getattr(self, "closed", 0) + 1
+
 
 def _plan(tok, ids, aligner, engine_factory, *, max_new_tokens, streamer=None):
     rows = [ids[0].tolist()]
@@ -93,6 +96,32 @@ def test_a_second_engine_gives_what_the_transformers_engine_gives(tiny_llama):
     replaced = [c for c in engines[0].calls if c[0] == "replace"]
     assert len(replaced) == sum(r.changed for r in out.alignment_trace[0]) >= 1
     assert engines[0].calls[-1] == ("drop", [0])
+
+
+def test_the_engine_is_closed_once_whether_the_call_succeeds_or_fails(tiny_llama):
+    """An engine holds connections and threads (vLLM's): a failed call must release them too."""
+    import pytest
+
+    from transformers_stream_aligner import StreamAlignmentError
+
+    model, tok = tiny_llama
+    ids = prompt_ids(tok)
+    engines = []
+
+    def factory(rows, stats):
+        engines.append(UncachedEngine(model, rows, tokenizer=tok, eos=[tok.eos_token_id], settings=StreamAlignerConfig()))
+        return engines[-1]
+
+    def fails_on_second(question, prefix, last):
+        if prefix:
+            raise ConnectionError("aligner down")
+        return last
+
+    loop = AlignmentLoop(_plan(tok, ids, lambda q, p, last: last, factory, max_new_tokens=30))
+    loop.run()
+    with pytest.raises(StreamAlignmentError):
+        AlignmentLoop(_plan(tok, ids, fails_on_second, factory, max_new_tokens=60)).run()
+    assert [engine.closed for engine in engines] == [1, 1]
 
 
 def test_row_state_budget_and_advance():

@@ -36,7 +36,8 @@ def served(smollm2, tmp_path_factory):
         (directory / path.name).symlink_to(path)
     export_custom_generate(
         directory,
-        aligners={"arith": "examples.arithmetic.task:check_arithmetic", "identity": "tests.serving_aligners:identity"},
+        aligners={"arith": "examples.arithmetic.task:check_arithmetic", "identity": "tests.serving_aligners:identity",
+                  "fails": "tests.serving_aligners:fails_on_second"},
         default_aligner="arith",
     )
     port = free_port()
@@ -112,6 +113,17 @@ def test_a_request_cannot_name_anything_else(served, name):
     with httpx.Client(timeout=120) as client:
         streamed = client.post(f"{base}/v1/chat/completions", json={**body, "stream": True})
     assert "not one this server offers" in streamed.text and "'arith'" in streamed.text
+    assert '"finish_reason":"stop"' not in streamed.text  # a refused request does not look like a finished answer
     with httpx.Client(timeout=120) as client:  # and the server goes on serving
         after = client.post(f"{base}/v1/chat/completions", json={**body, "generation_config": None, "max_tokens": 5})
     assert after.status_code == 200
+
+
+def test_an_aligner_that_fails_mid_answer_is_an_error_event_not_a_finished_answer(served):
+    base, model = served
+    body = {"model": model, "messages": [{"role": "user", "content": "Give me three tips for sleeping better."}],
+            "stream": True, "generation_config": json.dumps({"stream_aligner": "fails", "max_new_tokens": 80})}  # fmt: skip
+    with httpx.Client(timeout=120) as client:
+        streamed = client.post(f"{base}/v1/chat/completions", json=body).text
+    assert "aligner service unavailable" in streamed
+    assert '"finish_reason":"stop"' not in streamed

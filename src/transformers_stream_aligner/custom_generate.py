@@ -103,16 +103,19 @@ def generate(*args: Any, model: Any, **kwargs: Any) -> Any:
     for this model (:meth:`ServingConfig.for_model`; a request may name one of its aligners with
     ``generation_config.stream_aligner``), and with none it is transformers' ``generate``.
     """
-    check_transformers_version()
     for name in _STOCK_ARGUMENTS:  # the string route passes every named argument, None when not given
         if name in kwargs and kwargs[name] is None:
             del kwargs[name]
     if kwargs.get("aligner") is None:
         kwargs.pop("aligner", None)
-        kwargs["generation_config"], served = _served_aligner_name(kwargs.get("generation_config"), kwargs)
+        try:
+            kwargs["generation_config"], served = _served_aligner_name(kwargs.get("generation_config"), kwargs)
+            aligner = _served_aligner(model, served)
+        except BaseException as error:  # a name the server does not offer: the streamer still ends
+            StreamerDriver(kwargs.get("streamer")).abort(error)
+            raise
         if kwargs["generation_config"] is None:
             del kwargs["generation_config"]
-        aligner = _served_aligner(model, served)
         if aligner is not None:
             kwargs["aligner"] = aligner
     return _generate_or_align(model, functools.partial(GenerationMixin.generate, model), args, kwargs)

@@ -27,8 +27,14 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from transformers import GenerationMixin, LogitsProcessorList, MaxTimeCriteria, StoppingCriteriaList, StopStringCriteria
-from transformers.utils import logging as hf_logging
+from transformers import (
+    GenerationConfig,
+    GenerationMixin,
+    LogitsProcessorList,
+    MaxTimeCriteria,
+    StoppingCriteriaList,
+    StopStringCriteria,
+)
 
 from .aligner import CorrectionFn, StreamAligner, as_correction_fn
 from .cache import has_sliding_layers, make_rollback_cache, model_has_sliding_layers, prepare_upstream_cache
@@ -44,9 +50,6 @@ from .tokens import token_id_list
 
 __all__ = ["StreamAlignedGenerationMixin", "enable_stream_alignment", "stream_aligned_generate"]
 
-# Length warnings go where generate's go, so that transformers' verbosity settings apply to both alike.
-_GENERATE_LOGGER = hf_logging.get_logger("transformers.generation.utils")
-_DEFAULT_MAX_LENGTH = 20  # GenerationConfig._get_default_generation_params()["max_length"]
 
 # generate() keywords that belong to stream alignment (popped before the stock generate sees them).
 _ALIGNER_KWARGS = (
@@ -160,7 +163,7 @@ def stream_aligned_generate(
 
         # 5. the token budgets (warned about as generate does) and the user's stopping criteria (stop strings and
         #    max_time apply per row across rounds)
-        max_new_tokens, min_new_tokens = _prepare_lengths(model, config, prompt_ids.shape[1], length_defaults)
+        max_new_tokens, min_new_tokens = _prepare_lengths(model, config, prompt_ids, length_defaults)
         user_criteria = _prepare_stopping_criteria(config, stopping_criteria, tokenizer)
 
         # 6. the KV cache kept across rounds, and whether the rows must run one after another
@@ -387,74 +390,31 @@ def _length_defaults(model: Any, generation_config: Any, kwargs: dict[str, Any])
     return unset("max_length"), unset("min_length")
 
 
-def _prepare_lengths(model: Any, config: Any, prompt_width: int, defaults: tuple[bool, bool]) -> tuple[int, int]:
-    """Each row's budget of generated tokens and its minimum, from ``max_new_tokens``/``max_length`` and
-    ``min_new_tokens``/``min_length`` as ``generate`` computes them (``max_length`` and ``min_length`` count the
-    prompt's padded width; with neither max set, 20 new tokens, capped by ``max_position_embeddings``), with the
-    warnings and the error ``generate`` gives for the same settings. The budget bounds the corrected output; the
-    minimum holds EOS back across rounds. The four fields of ``config`` are cleared (**mutated**): rounds get their
-    own."""
+def _prepare_lengths(model: Any, config: Any, prompt_ids: torch.Tensor, defaults: tuple[bool, bool]) -> tuple[int, int]:
+    """Each row's budget of generated tokens and its minimum, computed, warned about and checked by ``generate``'s own
+    steps (``_prepare_generated_length``, ``_validate_generated_length``: ``max_length``/``min_length`` count the
+    prompt's padded width; with no maximum set, 20 new tokens capped by ``max_position_embeddings``). The budget bounds
+    the corrected output; the minimum holds EOS back across rounds. The four length fields of ``config`` are cleared
+    (**mutated**): rounds get their own."""
     default_max, default_min = defaults
-    if config.max_new_tokens is not None:
-        if not default_max and config.max_length is not None:
-            _GENERATE_LOGGER.warning(
-                f"Both `max_new_tokens` (={config.max_new_tokens}) and `max_length`(={config.max_length}) seem to have "
-                "been set. `max_new_tokens` will take precedence. Please refer to the documentation for more "
-                "information. (https://huggingface.co/docs/transformers/main/en/main_classes/text_generation)"
-            )
-        max_length = int(config.max_new_tokens) + prompt_width
-    elif default_max:  # generate's default: 20 new tokens
-        max_length = _DEFAULT_MAX_LENGTH + prompt_width
-        max_positions = getattr(model.config, "max_position_embeddings", None)
-        if max_positions is not None:
-            max_length = min(max_length, max_positions)
-    else:
-        max_length = int(config.max_length)
-    min_length = config.min_length or 0
-    if config.min_new_tokens is not None:
-        if not default_min:
-            _GENERATE_LOGGER.warning(
-                f"Both `min_new_tokens` (={config.min_new_tokens}) and `min_length`(={config.min_length}) seem to have "
-                "been set. `min_new_tokens` will take precedence. Please refer to the documentation for more "
-                "information. (https://huggingface.co/docs/transformers/main/en/main_classes/text_generation)"
-            )
-        min_length = int(config.min_new_tokens) + prompt_width
-    # the checks of generate's _validate_generated_length, with its messages
-    if default_max and config.max_new_tokens is None:
-        warnings.warn(
-            f"Using the model-agnostic default `max_length` (={max_length}) to control the generation length. We "
-            "recommend setting `max_new_tokens` to control the maximum length of the generation.",
-            UserWarning,
-            stacklevel=4,
-        )
-    if prompt_width >= max_length:
-        raise ValueError(
-            f"Input length of input_ids is {prompt_width}, but `max_length` is set to {max_length}. This can lead to "
-            "unexpected behavior. You should consider increasing `max_length` or, better yet, setting `max_new_tokens`."
-        )
-    suffix = (
-        " Generation will stop at the defined maximum length. You should decrease the minimum length and/or increase "
-        "the maximum length."
+    width = prompt_ids.shape[1]
+    # generate fills what is set nowhere from its global defaults (max_length 20, min_length 0) before these steps
+    global_defaults = GenerationConfig._get_default_generation_params()
+    for name in ("max_length", "min_length"):
+        if getattr(config, name) is None:
+            setattr(config, name, global_defaults[name])
+    model._prepare_generated_length(
+        generation_config=config,
+        has_default_max_length=default_max,
+        has_default_min_length=default_min,
+        model_input_name="input_ids",
+        input_ids_length=width,
+        inputs_tensor=prompt_ids,
     )
-    if default_max:
-        suffix += f" Note that `max_length` is set to {max_length}, its default value."
-    if min_length > max_length:
-        warnings.warn(
-            f"Unfeasible length constraints: `min_length` ({min_length}) is larger than the maximum possible length "
-            f"({max_length})." + suffix,
-            UserWarning,
-            stacklevel=4,
-        )
-    if config.min_new_tokens is not None and min_length > max_length:
-        warnings.warn(
-            f"Unfeasible length constraints: `min_new_tokens` ({config.min_new_tokens}), when added to the prompt "
-            f"length ({prompt_width}), is larger than the maximum possible length ({max_length})." + suffix,
-            UserWarning,
-            stacklevel=4,
-        )
-    config.max_length = config.max_new_tokens = config.min_new_tokens = None
-    config.min_length = None
-    return max_length - prompt_width, max(min_length - prompt_width, 0)
+    model._validate_generated_length(config, width, default_max)
+    budget, minimum = int(config.max_length) - width, max(int(config.min_length or 0) - width, 0)
+    config.max_length = config.max_new_tokens = config.min_new_tokens = config.min_length = None
+    return budget, minimum
 
 
 def _prepare_stopping_criteria(config: Any, stopping_criteria: StoppingCriteriaList | None, tokenizer: Any) -> list[Any]:

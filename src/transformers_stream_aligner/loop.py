@@ -123,17 +123,25 @@ class AlignmentLoop:
             plan.streamer.prompt(plan.prompt_ids)
             if plan.row_by_row:
                 for row in self.rows:
-                    self._run(plan.engine_factory([row], self.stats), [row])
+                    self._run_engine([row])
                 result = None
             else:
-                engine = plan.engine_factory(self.rows, self.stats)
-                self._run(engine, self.rows)
-                result = engine.close()
+                result = self._run_engine(self.rows)
         except BaseException as error:  # KeyboardInterrupt too: a streaming consumer must not wait forever
             plan.streamer.abort(error, [row.index for row in self.rows if not row.finished])
             raise
         plan.streamer.end()
         return result
+
+    def _run_engine(self, rows: list[RowState]) -> Any:
+        """Run ``rows`` on an engine of their own; the engine is closed whatever happens (returns what it keeps)."""
+        engine = self.plan.engine_factory(rows, self.stats)
+        try:
+            self._run(engine, rows)
+        except BaseException:
+            engine.close()  # a failed call leaves no requests, threads or connections behind
+            raise
+        return engine.close()
 
     def _run(self, engine: UpstreamEngine, rows: list[RowState]) -> None:
         plan = self.plan

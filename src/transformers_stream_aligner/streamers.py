@@ -119,11 +119,12 @@ class StreamerDriver:
     def abort(self, error: BaseException, rows: Sequence[int] = ()) -> None:
         """The call failed with ``error``: ``end_row`` for each of ``rows`` (those not ended yet), ``put_error``,
         then ``end()``, each attempted even if another raised (logged: ``error`` is what the caller sees). Does
-        nothing if the streamer has ended already."""
+        nothing if the streamer has ended already, or if its owner reports the failure on it itself (``transformers
+        serve``'s streamer: ending it would turn the error event into a normal end)."""
         if self.ended:
             return
         self.ended = True
-        if self.streamer is None:
+        if self.streamer is None or _reports_failures_itself(self.streamer):
             return
         put_error = getattr(self.streamer, "put_error", None)
         steps = [functools.partial(self.row_end, row) for row in rows]
@@ -133,6 +134,16 @@ class StreamerDriver:
                 step()
             except Exception:
                 logger.warning("the streamer raised while ending a failed call", exc_info=True)
+
+
+# Streamers whose owner catches generate's exception and reports it on the same stream: ending them first would
+# make a failed answer look finished (transformers serve's streamer: its generation thread sends the error event).
+_OWNER_REPORTS_FAILURES = frozenset({"transformers.cli.serving.utils.DirectStreamer"})
+
+
+def _reports_failures_itself(streamer: Any) -> bool:
+    cls = type(streamer)
+    return f"{cls.__module__}.{cls.__qualname__}" in _OWNER_REPORTS_FAILURES
 
 
 class StreamAlignerStreamer(AlignmentStreamerHooks, TextStreamer):

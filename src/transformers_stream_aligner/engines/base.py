@@ -80,5 +80,6 @@ class UpstreamEngine(ABC):
         """The loop applied an aligner call's splices; each row's tokens before ``row.start`` are final."""
 
     def close(self) -> Any:
-        """The generate call is over; returns what the caller may keep (e.g. the KV cache), or ``None``."""
+        """The engine's rows are done, or the call failed: release what the engine holds (connections, threads);
+        returns what the caller may keep (e.g. the KV cache), or ``None``. Called once per engine."""
         return None

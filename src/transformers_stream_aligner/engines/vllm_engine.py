@@ -95,6 +95,7 @@ class VLLMEngine(UpstreamEngine):
     # ------------------------------------------------------------------ the seam
     def run_round(self, rows: Sequence[RowState], drafting: Sequence[RowState]) -> dict[int, RoundOutcome]:
         outcomes = dict(zip([row.index for row in rows], self._pool.map(self._continue, rows), strict=True))
+        self.stats.upstream_real_tokens += sum(len(outcome.tokens) for outcome in outcomes.values())
         outcomes.update({row.index: RoundOutcome([]) for row in drafting})
         self.stats.rounds += 1
         return outcomes
@@ -106,7 +107,7 @@ class VLLMEngine(UpstreamEngine):
         pass
 
     def close(self) -> Any:
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown(wait=True)  # rows of a failed round finish or fail; none is left streaming
         self._client.close()
         return None
 
@@ -143,7 +144,6 @@ class VLLMEngine(UpstreamEngine):
                         break
                     cut = tracker.push(token)
                     if cut is not None:
-                        self.stats.upstream_real_tokens += len(tokens)
                         return RoundOutcome(tokens, cut=offset + cut)
                     if len(tokens) >= row.budget_left:
                         break
@@ -151,7 +151,6 @@ class VLLMEngine(UpstreamEngine):
             raise
         except Exception as err:  # httpx's transport errors, a broken stream
             raise VLLMUpstreamError(f"the vLLM server at {self.upstream.base_url} failed: {err}") from err
-        self.stats.upstream_real_tokens += len(tokens)
         return RoundOutcome(tokens)
 
 
