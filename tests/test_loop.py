@@ -75,14 +75,21 @@ def _plan(tok, ids, aligner, engine_factory, *, max_new_tokens, streamer=None):
     )
 
 
-def test_a_second_engine_gives_what_the_transformers_engine_gives(tiny_llama):
-    model, tok = tiny_llama
-    ids = prompt_ids(tok)
-    engines = []
+def _uncached_factory(model, tok, engines):
+    """An engine factory for the plan that keeps every engine it makes in ``engines``."""
 
     def factory(rows, stats):
         engines.append(UncachedEngine(model, rows, tokenizer=tok, eos=[tok.eos_token_id], settings=StreamAlignerConfig()))
         return engines[-1]
+
+    return factory
+
+
+def test_a_second_engine_gives_what_the_transformers_engine_gives(tiny_llama):
+    model, tok = tiny_llama
+    ids = prompt_ids(tok)
+    engines = []
+    factory = _uncached_factory(model, tok, engines)
 
     aligner = RecordingAligner()
     loop = AlignmentLoop(_plan(tok, ids, aligner, factory, max_new_tokens=60))
@@ -107,10 +114,7 @@ def test_the_engine_is_closed_once_whether_the_call_succeeds_or_fails(tiny_llama
     model, tok = tiny_llama
     ids = prompt_ids(tok)
     engines = []
-
-    def factory(rows, stats):
-        engines.append(UncachedEngine(model, rows, tokenizer=tok, eos=[tok.eos_token_id], settings=StreamAlignerConfig()))
-        return engines[-1]
+    factory = _uncached_factory(model, tok, engines)
 
     def fails_on_second(question, prefix, last):
         if prefix:
