@@ -23,6 +23,7 @@ from .outputs import (
     AlignmentRecord,
     AlignmentStats,
     StreamAlignedGenerateOutput,
+    StreamAlignmentCancelled,
     StreamAlignmentError,
 )
 from .sentence_splitter import DEFAULT_TERMINATORS, split_sentences
@@ -78,6 +79,7 @@ __all__ = [
     "StreamAlignerAsyncIteratorStreamer",
     "StreamAlignerIteratorStreamer",
     "StreamAlignerStreamer",
+    "StreamAlignmentCancelled",
     "StreamAlignmentError",
     "StreamEvent",
     "SupportsCorrect",

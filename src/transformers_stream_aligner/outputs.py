@@ -14,6 +14,7 @@ __all__ = [
     "AlignmentRecord",
     "AlignmentStats",
     "StreamAlignedGenerateOutput",
+    "StreamAlignmentCancelled",
     "StreamAlignmentError",
 ]
 
@@ -67,6 +68,12 @@ class AlignmentStats:
             most, when a row had nothing new to feed).
         cache_resets: times the cache was emptied and re-filled because it could not be cut back.
         peak_cache_columns: the most columns the KV cache held (the longest row plus masked holes).
+        upstream_requests: requests sent to a served upstream (the vLLM engine: one per row and round).
+        upstream_prompt_tokens: prompt tokens of those requests (the server's prefix cache supplies most of them).
+        upstream_new_prompt_tokens: of those, tokens the row's previous request had not sent or received (the
+            corrected text after a splice; the rest can come from the prefix cache).
+        draft_tokens_kept: tokens an overlapping upstream drafted while the aligner ran, then kept (the aligner left
+            the sentence unchanged); ``draft_tokens_discarded``: drafted, then dropped (a correction changed the text).
     """
 
     rounds: int = 0
@@ -79,6 +86,11 @@ class AlignmentStats:
     refed_tokens: int = 0
     cache_resets: int = 0
     peak_cache_columns: int = 0
+    upstream_requests: int = 0
+    upstream_prompt_tokens: int = 0
+    upstream_new_prompt_tokens: int = 0
+    draft_tokens_kept: int = 0
+    draft_tokens_discarded: int = 0
 
     @property
     def held_share(self) -> float:
@@ -128,6 +140,11 @@ class StreamAlignmentError(RuntimeError):
         self.partial_text = partial_texts[row or 0] if partial_texts else ""
         self.sentence = sentence
         self.row = row
+
+
+class StreamAlignmentCancelled(StreamAlignmentError):
+    """The caller cancelled the call (a served client disconnected): the engine's requests were ended; the output so
+    far is kept like any :class:`StreamAlignmentError`'s."""
 
 
 class AlignerOutputError(StreamAlignmentError, ValueError):

@@ -28,7 +28,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ..loop import RowState
 
-__all__ = ["RoundOutcome", "UpstreamEngine"]
+__all__ = ["Cancelled", "RoundOutcome", "UpstreamEngine"]
+
+
+class Cancelled(Exception):
+    """Raised by an engine whose caller cancelled the call (e.g. a served client disconnected); the entry point
+    turns it into a :class:`~..outputs.StreamAlignmentCancelled` with the output so far."""
 
 
 @dataclass

@@ -21,7 +21,8 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..boundary import SentenceTracker
-from .base import RoundOutcome, UpstreamEngine
+from ..tokens import longest_common_prefix
+from .base import Cancelled, RoundOutcome, UpstreamEngine
 
 if TYPE_CHECKING:
     from ..loop import RowState
@@ -67,10 +69,84 @@ class VLLMUpstream:
         return httpx.Client(base_url=self.base_url.rstrip("/"), timeout=self.timeout, headers=headers)
 
 
+class _RowStream:
+    """One open ``/v1/completions`` stream of a row: its token iterator, the ids it continues (``position``) and,
+    while the aligner runs (overlap), a thread that drafts ahead into ``buffer``. Only its own thread reads the
+    stream while it drafts; :meth:`take_back` and :meth:`abort` end that thread first."""
+
+    def __init__(self, context: Any, tokens: Iterator[int], cancel: threading.Event | None) -> None:
+        self._context = context  # the httpx stream context manager (its exit closes the stream: vLLM aborts)
+        self._tokens = tokens
+        self._cancel = cancel
+        self.position: list[int] = []
+        self.buffer: list[int] = []
+        self.ended = False  # the server finished the request (EOS, max_tokens)
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._drafter: threading.Thread | None = None
+
+    def next_token(self) -> int | None:
+        """The next token: drafted ones first, then the stream's (``None``: the request ended)."""
+        if self.buffer:
+            return self.buffer.pop(0)
+        if self.ended:
+            return None
+        try:
+            return next(self._tokens)
+        except StopIteration:
+            self.ended = True
+            return None
+
+    def draft(self) -> None:
+        """Keep reading the stream into ``buffer`` on a thread until :meth:`take_back` or :meth:`abort`."""
+        self._stop.clear()
+        self._drafter = threading.Thread(target=self._draft, name="vllm-draft", daemon=True)
+        self._drafter.start()
+
+    def _draft(self) -> None:
+        try:
+            while not self._stop.is_set() and not (self._cancel is not None and self._cancel.is_set()):
+                token = next(self._tokens, None)
+                if token is None:
+                    self.ended = True
+                    return
+                self.buffer.append(token)
+        except BaseException as err:  # noqa: BLE001 - handed to the round that takes the stream back
+            self.error = err
+
+    def take_back(self) -> None:
+        """End drafting (the thread finishes the token it waits for); re-raise what broke the stream meanwhile."""
+        if self._drafter is not None:
+            self._stop.set()
+            self._drafter.join()
+            self._drafter = None
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def close(self) -> None:
+        """End drafting and close the stream (vLLM aborts the request). Never raises."""
+        try:
+            self.take_back()
+        except BaseException:  # noqa: BLE001 - closing after a failure
+            pass
+        try:
+            self._context.__exit__(None, None, None)
+        except Exception:  # noqa: BLE001 - the connection may already be gone
+            pass
+
+
 class VLLMEngine(UpstreamEngine):
-    """The engine seam over a vLLM server (see the module docstring). Stateless between rounds: the server's prefix
-    cache is its memory, so :meth:`replace_tail` and :meth:`drop_rows` have nothing to forget. Rows that wait for
-    the aligner do not draft."""
+    """The engine seam over a vLLM server (see the module docstring).
+
+    Without ``overlap``, each row's request ends at its sentence end (the stream is closed: vLLM aborts it) and
+    the next round sends a new one. With ``overlap``, the request keeps streaming on a thread while the aligner
+    corrects (a draft of what follows); the next round continues it if the row's tokens are still the ones it
+    continues (the aligner kept the sentence: the draft is what a new request would give, greedy) and closes it
+    otherwise (a splice: the draft is dropped and a new request continues the corrected text). The server's prefix
+    cache is the engine's memory, so :meth:`replace_tail` and :meth:`drop_rows` only end streams. ``cancel`` (an
+    event) makes every row's stream end at its next token with :class:`~.base.Cancelled`.
+    """
 
     def __init__(
         self,
@@ -82,15 +158,22 @@ class VLLMEngine(UpstreamEngine):
         terminators: str,
         max_sentence_tokens: int,
         eos_token_ids: Iterable[int],
+        overlap: bool = False,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.upstream = upstream
         self.tokenizer = tokenizer
         self.stats = stats
         self.terminators = terminators
         self.max_sentence_tokens = max_sentence_tokens
-        self.eos_token_ids = sorted(eos_token_ids)
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.overlap = overlap
+        self.cancel = cancel
         self._client = upstream.client()
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(rows)), thread_name_prefix="vllm-row")
+        self._streams: dict[int, _RowStream] = {}  # open streams of rows waiting for the aligner (overlap)
+        self._sent: dict[int, list[int]] = {}  # per row: what its last request sent and received
+        self._lock = threading.Lock()  # stats and _sent are written by the row threads
 
     # ------------------------------------------------------------------ the seam
     def run_round(self, rows: Sequence[RowState], drafting: Sequence[RowState]) -> dict[int, RoundOutcome]:
@@ -101,20 +184,47 @@ class VLLMEngine(UpstreamEngine):
         return outcomes
 
     def replace_tail(self, row: RowState, keep: int) -> None:
-        pass  # the next request's prompt is the corrected row; vLLM's prefix cache keeps the common blocks
+        self._end_stream(row.index)  # its draft continues the old text; the next request sends the corrected one
 
     def drop_rows(self, rows: Iterable[RowState]) -> None:
-        pass
+        for row in rows:
+            self._end_stream(row.index)
 
     def close(self) -> Any:
+        for index in list(self._streams):
+            self._end_stream(index)
         self._pool.shutdown(wait=True)  # rows of a failed round finish or fail; none is left streaming
         self._client.close()
         return None
 
     # ------------------------------------------------------------------ one row
+    def _end_stream(self, index: int) -> None:
+        stream = self._streams.pop(index, None)
+        if stream is not None:
+            stream.close()
+            self.stats.draft_tokens_discarded += len(stream.buffer)
+
     def _continue(self, row: RowState) -> RoundOutcome:
-        """Stream ``row``'s continuation until its sentence ends (with the look-ahead that decides it), an EOS, or
-        its budget; then close the stream (vLLM aborts the request)."""
+        """Extend ``row`` until its sentence ends (with the look-ahead that decides it), an EOS, or its budget: from
+        the stream that drafted ahead if it continues the row's tokens as they are, else from a new request."""
+        stream = self._streams.pop(row.index, None)
+        if stream is not None:
+            if stream.position == row.ids:
+                self._check_cancel()
+                try:
+                    stream.take_back()
+                except Exception as err:
+                    stream.close()
+                    raise self._failure(err) from err
+                with self._lock:
+                    self.stats.draft_tokens_kept += len(stream.buffer)
+            else:  # the row's text changed under the draft
+                stream.close()
+                with self._lock:
+                    self.stats.draft_tokens_discarded += len(stream.buffer)
+                stream = None
+        if stream is None:
+            stream = self._open(row)
         offset = max(row.start - 1, 0)
         tracker = SentenceTracker(
             self.tokenizer,
@@ -123,6 +233,38 @@ class VLLMEngine(UpstreamEngine):
             terminators=self.terminators,
             max_sentence_tokens=self.max_sentence_tokens,
         )
+        tokens: list[int] = []
+        keep_open = False
+        try:
+            while len(tokens) < row.budget_left:
+                self._check_cancel()
+                token = stream.next_token()
+                if token is None:
+                    break
+                tokens.append(token)
+                if token in self.eos_token_ids:
+                    break
+                cut = tracker.push(token)
+                if cut is not None:
+                    keep_open = self.overlap and not stream.ended and len(tokens) < row.budget_left
+                    return RoundOutcome(tokens, cut=offset + cut)
+        except (Cancelled, VLLMUpstreamError):
+            raise
+        except Exception as err:  # httpx's transport errors and timeouts, a broken stream
+            raise self._failure(err) from err
+        finally:
+            with self._lock:
+                self._sent[row.index] = list(row.ids) + tokens
+            if keep_open:
+                stream.position = list(row.ids) + tokens
+                self._streams[row.index] = stream
+                stream.draft()
+            else:
+                stream.close()
+        return RoundOutcome(tokens)
+
+    def _open(self, row: RowState) -> _RowStream:
+        """Send ``row``'s request; returns its stream once the server accepted it."""
         body = {
             "model": self.upstream.model,
             "prompt": list(row.ids),
@@ -132,26 +274,34 @@ class VLLMEngine(UpstreamEngine):
             "skip_special_tokens": False,
             **self.upstream.sampling,
         }
-        tokens: list[int] = []
+        self._check_cancel()
+        with self._lock:
+            previous = self._sent.get(row.index, [])
+            self.stats.upstream_requests += 1
+            self.stats.upstream_prompt_tokens += len(row.ids)
+            self.stats.upstream_new_prompt_tokens += len(row.ids) - longest_common_prefix(previous, row.ids)
+        context = self._client.stream("POST", "/v1/completions", json=body)
         try:
-            with self._client.stream("POST", "/v1/completions", json=body) as response:
-                if response.status_code != 200:
-                    response.read()
-                    raise VLLMUpstreamError(f"vLLM answered {response.status_code}: {response.text[:500]}")
-                for token in _streamed_token_ids(response.iter_lines()):
-                    tokens.append(token)
-                    if token in self.eos_token_ids:
-                        break
-                    cut = tracker.push(token)
-                    if cut is not None:
-                        return RoundOutcome(tokens, cut=offset + cut)
-                    if len(tokens) >= row.budget_left:
-                        break
+            response = context.__enter__()
+            if response.status_code != 200:
+                response.read()
+                raise VLLMUpstreamError(f"vLLM answered {response.status_code}: {response.text[:500]}")
         except VLLMUpstreamError:
+            context.__exit__(None, None, None)
             raise
-        except Exception as err:  # httpx's transport errors, a broken stream
-            raise VLLMUpstreamError(f"the vLLM server at {self.upstream.base_url} failed: {err}") from err
-        return RoundOutcome(tokens)
+        except Exception as err:
+            raise self._failure(err) from err
+        return _RowStream(context, _streamed_token_ids(response.iter_lines()), self.cancel)
+
+    def _check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("the call was cancelled")
+
+    def _failure(self, err: BaseException) -> VLLMUpstreamError:
+        if isinstance(err, VLLMUpstreamError):
+            return err
+        kind = "timed out" if "Timeout" in type(err).__name__ else "failed"
+        return VLLMUpstreamError(f"the vLLM server at {self.upstream.base_url} {kind}: {type(err).__name__}: {err}")
 
 
 def _streamed_token_ids(lines: Iterable[str]) -> Iterable[int]:
@@ -182,16 +332,26 @@ def stream_aligned_completion(
     eos_token_ids: Sequence[int] | None = None,
     streamer: Any = None,
     return_dict: bool = False,
+    overlap: bool = False,
+    cancel: threading.Event | None = None,
 ) -> Any:
     """Stream-aligned completion of each prompt (token ids) on a vLLM server: the same loop, records, errors and
     streamer events as ``model.generate(..., aligner=...)``; see :mod:`.vllm_engine`.
 
+    Args:
+        overlap: let each row's request keep streaming while the aligner corrects its sentence (kept if the
+            aligner leaves the sentence unchanged, dropped otherwise; the tokens are the same either way).
+        cancel: an event; once set, every request of the call ends at its next token and the call raises
+            :class:`~..outputs.StreamAlignmentCancelled` with the output so far.
+
     Returns ``sequences`` (prompts left-padded with the tokenizer's pad id, then each row's tokens, right-padded) or,
-    with ``return_dict``, a :class:`~..outputs.StreamAlignedGenerateOutput` with the trace and stats.
+    with ``return_dict``, a :class:`~..outputs.StreamAlignedGenerateOutput` with the trace and stats. Upstream
+    failures (server down, an error answer, a broken stream, a timeout) raise a
+    :class:`~..outputs.StreamAlignmentError` that names the server and carries every row's output so far.
     """
     from ..generation import _check_choice, _prepare_aligner, _prepare_questions
     from ..loop import AlignmentLoop
-    from ..outputs import StreamAlignmentError
+    from ..outputs import StreamAlignmentCancelled, StreamAlignmentError
     from ..plan import GenerationPlan
     from ..streamers import StreamerDriver
 
@@ -213,7 +373,8 @@ def stream_aligned_completion(
 
         def factory(plan_rows: list[Any], stats: Any) -> VLLMEngine:
             return VLLMEngine(upstream, plan_rows, tokenizer=tokenizer, stats=stats, terminators=settings.terminators,
-                              max_sentence_tokens=settings.max_sentence_tokens, eos_token_ids=eos)  # fmt: skip
+                              max_sentence_tokens=settings.max_sentence_tokens, eos_token_ids=eos, overlap=overlap,
+                              cancel=cancel)  # fmt: skip
 
         plan = GenerationPlan(
             tokenizer=tokenizer,
@@ -236,6 +397,8 @@ def stream_aligned_completion(
             loop.run()
         except VLLMUpstreamError as err:  # the upstream failed: a clear error with every row's output so far
             raise loop.fail(str(err), StreamAlignmentError, None, None) from err
+        except Cancelled as err:
+            raise loop.fail(str(err), StreamAlignmentCancelled, None, None) from err
     except BaseException as error:
         driver.abort(error)
         raise

@@ -1,0 +1,155 @@
+"""An aligner served by vLLM: the same prompts and greedy corrections as :class:`~.aligner.StreamAligner`, decoded by
+a vLLM server instead of in process.
+
+Two placements, both over ``/v1/completions`` with token-id prompts:
+
+* **a LoRA adapter on the upstream's own server**, when the aligner is a LoRA on the upstream's base (as the shipped
+  arithmetic aligner is on SmolLM2): start vLLM with ``--enable-lora --max-lora-rank 16 --lora-modules
+  aligner=ADAPTER_DIR`` and pass ``model="aligner"``. One copy of the base weights serves both roles, and vLLM
+  batches aligner and upstream requests together.
+* **a server of its own** running a full aligner checkpoint (``--served-model-name aligner``).
+
+The prompt is built here, from the checkpoint's ``stream_aligner_config.json`` and tokenizer (the request's text is
+plain text, never control tokens: :meth:`~.stream_aligner_config.StreamAlignerConfig.encode_prompt`), so the server
+decodes exactly what :class:`~.aligner.StreamAligner` would. One ``correct`` call is one HTTP request carrying every
+prompt (vLLM batches them). Needs ``httpx``; nothing here imports vLLM.
+
+Example:
+
+    >>> from transformers_stream_aligner.vllm_aligner import VLLMAligner
+    >>> aligner = VLLMAligner.from_pretrained("examples/arithmetic/trained_aligner",
+    ...                                       base_url="http://127.0.0.1:8000", model="aligner")  # doctest: +SKIP
+    >>> model.generate(**inputs, aligner=aligner)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from .aligner import AlignmentRequest, UnfinishedCorrection
+from .stream_aligner_config import StreamAlignerConfig
+from .tokens import token_id_list
+
+__all__ = ["VLLMAligner"]
+
+
+class VLLMAligner:
+    """Corrections decoded by a vLLM server (see the module docstring). Safe to share between threads.
+
+    Args:
+        base_url: the server, e.g. ``"http://127.0.0.1:8000"``.
+        model: the served name of the aligner (the LoRA module's name, or the aligner server's model name).
+        tokenizer: the aligner's tokenizer (it builds the prompts and decodes the corrections).
+        config: its :class:`StreamAlignerConfig` (default: the reference prompt).
+        timeout: seconds to wait for the server (connect and read).
+        api_key: sent as a bearer token if the server wants one.
+        eos_token_ids: where a correction ends (default: the tokenizer's EOS).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        tokenizer: Any,
+        config: StreamAlignerConfig | None = None,
+        *,
+        timeout: float = 120.0,
+        api_key: str | None = None,
+        eos_token_ids: Sequence[int] | None = None,
+    ) -> None:
+        if tokenizer is None:
+            raise ValueError("VLLMAligner needs the aligner's tokenizer")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config if config is not None else StreamAlignerConfig()
+        self.timeout = timeout
+        self.api_key = api_key
+        self.eos_token_ids = token_id_list(eos_token_ids if eos_token_ids is not None else tokenizer.eos_token_id)
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        base_url: str,
+        model: str,
+        revision: str | None = None,
+        local_files_only: bool = False,
+        trust_remote_code: bool = False,
+        **kwargs: Any,
+    ) -> VLLMAligner:
+        """The prompt settings and tokenizer of an aligner checkpoint (a directory or Hub repo: the one vLLM serves),
+        decoded by the server at ``base_url`` under the name ``model``. No weights are loaded here."""
+        from transformers import AutoTokenizer
+
+        hub = {"revision": revision, "local_files_only": local_files_only}
+        config = StreamAlignerConfig.from_pretrained(pretrained_model_name_or_path, **hub) or StreamAlignerConfig()
+        tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, trust_remote_code=trust_remote_code, **hub)
+        return cls(base_url, model, tokenizer, config, **kwargs)
+
+    def _http(self) -> Any:
+        with self._client_lock:
+            if self._client is None:
+                import httpx
+
+                headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+                self._client = httpx.Client(base_url=self.base_url, timeout=self.timeout, headers=headers)
+            return self._client
+
+    def close(self) -> None:
+        """Close the HTTP connections (a later call opens new ones)."""
+        with self._client_lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def correct(self, requests: Sequence[AlignmentRequest]) -> list[str]:
+        """One corrected sentence per request, from one ``/v1/completions`` request with every prompt.
+
+        Greedy unless the config samples. A correction that reached ``max_correction_tokens`` without an end is an
+        :class:`~.aligner.UnfinishedCorrection` (generation keeps the original sentence then). Raises
+        :class:`~.engines.vllm_engine.VLLMUpstreamError` if the server fails or answers with an error.
+        """
+        from .engines.vllm_engine import VLLMUpstreamError
+
+        requests = list(requests)
+        if not requests:
+            return []
+        config = self.config
+        prompts = [
+            config.encode_prompt(self.tokenizer, question=r.question, prefix=r.prefix, last=r.last) for r in requests
+        ]
+        body: dict[str, Any] = {
+            "model": self.model,
+            "prompt": prompts,
+            "max_tokens": config.max_correction_tokens,
+            "return_token_ids": True,
+            "skip_special_tokens": False,
+            "stop_token_ids": self.eos_token_ids,
+        }
+        body.update({"temperature": config.temperature, "top_p": config.top_p} if config.do_sample else {"temperature": 0})
+        try:
+            response = self._http().post("/v1/completions", json=body)
+        except Exception as err:  # httpx's transport errors and timeouts
+            raise VLLMUpstreamError(f"the aligner server at {self.base_url} failed: {type(err).__name__}: {err}") from err
+        if response.status_code != 200:
+            raise VLLMUpstreamError(f"the aligner server answered {response.status_code}: {response.text[:500]}")
+        choices = sorted(response.json()["choices"], key=lambda choice: choice["index"])
+        if len(choices) != len(requests):
+            raise VLLMUpstreamError(f"the aligner server answered {len(choices)} choices for {len(requests)} prompts")
+        texts: list[str] = []
+        for choice in choices:
+            ids = list(choice.get("token_ids") or [])
+            text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            ended = choice.get("finish_reason") == "stop" or any(t in self.eos_token_ids for t in ids)
+            texts.append(text if ended else UnfinishedCorrection(text))
+        return texts
+
+    def __repr__(self) -> str:
+        return f"VLLMAligner(base_url={self.base_url!r}, model={self.model!r})"
