@@ -94,9 +94,11 @@ def running_server(command, *, health_url, log_path, env=None, cwd=None, timeout
             time.sleep(0.5)
         yield server
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
         try:
+            os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=60)
+        except ProcessLookupError:
+            pass  # a test killed it already
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=60)

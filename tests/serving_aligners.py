@@ -11,3 +11,17 @@ def fails_on_second(question, prefix, last):
     if prefix:
         raise ConnectionError("aligner service unavailable")
     return last
+
+
+def rewrite(question, prefix, last):
+    """Changes every sentence ("Indeed, ..."): every next sentence must be the upstream's continuation of the
+    corrected text."""
+    return last if last.startswith("Indeed") else "Indeed, " + last
+
+
+def slow_identity(question, prefix, last):
+    """Unchanged, after 1 s: long enough for a client to leave while the request is running."""
+    import time
+
+    time.sleep(1.0)
+    return last

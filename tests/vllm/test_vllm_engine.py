@@ -1,12 +1,23 @@
 """Stream alignment over a vLLM server (issue 17's engine): exact on SmolLM2 float32 greedy, the same records and
 errors as on the transformers engine. Run by ``make test-vllm`` (marker ``vllm``; ``make test`` leaves them out)."""
 
+import asyncio
+import time
+
 import httpx
 import pytest
 
 from examples.arithmetic.task import check_arithmetic
 from transformers_stream_aligner import StreamAlignmentError
-from transformers_stream_aligner.engines.vllm_engine import VLLMUpstream, VLLMUpstreamError, stream_aligned_completion
+from transformers_stream_aligner.aligner_batching import BatchingAligner
+from transformers_stream_aligner.engines.vllm_engine import (
+    VLLMUpstream,
+    VLLMUpstreamError,
+    astream_aligned_completion,
+    stream_aligned_completion,
+)
+
+from .conftest import wait_until_idle
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -111,3 +122,84 @@ def test_an_aligner_that_fails_keeps_the_partial_output(upstream, smollm2):
         stream_aligned_completion(upstream, [_chat(tok, QUESTIONS[1])], aligner=fails_on_second, tokenizer=tok,
                                   max_new_tokens=MAX_NEW)  # fmt: skip
     assert caught.value.alignment_trace[0] and caught.value.partial_texts[0]
+    assert wait_until_idle(upstream.base_url) == (0.0, 0.0), "a request was left running in vLLM"
+
+
+# ---------------------------------------------------------------------------------------------- overlap
+@pytest.mark.parametrize("aligner", [identity, rewrite, check_arithmetic], ids=["identity", "rewrite", "arithmetic"])
+def test_overlap_gives_the_same_tokens(upstream, smollm2, aligner):
+    """Drafting the next sentence while the aligner works changes nothing in the output: a kept draft is the
+    continuation a new request would give, a dropped one is replaced by it."""
+    _, tok = smollm2
+    for question in QUESTIONS[:3]:
+        ids = _chat(tok, question)
+        plain = stream_aligned_completion(upstream, [ids], aligner=aligner, tokenizer=tok, max_new_tokens=MAX_NEW,
+                                          return_dict=True)  # fmt: skip
+        drafted = stream_aligned_completion(upstream, [ids], aligner=aligner, tokenizer=tok, max_new_tokens=MAX_NEW,
+                                            return_dict=True, overlap=True)  # fmt: skip
+        assert drafted.sequences.tolist() == plain.sequences.tolist()
+        assert [r.corrected_ids for r in drafted.alignment_trace[0]] == [r.corrected_ids for r in plain.alignment_trace[0]]
+
+
+def test_overlap_keeps_drafts_of_unchanged_sentences_and_drops_changed_ones(upstream, smollm2):
+    _, tok = smollm2
+    ids = _chat(tok, QUESTIONS[1])
+
+    def slow(aligner):
+        def correct(question, prefix, last):
+            time.sleep(0.5)  # the upstream drafts meanwhile
+            return aligner(question, prefix, last)
+
+        return correct
+
+    kept = stream_aligned_completion(upstream, [ids], aligner=slow(identity), tokenizer=tok, max_new_tokens=MAX_NEW,
+                                     return_dict=True, overlap=True).alignment_stats  # fmt: skip
+    assert kept.draft_tokens_kept > 0 and kept.draft_tokens_discarded == 0
+    assert kept.upstream_requests < kept.sentences_aligned  # drafts continued the same requests
+    dropped = stream_aligned_completion(upstream, [ids], aligner=slow(rewrite), tokenizer=tok, max_new_tokens=MAX_NEW,
+                                        return_dict=True, overlap=True).alignment_stats  # fmt: skip
+    assert dropped.draft_tokens_discarded > 0 and dropped.draft_tokens_kept == 0
+
+
+# ---------------------------------------------------------------------------------------------- concurrency
+def test_concurrent_requests_on_asyncio_each_get_what_they_get_alone(upstream, smollm2):
+    """8 requests at once, each with its own sentence loop; their aligner calls batched by one BatchingAligner."""
+    _, tok = smollm2
+    prompts = [_chat(tok, q) for q in QUESTIONS * 2]
+    alone = [stream_aligned_completion(upstream, [p], aligner=check_arithmetic, tokenizer=tok, max_new_tokens=MAX_NEW)
+             for p in prompts[:4]]  # fmt: skip
+    calls = []
+
+    def recording(requests):
+        calls.append(len(requests))
+        return [check_arithmetic(r.question, r.prefix, r.last) for r in requests]
+
+    class Recording:
+        correct = staticmethod(recording)
+
+    async def all_at_once(batching):
+        jobs = [astream_aligned_completion(upstream, [p], aligner=batching, tokenizer=tok, max_new_tokens=MAX_NEW)
+                for p in prompts]  # fmt: skip
+        return await asyncio.gather(*jobs)
+
+    with BatchingAligner(Recording(), window=0.05) as batching:
+        together = asyncio.run(all_at_once(batching))
+    for i, out in enumerate(together):
+        assert out.tolist() == alone[i % 4].tolist()
+    assert batching.stats.callers > len(calls) and max(calls) > 1, "no aligner call was shared"
+
+
+def test_cancelling_the_task_ends_the_engine_requests(upstream, smollm2, vllm_server):
+    _, tok = smollm2
+    ids = _chat(tok, QUESTIONS[1])
+
+    async def cancel_soon():
+        task = asyncio.create_task(astream_aligned_completion(upstream, [ids], aligner=identity, tokenizer=tok,
+                                                              max_new_tokens=400))  # fmt: skip
+        await asyncio.sleep(1.0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_soon())
+    assert wait_until_idle(vllm_server[0]) == (0.0, 0.0)

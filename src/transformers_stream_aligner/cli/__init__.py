@@ -3,7 +3,8 @@
 * ``stream-aligner train`` (:mod:`.train`): fine-tune a causal LM into an aligner;
 * ``stream-aligner build-dataset`` (:mod:`.build_dataset`): turn answers into training records;
 * ``stream-aligner export-custom-generate`` (:mod:`.export_custom_generate`): write (and push) the Hub-ready
-  ``custom_generate`` folder.
+  ``custom_generate`` folder;
+* ``stream-aligner serve`` (:mod:`.serve`): the OpenAI-compatible stream-aligned endpoint.
 
 Each command's flags are generated from its dataclasses by ``transformers.HfArgumentParser`` (the help text has
 one source: the fields' metadata); both ``--flag-name`` and ``--flag_name`` are accepted. Bad input (unreadable or
@@ -27,11 +28,12 @@ from transformers import HfArgumentParser
 
 from .. import __version__
 from ..training_data import TrainingDataError
-from . import build_dataset, export_custom_generate, train
+from . import build_dataset, export_custom_generate, serve, train
 
 __all__ = ["main"]
 
-COMMANDS = {"train": train, "build-dataset": build_dataset, "export-custom-generate": export_custom_generate}
+COMMANDS = {"train": train, "build-dataset": build_dataset, "export-custom-generate": export_custom_generate,
+            "serve": serve}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,15 +20,17 @@ any corrected text), whatever happened to the row before.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from ..loop import RowState
 
-__all__ = ["Cancelled", "RoundOutcome", "UpstreamEngine"]
+__all__ = ["Cancelled", "RoundOutcome", "UpstreamEngine", "run_cancellable"]
 
 
 class Cancelled(Exception):
@@ -88,3 +90,42 @@ class UpstreamEngine(ABC):
         """The engine's rows are done, or the call failed: release what the engine holds (connections, threads);
         returns what the caller may keep (e.g. the KV cache), or ``None``. Called once per engine."""
         return None
+
+
+async def run_cancellable(fn: Callable[[threading.Event], Any]) -> Any:
+    """Run the blocking call ``fn(cancel)`` (a sentence loop) on a thread of its own and await its result.
+
+    If the awaiting task is cancelled (a client disconnected), ``cancel`` is set, the call is awaited until it has
+    ended its engine's requests, and the cancellation goes on. A thread per call (not the default executor, which
+    has a few workers) so that many concurrent calls each run their own loop while the upstream batches them.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future = loop.create_future()
+    cancel = threading.Event()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def work() -> None:
+        try:
+            result = fn(cancel)
+        except BaseException as err:  # noqa: BLE001 - handed to the awaiting task
+            loop.call_soon_threadsafe(settle, None, err)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=work, name="stream-aligned-call", daemon=True).start()
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        cancel.set()
+        try:
+            await future  # the loop ends its requests at their next token
+        except BaseException:  # noqa: BLE001 - the call's own error (StreamAlignmentCancelled) is expected here
+            pass
+        raise

@@ -31,13 +31,19 @@ import torch
 
 from ..boundary import SentenceTracker
 from ..tokens import longest_common_prefix
-from .base import Cancelled, RoundOutcome, UpstreamEngine
+from .base import Cancelled, RoundOutcome, UpstreamEngine, run_cancellable
 
 if TYPE_CHECKING:
     from ..loop import RowState
     from ..outputs import AlignmentStats
 
-__all__ = ["VLLMEngine", "VLLMUpstream", "VLLMUpstreamError", "stream_aligned_completion"]
+__all__ = [
+    "VLLMEngine",
+    "VLLMUpstream",
+    "VLLMUpstreamError",
+    "astream_aligned_completion",
+    "stream_aligned_completion",
+]
 
 
 class VLLMUpstreamError(RuntimeError):
@@ -403,3 +409,19 @@ def stream_aligned_completion(
         driver.abort(error)
         raise
     return loop.output(None)
+
+
+async def astream_aligned_completion(upstream: VLLMUpstream, prompts: Sequence[Sequence[int]], **kwargs: Any) -> Any:
+    """:func:`stream_aligned_completion` for asyncio: the call's sentence loop runs on a thread of its own, so many
+    calls run at once (vLLM batches their requests; a shared :class:`~..aligner_batching.BatchingAligner` batches
+    their aligner calls). Cancelling the awaiting task ends the call's requests at their next token.
+
+    Example:
+
+        >>> async def answer_all(upstream, prompts, aligner, tok):  # doctest: +SKIP
+        ...     return await asyncio.gather(*(astream_aligned_completion(upstream, [p], aligner=aligner,
+        ...                                   tokenizer=tok, max_new_tokens=100) for p in prompts))
+    """
+    if "cancel" in kwargs:
+        raise TypeError("astream_aligned_completion is cancelled by cancelling its task, not with cancel=")
+    return await run_cancellable(lambda cancel: stream_aligned_completion(upstream, prompts, cancel=cancel, **kwargs))
