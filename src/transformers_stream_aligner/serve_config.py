@@ -69,7 +69,10 @@ class ServeConfig:
     max_concurrent_requests: int = field(
         default=16, metadata={"help": "Requests served at once; more are refused with HTTP 429."}
     )
-    default_max_tokens: int = field(default=256, metadata={"help": "max_tokens of a request that gives none."})
+    default_max_tokens: int | None = field(
+        default=None,
+        metadata={"help": "max_tokens of a request that gives none (default: the smaller of 256 and --max-tokens-limit)."},
+    )
     max_tokens_limit: int = field(default=2048, metadata={"help": "The largest max_tokens a request may ask for."})
     max_prompt_tokens: int = field(default=4096, metadata={"help": "The longest prompt accepted, in tokens."})
     upstream_timeout: float = field(
@@ -88,6 +91,8 @@ class ServeConfig:
             raise ValueError("--aligner-url needs --aligner-vllm-model (the aligner's name on that server)")
         if self.aligner_vllm_model is not None and self.aligner_url is None and self.upstream_url is None:
             raise ValueError("--aligner-vllm-model needs --aligner-url (or an --upstream-url to serve it)")
+        if self.default_max_tokens is None:
+            self.default_max_tokens = min(256, self.max_tokens_limit)
         for name in ("max_concurrent_requests", "default_max_tokens", "max_tokens_limit", "max_prompt_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
