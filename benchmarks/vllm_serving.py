@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         reference = by_key.get((base_mode, r["concurrency"]))
         r["same_tokens_as_without_overlap"] = reference["outputs"] == r["outputs"] if reference else None
         if r["mode"] in ("identity", "identity+overlap") and plain:
-            r["same_tokens_as_plain"] = [o[: len(p)] for o, p in zip(r["outputs"], plain["outputs"])] == plain["outputs"]
+            r["same_tokens_as_plain"] = [o[: len(p)] for o, p in zip(r["outputs"], plain["outputs"], strict=True)] == plain["outputs"]
     for r in rows:
         del r["outputs"]
     result = {
