@@ -2,7 +2,8 @@
 float32 greedy, vLLM's CPU build on this machine).
 
 Starts its own vLLM server on 127.0.0.1 (the ``.venv-vllm`` environment of ``make test-vllm``; the shipped arithmetic
-aligner as the LoRA module ``aligner``, prefix caching on) and stops it by its process id. In one run, same prompts:
+aligner as the LoRA module ``aligner``, prefix caching on) and stops it by its process id. In one run, same prompts (each run sends
+``--requests`` requests, 8 by default and 16 at concurrency 16, with at most ``concurrency`` in flight):
 
 * ``plain``: the prompts streamed straight from vLLM (no alignment);
 * ``identity``: stream-aligned with an aligner that keeps every sentence;
@@ -17,7 +18,7 @@ the same concurrency, median time to the first corrected sentence (plain: to the
 outputs' agreement with the non-overlap run. Separately, at concurrency 1, the prompt tokens vLLM recomputed for
 each request after a splice (its prefix-cache counters) against the tokens that actually changed.
 
-    python -m benchmarks.vllm_serving                     # everything (~15 min here)
+    python -m benchmarks.vllm_serving                     # everything (~20 min here)
     python -m benchmarks.vllm_serving --concurrency 1 4 --modes plain identity
 
 Writes JSON (``benchmarks/results/vllm_serving.json``) and a plot (``docs/img/vllm_serving.png``).
@@ -79,7 +80,7 @@ def metric(text: str, name: str, label: str = "") -> float:
 async def plain_request(client: httpx.AsyncClient, model: str, ids: list[int], max_tokens: int, tok: Any) -> dict:
     body = {"model": model, "prompt": ids, "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "return_token_ids": True, "skip_special_tokens": False}  # fmt: skip
-    start = time.perf_counter()
+    start = time.perf_counter()  # from the request's start (after waiting for a slot)
     tokens: list[int] = []
     first_sentence = None
     async with client.stream("POST", "/v1/completions", json=body) as response:
@@ -96,7 +97,6 @@ async def plain_request(client: httpx.AsyncClient, model: str, ids: list[int], m
 async def aligned_request(upstream: Any, ids: list[int], max_tokens: int, tok: Any, aligner: Any, overlap: bool) -> dict:
     from transformers_stream_aligner.engines.vllm_engine import astream_aligned_completion
 
-    start = time.perf_counter()
     first: list[float] = []
 
     class FirstRecord:
@@ -110,6 +110,7 @@ async def aligned_request(upstream: Any, ids: list[int], max_tokens: int, tok: A
         def put(self, value: Any) -> None: ...
         def end(self) -> None: ...
 
+    start = time.perf_counter()
     out = await astream_aligned_completion(upstream, [ids], aligner=aligner, tokenizer=tok, max_new_tokens=max_tokens,
                                            streamer=FirstRecord(), return_dict=True, overlap=overlap)  # fmt: skip
     stats = out.alignment_stats
@@ -121,19 +122,26 @@ async def run_mode(mode: str, prompts: list[list[int]], concurrency: int, args: 
     from transformers_stream_aligner.aligner_batching import BatchingAligner
 
     tok, upstream = env["tok"], env["upstream"]
-    selected = [prompts[i % len(prompts)] for i in range(concurrency)]
+    count = max(args.requests, concurrency)
+    selected = [prompts[i % len(prompts)] for i in range(count)]
+    slots = asyncio.Semaphore(concurrency)  # `count` requests, at most `concurrency` at once
+
+    async def limited(job: Any) -> dict:
+        async with slots:
+            return await job
+
     start = time.perf_counter()
     if mode == "plain":
         async with httpx.AsyncClient(base_url=upstream.base_url, timeout=600) as client:
-            results = await asyncio.gather(*(plain_request(client, upstream.model, p, args.max_tokens, tok)
+            results = await asyncio.gather(*(limited(plain_request(client, upstream.model, p, args.max_tokens, tok))
                                              for p in selected))  # fmt: skip
         batching = None
     else:
         name, _, extra = mode.partition("+")
         batching = BatchingAligner(env["aligners"][name], window=args.window)
         try:
-            results = await asyncio.gather(*(aligned_request(upstream, p, args.max_tokens, tok, batching, extra == "overlap")
-                                             for p in selected))  # fmt: skip
+            results = await asyncio.gather(*(limited(aligned_request(upstream, p, args.max_tokens, tok, batching,
+                                                                     extra == "overlap")) for p in selected))  # fmt: skip
         finally:
             batching.close()
     wall = time.perf_counter() - start
@@ -211,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
-    parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=8, help="requests per run (at least the concurrency)")
     parser.add_argument("--window", type=float, default=0.01, help="BatchingAligner collection window (s)")
     parser.add_argument("--splice-prompts", type=int, default=6)
     parser.add_argument("--vllm-python", default=os.environ.get("VLLM_PYTHON", str(ROOT / ".venv-vllm/bin/python")))
@@ -241,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                "--enforce-eager", "--host", "127.0.0.1", "--port", str(port), "--enable-lora", "--max-lora-rank", "16",
                "--lora-modules", f"aligner={ADAPTER}", "--enable-prompt-tokens-details"]  # fmt: skip
     server_env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="2")
-    log_path = ROOT / "benchmarks/results/vllm_serving_server.log"
+    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / "vllm_serving_server.log"
     rows: list[dict] = []
     with running_server(command, health_url=f"{base}/health", log_path=log_path, env=server_env, timeout=900):
         info = re.search(r"vllm:cache_config_info\{([^}]*)\}", httpx.get(f"{base}/metrics", timeout=30).text)
@@ -277,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
         "settings": {"max_tokens": args.max_tokens, "window_s": args.window, "questions": len(QUESTIONS),
+                     "requests_per_run": args.requests,
                      "block_size": block_size},  # fmt: skip
         "rows": rows,
         "splices": splices,
