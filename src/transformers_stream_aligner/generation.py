@@ -38,11 +38,10 @@ from transformers import (
 
 from .aligner import CorrectionFn, StreamAligner, as_correction_fn
 from .cache import has_sliding_layers, make_rollback_cache, model_has_sliding_layers, prepare_upstream_cache
-from .engines.base import Cancelled
 from .engines.transformers_engine import TransformersEngine
 from .generation_fields import ASSISTED_DECODING, check_generation_fields
 from .loop import AlignmentLoop
-from .outputs import StreamAlignedGenerateOutput, StreamAlignmentCancelled
+from .outputs import StreamAlignedGenerateOutput
 from .plan import GenerationPlan
 from .prompt import question_from_prompt
 from .stream_aligner_config import StreamAlignerConfig
@@ -216,10 +215,7 @@ def stream_aligned_generate(
             return_dict=return_dict,
         )
         loop = AlignmentLoop(plan)
-        try:
-            cache = loop.run()
-        except Cancelled as err:  # a caller's cancel (e.g. a served client left): the output so far, as an error
-            raise loop.fail(str(err), StreamAlignmentCancelled, None, None) from err
+        cache = loop.run()
     except BaseException as error:  # KeyboardInterrupt too (a no-op if the loop has ended the streamer)
         driver.abort(error)
         raise

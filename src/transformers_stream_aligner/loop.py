@@ -29,12 +29,13 @@ import torch
 
 from .aligner_call import AlignerCallFailure, build_request, call_aligner
 from .boundary import Sentence, decode_span, next_step
-from .engines.base import UpstreamEngine
+from .engines.base import Cancelled, UpstreamEngine, UpstreamFailure
 from .outputs import (
     AlignerOutputError,
     AlignmentRecord,
     AlignmentStats,
     StreamAlignedGenerateOutput,
+    StreamAlignmentCancelled,
     StreamAlignmentError,
 )
 from .plan import GenerationPlan
@@ -120,13 +121,18 @@ class AlignmentLoop:
         """Generate every row; returns what the engine leaves (the KV cache of a single engine, else ``None``)."""
         plan = self.plan
         try:
-            plan.streamer.prompt(plan.prompt_ids)
-            if plan.row_by_row:
-                for row in self.rows:
-                    self._run_engine([row])
-                result = None
-            else:
-                result = self._run_engine(self.rows)
+            try:
+                plan.streamer.prompt(plan.prompt_ids)
+                if plan.row_by_row:
+                    for row in self.rows:
+                        self._run_engine([row])
+                    result = None
+                else:
+                    result = self._run_engine(self.rows)
+            except Cancelled as err:  # the caller cancelled (a served client left): the output so far, as an error
+                raise self.fail(str(err), StreamAlignmentCancelled, None, None) from err
+            except UpstreamFailure as err:  # a served upstream failed: a clear error with every row's output so far
+                raise self.fail(str(err), StreamAlignmentError, None, None) from err
         except BaseException as error:  # KeyboardInterrupt too: a streaming consumer must not wait forever
             plan.streamer.abort(error, [row.index for row in self.rows if not row.finished])
             raise

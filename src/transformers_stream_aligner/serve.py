@@ -163,8 +163,7 @@ class StreamAlignedServer:
 
         from .aligner import load_aligner
 
-        if ":" in config.aligner:
-            return load_aligner(config.aligner)
+        # a module:attribute spec imports the operator's code and ignores the loading keywords
         return load_aligner(config.aligner, trust_remote_code=config.trust_remote_code, dtype=getattr(torch, config.dtype))
 
     def _first_served_model(self) -> str:

@@ -111,13 +111,13 @@ def test_a_client_that_disconnects_ends_its_engine_requests(slow_endpoint, vllm_
         for line in response.iter_lines():
             if '"content"' in line and '"content": ""' not in line:
                 break  # one sentence arrived: leave
-    assert _wait_health(slow_endpoint, lambda h: h["active_requests"] == 0)
-    assert wait_until_idle(vllm_server[0]) == (0.0, 0.0)
+    assert _wait_health(slow_endpoint, lambda h: h["active_requests"] == 0, timeout=5.0)  # ~10 sentences × 1 s left
+    assert wait_until_idle(vllm_server[0], timeout=5.0) == (0.0, 0.0)
     # non-streaming: the server notices the closed connection too
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{slow_endpoint}/v1/chat/completions", json={**body, "stream": False}, timeout=2.5)
-    assert _wait_health(slow_endpoint, lambda h: h["active_requests"] == 0)
-    assert wait_until_idle(vllm_server[0]) == (0.0, 0.0)
+    assert _wait_health(slow_endpoint, lambda h: h["active_requests"] == 0, timeout=5.0)  # ~10 sentences × 1 s left
+    assert wait_until_idle(vllm_server[0], timeout=5.0) == (0.0, 0.0)
 
 
 def test_limits_and_bad_requests_are_clear_errors(slow_endpoint):

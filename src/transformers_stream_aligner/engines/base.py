@@ -30,12 +30,17 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ..loop import RowState
 
-__all__ = ["Cancelled", "RoundOutcome", "UpstreamEngine", "run_cancellable"]
+__all__ = ["Cancelled", "RoundOutcome", "UpstreamEngine", "UpstreamFailure", "run_cancellable"]
 
 
 class Cancelled(Exception):
-    """Raised by an engine whose caller cancelled the call (e.g. a served client disconnected); the entry point
-    turns it into a :class:`~..outputs.StreamAlignmentCancelled` with the output so far."""
+    """Raised by an engine whose caller cancelled the call (e.g. a served client disconnected); the loop turns it
+    into a :class:`~..outputs.StreamAlignmentCancelled` with the output so far."""
+
+
+class UpstreamFailure(RuntimeError):
+    """Raised by an engine whose upstream failed (a server down, an error answer, a broken stream, a timeout); the
+    loop turns it into a :class:`~..outputs.StreamAlignmentError` with the output so far."""
 
 
 @dataclass

@@ -31,7 +31,7 @@ import torch
 
 from ..boundary import SentenceTracker
 from ..tokens import longest_common_prefix
-from .base import Cancelled, RoundOutcome, UpstreamEngine, run_cancellable
+from .base import Cancelled, RoundOutcome, UpstreamEngine, UpstreamFailure, run_cancellable
 
 if TYPE_CHECKING:
     from ..loop import RowState
@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 
-class VLLMUpstreamError(RuntimeError):
+class VLLMUpstreamError(UpstreamFailure):
     """The vLLM server could not be reached, answered with an error, or its stream broke off."""
 
 
@@ -357,7 +357,6 @@ def stream_aligned_completion(
     """
     from ..generation import _check_choice, _prepare_aligner, _prepare_questions
     from ..loop import AlignmentLoop
-    from ..outputs import StreamAlignmentCancelled, StreamAlignmentError
     from ..plan import GenerationPlan
     from ..streamers import StreamerDriver
 
@@ -399,12 +398,7 @@ def stream_aligned_completion(
             return_dict=return_dict,
         )
         loop = AlignmentLoop(plan)
-        try:
-            loop.run()
-        except VLLMUpstreamError as err:  # the upstream failed: a clear error with every row's output so far
-            raise loop.fail(str(err), StreamAlignmentError, None, None) from err
-        except Cancelled as err:
-            raise loop.fail(str(err), StreamAlignmentCancelled, None, None) from err
+        loop.run()  # upstream failures and cancellation come out as StreamAlignmentError with the output so far
     except BaseException as error:
         driver.abort(error)
         raise
