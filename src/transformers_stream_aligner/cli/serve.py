@@ -5,7 +5,8 @@ Upstream on a vLLM server, aligner in process::
     stream-aligner serve --upstream-url http://127.0.0.1:8000 --tokenizer MODEL_DIR \\
         --aligner examples/arithmetic/trained_aligner --port 8080
 
-the aligner as a LoRA on the same vLLM server (started with ``--enable-lora --lora-modules aligner=ADAPTER_DIR``)::
+the aligner as a LoRA on the same vLLM server (started with ``--enable-lora --lora-modules aligner=ADAPTER_DIR``
+and, on vLLM's CPU build, ``--max-loras 2``: see :func:`~transformers_stream_aligner.vllm_aligner.lora_slot_problem`)::
 
     stream-aligner serve --upstream-url http://127.0.0.1:8000 --tokenizer MODEL_DIR \\
         --aligner ADAPTER_DIR --aligner-vllm-model aligner
