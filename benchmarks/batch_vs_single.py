@@ -6,7 +6,8 @@ memory is measured in a fresh child process per mode, after a warm-up: the resid
 during the run minus the resident memory at its start; the KV cache's own peak is computed from the
 widest layout the run reached.
 
-    python -m benchmarks.batch_vs_single                 # both aligners, 3 repetitions
+    python -m benchmarks.batch_vs_single                 # the three aligners, 3 repetitions
+    python -m benchmarks.batch_vs_single --aligner trained --repeats 1
     python -m benchmarks.batch_vs_single --aligner identity --repeats 1 --max-new-tokens 64
 
 Prints a markdown table and writes JSON (``--json``, default ``benchmarks/results/batch_vs_single.json``).
@@ -43,6 +44,9 @@ UNTRAINED_SYSTEM_PROMPT = (
     "You correct one sentence of an answer. Reply with the corrected last sentence only, nothing else. "
     "If it is already correct, repeat it unchanged."
 )
+
+
+ALIGNERS = ("identity", "smollm2", "trained")
 
 
 def identity(question: str, prefix: str, last: str) -> str:
@@ -123,9 +127,17 @@ def load(cache_dir: str | None) -> tuple[Any, Any]:
 
 
 def make_aligner(name: str, model: Any, tok: Any) -> Any:
+    """``identity``; ``smollm2``: the untrained stand-in (SmolLM2 with the reference prompt, rewrites most
+    sentences); ``trained``: the shipped arithmetic aligner, one copy (its adapter on the upstream itself; **mutates**
+    ``model``, so it comes last)."""
     if name == "identity":
         return identity
     from transformers_stream_aligner import StreamAligner, StreamAlignerConfig
+
+    if name == "trained":
+        from examples.arithmetic import load_arithmetic_aligner
+
+        return load_arithmetic_aligner(base_model=model)
 
     # SmolLM2 itself as an (untrained) model aligner with the reference prompt, as in `make demo`.
     config = StreamAlignerConfig(max_correction_tokens=64, system_prompt=UNTRAINED_SYSTEM_PROMPT)
@@ -218,7 +230,8 @@ def memory(args: argparse.Namespace, aligner: str, mode: str) -> dict[str, float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--aligner", nargs="+", default=["identity", "smollm2"], choices=["identity", "smollm2"])
+    parser.add_argument("--aligner", nargs="+", default=list(ALIGNERS),
+                        choices=ALIGNERS)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
@@ -243,7 +256,7 @@ def main() -> None:
         "results": {},
     }
     modes = ("batch-draft", "batch-hold", "singles")
-    for name in args.aligner:
+    for name in sorted(set(args.aligner), key=ALIGNERS.index):  # trained last: it puts its adapter on the model
         aligner = make_aligner(name, model, tok)
         run_batch(model, tok, aligner, questions[:2], 8)  # warm-up
         runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}

