@@ -95,6 +95,28 @@ def test_decoder_is_exact_for_any_draft(tiny):
     assert decoder.stats.reused_tokens > 0
     assert decoder.stats.accepted_tokens > 0
     assert decoder.stats.compactions > 0
+    assert decoder.stats.row_drops > 0  # rows that finished early left the forwards of the others
+
+
+def test_finished_rows_leave_the_batch_and_the_cache_still_serves_the_next_call(tiny_llama):
+    """A batch where one row decodes far longer than the others: once most rows are done the rest decode on a copy of
+    their cache rows; outputs equal the decoder without it and plain greedy decoding, and the next call (grown
+    prompts) still reuses every row's cache."""
+    model, tok = tiny_llama
+    eos = {tok(" is", add_special_tokens=False).input_ids[-1]}  # an "EOS" the tiny model writes at ragged places
+    prompts = _prompts(tok, 6, seed=3)
+    expected = [plain_greedy(model, p, 30, eos) for p in prompts]
+    assert sorted(len(e) for e in expected)[:3] == [5, 7, 8] and max(len(e) for e in expected) == 30
+    dropping = AlignerDecoder(model, eos_token_ids=eos, pad_token_id=tok.pad_token_id)
+    riding = AlignerDecoder(model, eos_token_ids=eos, pad_token_id=tok.pad_token_id, drop_finished_rows=False)
+    for decoder in (dropping, riding):
+        assert decoder.generate(prompts, sources=[[]] * 6, max_new_tokens=30) == expected
+    assert dropping.stats.row_drops > 0 and riding.stats.row_drops == 0
+    assert dropping.stats.fed_tokens == riding.stats.fed_tokens and dropping.stats.forwards == riding.stats.forwards
+    grown = [p + o[:-1] + p[:3] for p, o in zip(prompts, expected, strict=True)]
+    before = dropping.stats.reused_tokens
+    assert dropping.generate(grown, sources=[[]] * 6, max_new_tokens=8) == [plain_greedy(model, g, 8, eos) for g in grown]
+    assert dropping.stats.reused_tokens - before >= sum(len(p) for p in prompts)  # every row's prompt was still cached
 
 
 def test_decoder_growing_prompts_reuse_the_cache(tiny_llama):

@@ -90,6 +90,7 @@ class AlignerDecodingStats:
         draft_tokens: draft tokens fed; ``accepted_tokens``: of those, the ones greedy decoding agreed with.
         output_tokens: tokens produced (EOS included).
         compactions: times the cache was compacted (holes squeezed out).
+        row_drops: times the rows still decoding went on in a batch of their own (``drop_finished_rows``).
         forwards_last_call, fed_tokens_last_call: the same, for the newest call only.
     """
 
@@ -102,6 +103,7 @@ class AlignerDecodingStats:
     accepted_tokens: int = 0
     output_tokens: int = 0
     compactions: int = 0
+    row_drops: int = 0
     forwards_last_call: int = 0
     fed_tokens_last_call: int = 0
 
@@ -152,6 +154,9 @@ class AlignerDecoder:
         reuse_cache: keep the KV cache between calls (off: every call starts from an empty cache).
         compact_slack: the cache is compacted when it has more than ``compact_slack`` masked columns
             beyond its longest row (and more than that row's length).
+        drop_finished_rows: once at most half of the rows still decode, they go on in a batch of their own (a copy
+            of their cache rows, :meth:`MaskedKVLayout.subset`), so that corrections that ended early stop riding in
+            every forward of a long one; the shared cache keeps every row for the next call.
 
     The rows share one cache described by a :class:`~.cache.MaskedKVLayout` (the layout the upstream's batch
     uses too). The decoder owns its cache: :meth:`generate` **mutates** it (cut back, filled, compacted);
@@ -168,6 +173,7 @@ class AlignerDecoder:
         max_ngram: int = 3,
         reuse_cache: bool = True,
         compact_slack: int = 64,
+        drop_finished_rows: bool = True,
     ) -> None:
         reason = self.unsupported_reason(model)
         if reason is not None:
@@ -181,6 +187,7 @@ class AlignerDecoder:
         self.max_ngram = int(max_ngram)
         self.reuse_cache = reuse_cache
         self.compact_slack = int(compact_slack)
+        self.drop_finished_rows = drop_finished_rows
         self.stats = AlignerDecodingStats()
         self._takes_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.reset()
@@ -239,19 +246,19 @@ class AlignerDecoder:
         self.layout.compact()
         self.stats.compactions += 1
 
-    def _forward(self, blocks: list[list[int]], keep: int) -> torch.Tensor:
-        """Feed each row its block (right-aligned into one block of columns); return the logits of the
-        last ``keep`` columns, ``(batch, keep, vocab)``. Mutates the cache and the layout."""
-        block = self.layout.append(blocks, filler=self.pad)
+    def _forward(self, layout: MaskedKVLayout, blocks: list[list[int]], keep: int) -> torch.Tensor:
+        """Feed each row of ``layout`` its block (right-aligned into one block of columns); return the logits of the
+        last ``keep`` columns, ``(batch, keep, vocab)``. Mutates ``layout`` and its cache."""
+        block = layout.append(blocks, filler=self.pad)
         kwargs: dict[str, Any] = {}
         if self._takes_logits_to_keep:
             kwargs["logits_to_keep"] = keep
         device = self.model.device
         out = self.model(
             input_ids=block.ids.to(device),
-            attention_mask=self.layout.mask.to(device),
+            attention_mask=layout.mask.to(device),
             position_ids=block.positions.to(device),
-            past_key_values=self.layout.cache,
+            past_key_values=layout.cache,
             use_cache=True,
             **kwargs,
         )
@@ -324,9 +331,16 @@ class AlignerDecoder:
         outputs: list[list[int]] = [[] for _ in prompts]
         hints = [0] * len(prompts)
         done = [False] * len(prompts)
+        # ``active`` is the layout the forwards use: the shared one, or (once most rows are done) a copy of the rows
+        # still decoding; its row i is prompt ``rows[i]``. The shared layout keeps every row for the next call.
+        active, rows = layout, list(range(len(prompts)))
         while not all(done):
+            live = [i for i, b in enumerate(rows) if not done[b]]
+            if self.drop_finished_rows and len(live) <= len(rows) // 2:
+                active, rows = active.subset(live), [rows[i] for i in live]
+                self.stats.row_drops += 1
             drafts: list[list[int]] = []
-            for b in range(len(prompts)):
+            for b in rows:
                 room = max_new_tokens - len(outputs[b]) - 1
                 if done[b] or room <= 0:
                     drafts.append([])
@@ -335,18 +349,18 @@ class AlignerDecoder:
                     sources[b], outputs[b], min(self.num_draft_tokens, room), max_ngram=self.max_ngram, hint=hints[b]
                 )
                 drafts.append(draft)
-            blocks = [[] if done[b] else todo[b] + drafts[b] for b in range(len(prompts))]
-            keep = max(len(drafts[b]) + 1 for b in range(len(prompts)) if not done[b])
-            logits = self._forward(blocks, keep)
-            for b in range(len(prompts)):
+            blocks = [[] if done[b] else todo[b] + drafts[i] for i, b in enumerate(rows)]
+            keep = max(len(drafts[i]) + 1 for i, b in enumerate(rows) if not done[b])
+            logits = self._forward(active, blocks, keep)
+            for i, b in enumerate(rows):
                 if done[b]:
                     continue
-                draft = drafts[b]
-                greedy = logits[b, keep - len(draft) - 1 :].argmax(-1).tolist()
+                draft = drafts[i]
+                greedy = logits[i, keep - len(draft) - 1 :].argmax(-1).tolist()
                 accepted = 0
                 while accepted < len(draft) and greedy[accepted] == draft[accepted]:
                     accepted += 1
-                layout.cut(b, layout.placed(b) - (len(draft) - accepted))
+                active.cut(i, active.placed(i) - (len(draft) - accepted))
                 hints[b] += accepted
                 self.stats.draft_tokens += len(draft)
                 self.stats.accepted_tokens += accepted
@@ -361,6 +375,6 @@ class AlignerDecoder:
                 if len(outputs[b]) >= max_new_tokens:
                     done[b] = True
                 todo[b] = [outputs[b][-1]]
-            layout.crop_trailing()
+            active.crop_trailing()
         self.stats.output_tokens += sum(len(o) for o in outputs)
         return outputs

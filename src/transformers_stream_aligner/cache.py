@@ -364,6 +364,28 @@ class MaskedKVLayout:
         self.tokens = [list(self.tokens[o]) if o >= 0 else [] for o in order]
         return self.crop_trailing()
 
+    def subset(self, rows: Sequence[int]) -> MaskedKVLayout:
+        """A new layout of ``rows`` (in that order) over a new cache holding copies of their columns
+        (``index_select``), cropped to its own rows. Reads this layout and its cache, never mutates them: a caller can
+        decode a few rows on the copy and come back to this layout unchanged."""
+        import copy
+
+        index = torch.tensor([int(r) for r in rows], dtype=torch.long, device=self.mask.device)
+        part = copy.copy(self)
+        if self.cache is not None:
+            cache = copy.copy(self.cache)
+            cache.layers = [copy.copy(layer) for layer in self.cache.layers]
+            for layer in _filled_layers(cache):
+                for name in ("keys", "values"):
+                    t = getattr(layer, name)
+                    setattr(layer, name, t.index_select(0, index.to(t.device)))
+            part.cache = cache
+        part.mask = self.mask.index_select(0, index)
+        part.cols = [list(self.cols[r]) for r in rows]
+        part.tokens = [list(self.tokens[r]) for r in rows]
+        part.crop_trailing()
+        return part
+
     def trim_accepted(self, accepted: Sequence[int]) -> None:
         """The trim policy: once every row's placed tokens lie within its first ``accepted[row]`` tokens (accepted
         for good: no crop can need their past any more), sliding layers drop their recorded past
