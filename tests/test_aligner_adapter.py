@@ -80,11 +80,14 @@ def _inputs(tok, texts):
 def test_the_upstream_alone_gives_the_plain_models_tokens(checkpoints):
     base_dir, adapter_dir, tok = checkpoints
     plain, upstream = _fresh(base_dir), _fresh(base_dir)
-    StreamAligner.from_pretrained(adapter_dir, base_model=upstream)
-    assert len(_lora_layers(upstream)) > 0  # the adapter is on the model...
+    aligner = StreamAligner.from_pretrained(adapter_dir, base_model=upstream)
+    assert not _lora_layers(upstream)  # off: the LoRA layers are swapped out, the plain model's modules run
+    with aligner.adapter_switch.enabled():
+        assert _lora_layers(upstream) and all(not layer.disable_adapters for layer in _lora_layers(upstream))
+    assert not _lora_layers(upstream)
     inputs = _inputs(tok, ["the cat sat on", "one two three"])
     options = {"max_new_tokens": 16, "do_sample": False, "pad_token_id": tok.pad_token_id}
-    # ... and off: generate without an aligner is the plain model's
+    # generate without an aligner is the plain model's
     assert torch.equal(upstream.generate(**inputs, **options), plain.generate(**inputs, **options))
 
 
@@ -105,8 +108,7 @@ def test_stream_aligned_generate_equals_the_two_copy_run_and_the_adapter_is_off_
     base_dir, adapter_dir, tok = checkpoints
     upstream = enable_stream_alignment(_fresh(base_dir), tok)
     one = StreamAligner.from_pretrained(adapter_dir, base_model=upstream)
-    layer = _lora_layers(upstream)[0]
-    seen = []  # per forward of the model: (inside an aligner call, adapter enabled)
+    seen = []  # per forward of the model: (inside an aligner call, an enabled LoRA layer in the model)
     inside = threading.local()
     correct_batch = one._correct_batch
 
@@ -119,7 +121,9 @@ def test_stream_aligned_generate_equals_the_two_copy_run_and_the_adapter_is_off_
 
     one._correct_batch = marked
     hook = upstream.register_forward_pre_hook(
-        lambda module, args: seen.append((getattr(inside, "on", False), not layer.disable_adapters))
+        lambda module, args: seen.append(
+            (getattr(inside, "on", False), any(not layer.disable_adapters for layer in _lora_layers(upstream)))
+        )
     )
     inputs = _inputs(tok, ["the cat sat on", "one two three"])
     options = {"max_new_tokens": 40, "do_sample": False, "pad_token_id": tok.pad_token_id, "return_dict_in_generate": True,
@@ -219,6 +223,7 @@ def test_remove_gives_back_the_plain_model(checkpoints):
     aligner = StreamAligner.from_pretrained(adapter_dir, base_model=upstream)
     aligner.adapter_switch.remove()
     assert not upstream._hf_peft_config_loaded and not hasattr(upstream, "_stream_aligner_switch")
+    assert not _lora_layers(upstream)
     StreamAligner.from_pretrained(adapter_dir, base_model=upstream)  # and it can carry one again
 
 
@@ -231,7 +236,7 @@ def test_clear_errors(checkpoints, tmp_path):
         StreamAligner.from_pretrained(adapter_dir, base_model=upstream, dtype=torch.float32)
     with pytest.raises(TypeError, match="PeftModel"):
         StreamAligner.from_pretrained(adapter_dir, base_model=peft.PeftModel.from_pretrained(_fresh(base_dir), adapter_dir))
-    assert not _lora_layers(upstream)  # nothing was added by the refused calls
+    assert not _lora_layers(upstream) and not upstream._hf_peft_config_loaded  # the refused calls added nothing
     StreamAligner.from_pretrained(adapter_dir, base_model=upstream)
     with pytest.raises(ValueError, match="already carries adapters"):
         StreamAligner.from_pretrained(adapter_dir, base_model=upstream)

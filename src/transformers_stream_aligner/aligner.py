@@ -326,7 +326,9 @@ class StreamAligner(PushToHubMixin):
         """
         hub = {name: kwargs.pop(name) for name in _HUB_OPTIONS if name in kwargs}
         os.makedirs(save_directory, exist_ok=True)
-        self.model.save_pretrained(save_directory, safe_serialization=True, **kwargs)
+        # A one-copy aligner's LoRA layers are in the model only while it is on: save with them in.
+        with self._adapter.enabled() if self._adapter is not None else contextlib.nullcontext():
+            self.model.save_pretrained(save_directory, safe_serialization=True, **kwargs)
         self.tokenizer.save_pretrained(save_directory)
         self.config.save_pretrained(save_directory)
         if not push_to_hub:
