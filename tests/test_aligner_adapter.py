@@ -77,6 +77,11 @@ def _inputs(tok, texts):
     return tok(texts, return_tensors="pt", padding=True, padding_side="left")
 
 
+def _greedy(model, tok, texts, max_new_tokens):
+    """Plain greedy ``generate`` of ``model`` (no aligner) on ``texts``."""
+    return model.generate(**_inputs(tok, texts), max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+
+
 def test_the_upstream_alone_gives_the_plain_models_tokens(checkpoints):
     base_dir, adapter_dir, tok = checkpoints
     plain, upstream = _fresh(base_dir), _fresh(base_dir)
@@ -85,10 +90,8 @@ def test_the_upstream_alone_gives_the_plain_models_tokens(checkpoints):
     with aligner.adapter_switch.enabled():
         assert _lora_layers(upstream) and all(not layer.disable_adapters for layer in _lora_layers(upstream))
     assert not _lora_layers(upstream)
-    inputs = _inputs(tok, ["the cat sat on", "one two three"])
-    options = {"max_new_tokens": 16, "do_sample": False, "pad_token_id": tok.pad_token_id}
-    # generate without an aligner is the plain model's
-    assert torch.equal(upstream.generate(**inputs, **options), plain.generate(**inputs, **options))
+    texts = ["the cat sat on", "one two three"]
+    assert torch.equal(_greedy(upstream, tok, texts, 16), _greedy(plain, tok, texts, 16))  # without an aligner: plain
 
 
 def test_corrections_equal_the_two_copy_aligners_single_batched_and_with_kv_reuse(checkpoints):
@@ -150,13 +153,11 @@ def test_an_adapter_left_on_would_be_seen(checkpoints):
     base_dir, adapter_dir, tok = checkpoints
     upstream = _fresh(base_dir)
     aligner = StreamAligner.from_pretrained(adapter_dir, base_model=upstream)
-    inputs = _inputs(tok, ["the cat sat on"])
-    options = {"max_new_tokens": 16, "do_sample": False, "pad_token_id": tok.pad_token_id}
-    off = upstream.generate(**inputs, **options)
+    off = _greedy(upstream, tok, ["the cat sat on"], 16)
     with aligner.adapter_switch.enabled():
-        on = upstream.generate(**inputs, **options)
+        on = _greedy(upstream, tok, ["the cat sat on"], 16)
     assert not torch.equal(on, off)
-    assert torch.equal(upstream.generate(**inputs, **options), off)  # and off again after the block
+    assert torch.equal(_greedy(upstream, tok, ["the cat sat on"], 16), off)  # and off again after the block
 
 
 def test_a_failing_aligner_call_leaves_the_adapter_off(checkpoints, monkeypatch):
@@ -172,9 +173,7 @@ def test_a_failing_aligner_call_leaves_the_adapter_off(checkpoints, monkeypatch)
     with pytest.raises(RuntimeError, match="aligner failed"):
         aligner.correct(REQUESTS[:1])
     assert not aligner.adapter_switch.is_on
-    inputs = _inputs(tok, ["one two three"])
-    options = {"max_new_tokens": 12, "do_sample": False, "pad_token_id": tok.pad_token_id}
-    assert torch.equal(upstream.generate(**inputs, **options), plain.generate(**inputs, **options))
+    assert torch.equal(_greedy(upstream, tok, ["one two three"], 12), _greedy(plain, tok, ["one two three"], 12))
 
 
 def test_plain_generate_on_another_thread_waits_for_the_aligner(checkpoints):
@@ -182,15 +181,13 @@ def test_plain_generate_on_another_thread_waits_for_the_aligner(checkpoints):
     base_dir, adapter_dir, tok = checkpoints
     upstream = _fresh(base_dir)
     aligner = StreamAligner.from_pretrained(adapter_dir, base_model=upstream)
-    inputs = _inputs(tok, ["the cat sat on"])
-    options = {"max_new_tokens": 8, "do_sample": False, "pad_token_id": tok.pad_token_id}
-    reference = upstream.generate(**inputs, **options)
+    reference = _greedy(upstream, tok, ["the cat sat on"], 8)
     corrections = aligner.correct(REQUESTS)
     results, failures = [], []
 
     def upstream_loop():
         for _ in range(15):
-            results.append(upstream.generate(**inputs, **options))
+            results.append(_greedy(upstream, tok, ["the cat sat on"], 8))
 
     def aligner_loop():
         for _ in range(15):
@@ -242,3 +239,21 @@ def test_clear_errors(checkpoints, tmp_path):
         StreamAligner.from_pretrained(adapter_dir, base_model=upstream)
     with pytest.raises(ValueError, match="no adapter named"):
         AdapterSwitch(_fresh(base_dir), ADAPTER_NAME)
+
+
+def test_a_load_that_fails_after_the_adapter_went_on_leaves_the_model_as_it_was(checkpoints, monkeypatch):
+    import transformers_stream_aligner.aligner as aligner_module
+
+    base_dir, adapter_dir, _ = checkpoints
+    upstream = _fresh(base_dir)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("broken generation config")
+
+    monkeypatch.setattr(aligner_module, "token_id_list", broken)  # StreamAligner.__init__ fails after the switch
+    with pytest.raises(RuntimeError, match="broken generation config"):
+        StreamAligner.from_pretrained(adapter_dir, base_model=upstream)
+    assert not upstream._hf_peft_config_loaded and not hasattr(upstream, "_stream_aligner_switch")
+    assert not _lora_layers(upstream)
+    monkeypatch.undo()
+    StreamAligner.from_pretrained(adapter_dir, base_model=upstream)  # and it can carry one afterwards

@@ -298,8 +298,12 @@ class StreamAligner(PushToHubMixin):
         except OSError as err:
             raise OSError(f"could not load the aligner {adapter!r} (a tokenizer is required): {err}") from err
         adapter_kwargs = {k: v for k, v in hub_kwargs.items() if v is not None and v is not False}
-        attach_adapter(base_model, adapter, adapter_kwargs=adapter_kwargs)
-        return cls(base_model, tokenizer, config, adapter_name=ADAPTER_NAME)
+        switch = attach_adapter(base_model, adapter, adapter_kwargs=adapter_kwargs)
+        try:
+            return cls(base_model, tokenizer, config, adapter_name=ADAPTER_NAME)
+        except Exception:
+            switch.remove()  # the model as it was: no adapter left behind by a failed load
+            raise
 
     @property
     def adapter_switch(self) -> Any:

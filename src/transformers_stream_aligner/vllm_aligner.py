@@ -145,7 +145,8 @@ class VLLMAligner:
     def check_server(self) -> str | None:
         """Look at the server once (``/v1/models``, ``/metrics``) and warn if the aligner's LoRA slot setting can
         change the upstream's tokens there (:func:`lora_slot_problem`); returns the problem or ``None``. Called by the
-        first :meth:`correct`; a server that cannot be read here is left to :meth:`correct` to report."""
+        first :meth:`correct`; a server that cannot be read here is left to :meth:`correct` to report (one that could
+        not be reached is checked again on the next call)."""
         with self._client_lock:
             if self._server_checked:
                 return None
@@ -153,7 +154,12 @@ class VLLMAligner:
         try:
             client = self._http()
             problem = lora_slot_problem(client.get("/v1/models").json(), client.get("/metrics").text, self.model)
-        except Exception:  # unreachable or not vLLM: correct() reports what matters
+        except Exception as err:  # unreachable or not vLLM: correct() reports what matters
+            import httpx
+
+            if isinstance(err, httpx.TransportError):  # not reached at all: look again on the next call
+                with self._client_lock:
+                    self._server_checked = False
             return None
         if problem is not None:
             warnings.warn(problem, UserWarning, stacklevel=3)

@@ -1,0 +1,40 @@
+"""VLLMAligner's look at its server (no vLLM needed: an httpx mock transport plays the server)."""
+
+import warnings
+
+import httpx
+import pytest
+
+from transformers_stream_aligner import AlignmentRequest
+from transformers_stream_aligner.engines.vllm_engine import VLLMUpstreamError
+from transformers_stream_aligner.vllm_aligner import VLLMAligner
+
+MODELS = {"data": [{"id": "smol", "parent": None}, {"id": "aligner", "parent": "smol"}]}
+METRICS = 'vllm:lora_requests_info{max_lora="1",running_lora_adapters=""} 1.0\n'
+
+
+def test_an_unreachable_server_is_checked_again_and_then_warned_about(tiny_llama):
+    _, tok = tiny_llama
+    up = {"now": False}
+
+    def server(request):
+        if not up["now"]:
+            raise httpx.ConnectError("connection refused", request=request)
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json=MODELS)
+        if request.url.path == "/metrics":
+            return httpx.Response(200, text=METRICS)
+        return httpx.Response(200, json={"choices": [{"index": 0, "token_ids": [tok.eos_token_id], "finish_reason": "stop"}]})
+
+    aligner = VLLMAligner("http://127.0.0.1:9", model="aligner", tokenizer=tok)
+    aligner._client = httpx.Client(base_url=aligner.base_url, transport=httpx.MockTransport(server))
+    request = AlignmentRequest("q", "", "one two.")
+    with pytest.raises(VLLMUpstreamError, match="failed"):
+        aligner.correct([request])  # down: the check is skipped, the call reports the server
+    up["now"] = True
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert aligner.correct([request]) == [""]
+        aligner.correct([request])
+    problems = [w for w in caught if "--max-loras 2" in str(w.message)]
+    assert len(problems) == 1  # checked once the server answered, and only once
