@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 export STREAM_ALIGNER_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: install demo test test-fast test-vllm lint eval aligner bench bench-compare bench-batch bench-one-copy bench-train bench-vllm soak clean
+.PHONY: install demo test test-fast test-vllm lint eval aligner bench bench-compare bench-batch bench-batch-floor bench-one-copy bench-train bench-vllm soak clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +77,10 @@ soak: $(STAMP)
 
 bench-batch: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.batch_vs_single
+
+# The best any batching inside the aligner could do on this machine: measured rates x the trained aligner's work
+bench-batch-floor: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.batch_floor
 
 # The shipped LoRA aligner on one copy of SmolLM2 vs two: peak RSS and wall time of the demo workload (docs/benchmarks.md)
 bench-one-copy: $(STAMP)
