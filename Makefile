@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # machine pass e.g. TORCH_SPEC="torch>=2.4" to keep your CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
-export STREAM_ALIGNER_CACHE ?= $(CURDIR)/.cache
+# Models are converted once into the shared cache: $STREAM_ALIGNER_CACHE or ~/.cache/transformers-stream-aligner (examples/smollm2.py).
 
 .PHONY: install demo test test-fast test-vllm lint eval aligner bench bench-compare bench-batch bench-batch-floor bench-one-copy bench-train bench-vllm soak clean
 

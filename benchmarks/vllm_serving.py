@@ -230,13 +230,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from examples.smollm2 import smollm2_checkpoint
+    from examples.smollm2 import default_cache_dir, smollm2_checkpoint
     from tests.helpers import free_port, running_server
     from transformers_stream_aligner import StreamAligner
     from transformers_stream_aligner.engines.vllm_engine import VLLMUpstream
     from transformers_stream_aligner.vllm_aligner import VLLMAligner
 
-    cache = os.environ.get("STREAM_ALIGNER_CACHE") or str(ROOT / ".cache")
+    cache = str(default_cache_dir())
     model_dir = str(smollm2_checkpoint(cache))
     from transformers import AutoTokenizer
 

@@ -22,9 +22,14 @@ _CHECKPOINT_NAME = "SmolLM2-135M-Instruct"
 
 
 def default_cache_dir() -> Path:
-    """``$STREAM_ALIGNER_CACHE`` or ``~/.cache/transformers-stream-aligner``."""
+    """The one model cache of every entry point (``make demo``, the examples, tests, benchmarks, the CLI):
+    ``$STREAM_ALIGNER_CACHE``, else ``$XDG_CACHE_HOME/transformers-stream-aligner``, else
+    ``~/.cache/transformers-stream-aligner``."""
     env = os.environ.get("STREAM_ALIGNER_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "transformers-stream-aligner"
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "transformers-stream-aligner"
 
 
 def _package_dir() -> Path:

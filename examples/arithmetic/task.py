@@ -39,10 +39,12 @@ __all__ = [
     "PROBES",
     "ArithmeticProblem",
     "check_arithmetic",
+    "check_arithmetic_precise",
     "check_arithmetic_worked",
     "every_step_right",
     "final_answer",
     "involves_probe",
+    "judge_sentence",
     "is_correct",
     "make_problems",
     "parse_problem",
@@ -416,6 +418,33 @@ def check_arithmetic_worked(question: str, prefix: str, last: str) -> str:
     return _PRODUCT_CLAIM.sub(expand, fixed)
 
 
+def check_arithmetic_precise(question: str, prefix: str, last: str) -> str:
+    """:func:`check_arithmetic`, then a product claim it *changed* (a wrong one) with both operands under 100 and one
+    of two digits is shown worked (:func:`worked_product`); right claims, products with a larger operand and
+    everything else stay as written. The corrector behind the precise aligner's data: change only what is wrong,
+    show the work only where a small model needs it, and never more than about 80 tokens of it.
+
+    >>> check_arithmetic_precise("What is 17*23?", "", "17*23 = 381.")
+    '17*23 = 17*20 + 17*3 = 10*20 + 7*20 + 10*3 + 7*3 = 200 + 140 + 30 + 21 = 340 + 51 = 391.'
+    >>> check_arithmetic_precise("What is 17*23?", "", "So 17 × 23 = 391, and 45+19 = 54.")
+    'So 17 × 23 = 391, and 45+19 = 64.'
+    >>> check_arithmetic_precise("What is 170*23?", "", "170*23 = 3920.")
+    '170*23 = 3910.'
+    """
+    fixed = check_arithmetic(question, prefix, last)
+    if fixed == last:
+        return last
+
+    def expand(m: re.Match[str]) -> str:
+        a, b = int(m.group(1)), int(m.group(5))
+        if m.group() in last or max(a, b) < 10 or max(a, b) > 99 or _OPERATOR_BEFORE.search(m.string, 0, m.start()):
+            return m.group()
+        sym = m.group(2) + m.group(3) + m.group(4)
+        return f"{m.group(1)}{sym}{m.group(5)}{m.group(6)}{worked_product(a, b, sym=sym)}"
+
+    return _PRODUCT_CLAIM.sub(expand, fixed)
+
+
 def every_step_right(question: str, text: str) -> bool:
     """Whether every side of every chain in ``text`` has the value of its first (expressions included, unlike
     :func:`check_arithmetic`, which leaves expressions as written) and the checker would change nothing.
@@ -430,6 +459,21 @@ def every_step_right(question: str, text: str) -> bool:
         if len(values) != 1 or None in values:
             return False
     return check_arithmetic(question, "", text) == text
+
+
+def judge_sentence(question: str, text: str) -> str:
+    """The exact checker as a judge of one sentence: ``"wrong"`` when it would change a result or a step of a chain
+    is wrong, ``"right"`` when it holds a claim the checker verified, ``"unchecked"`` when there is nothing to check
+    (prose, list items). Used to mark sentences, never to correct them.
+
+    >>> judge_sentence("What is 17*23?", "17*23 = 381."), judge_sentence("What is 17*23?", "17*23 = 391.")
+    ('wrong', 'right')
+    >>> judge_sentence("Give me three tips for sleeping better.", "2. Keep a regular schedule.")
+    'unchecked'
+    """
+    if check_arithmetic(question, "", text) != text or not every_step_right(question, text):
+        return "wrong"
+    return "right" if _claim_edits(text) else "unchecked"
 
 
 def involves_probe(text: str) -> bool:

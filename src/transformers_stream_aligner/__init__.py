@@ -14,45 +14,75 @@ Example:
 
 __version__ = "0.1.0"
 
-from .aligner import AlignmentRequest, StreamAligner, SupportsCorrect, UnfinishedCorrection, as_correction_fn
-from .custom_generate import MIN_TRANSFORMERS_VERSION, export_custom_generate, stream_aligned_decoding
-from .generation import StreamAlignedGenerationMixin, enable_stream_alignment, stream_aligned_generate
-from .logits_process import HoldCompletedRowsLogitsProcessor
-from .outputs import (
-    AlignerOutputError,
-    AlignmentRecord,
-    AlignmentStats,
-    StreamAlignedGenerateOutput,
-    StreamAlignmentCancelled,
-    StreamAlignmentError,
-)
-from .sentence_splitter import DEFAULT_TERMINATORS, split_sentences
-from .serving_config import ServingConfig
-from .stopping_criteria import SentenceBoundaryCriteria
-from .stream_aligner_config import CONFIG_NAME, GEMMA_WRAPPER, REFERENCE_INSTRUCTION_TEMPLATE, StreamAlignerConfig
-from .streamers import (
-    AlignmentStreamerHooks,
-    StreamAlignerAsyncIteratorStreamer,
-    StreamAlignerIteratorStreamer,
-    StreamAlignerStreamer,
-    StreamEvent,
-)
-from .training_data import RECORD_FIELDS, TrainingDataError, encode_records, read_records, validate_records
+from typing import TYPE_CHECKING
 
-_LAZY = {  # the training entry points import transformers.Trainer (and through it accelerate): loaded on first use
-    "AlignerTrainingConfig": "training_config",
-    "LoraArguments": "training_config",
-    "TrainingResult": "training",
-    "train_aligner": "training",
-}
+# Every public name is imported from its module on first use (PEP 562), as transformers does: ``import
+# transformers_stream_aligner`` (and ``stream-aligner --help``) stays quick; torch and transformers load when a name
+# that needs them is first touched.
+_LAZY = {
+    "AlignmentRequest": "aligner", "StreamAligner": "aligner", "SupportsCorrect": "aligner",
+    "UnfinishedCorrection": "aligner", "as_correction_fn": "aligner",
+    "MIN_TRANSFORMERS_VERSION": "custom_generate", "export_custom_generate": "custom_generate",
+    "stream_aligned_decoding": "custom_generate",
+    "StreamAlignedGenerationMixin": "generation", "enable_stream_alignment": "generation",
+    "stream_aligned_generate": "generation",
+    "HoldCompletedRowsLogitsProcessor": "logits_process",
+    "AlignerOutputError": "outputs", "AlignmentRecord": "outputs", "AlignmentStats": "outputs",
+    "StreamAlignedGenerateOutput": "outputs", "StreamAlignmentCancelled": "outputs", "StreamAlignmentError": "outputs",
+    "DEFAULT_TERMINATORS": "sentence_splitter", "split_sentences": "sentence_splitter",
+    "ServingConfig": "serving_config",
+    "SentenceBoundaryCriteria": "stopping_criteria",
+    "CONFIG_NAME": "stream_aligner_config", "GEMMA_WRAPPER": "stream_aligner_config",
+    "REFERENCE_INSTRUCTION_TEMPLATE": "stream_aligner_config", "StreamAlignerConfig": "stream_aligner_config",
+    "AlignmentStreamerHooks": "streamers", "StreamAlignerAsyncIteratorStreamer": "streamers",
+    "StreamAlignerIteratorStreamer": "streamers", "StreamAlignerStreamer": "streamers", "StreamEvent": "streamers",
+    "RECORD_FIELDS": "training_data", "TrainingDataError": "training_data", "encode_records": "training_data",
+    "read_records": "training_data", "validate_records": "training_data",
+    "AlignerTrainingConfig": "training_config", "LoraArguments": "training_config",
+    "TrainingResult": "training", "train_aligner": "training",
+}  # fmt: skip
+
+if TYPE_CHECKING:
+    from .aligner import AlignmentRequest, StreamAligner, SupportsCorrect, UnfinishedCorrection, as_correction_fn
+    from .custom_generate import MIN_TRANSFORMERS_VERSION, export_custom_generate, stream_aligned_decoding
+    from .generation import StreamAlignedGenerationMixin, enable_stream_alignment, stream_aligned_generate
+    from .logits_process import HoldCompletedRowsLogitsProcessor
+    from .outputs import (
+        AlignerOutputError,
+        AlignmentRecord,
+        AlignmentStats,
+        StreamAlignedGenerateOutput,
+        StreamAlignmentCancelled,
+        StreamAlignmentError,
+    )
+    from .sentence_splitter import DEFAULT_TERMINATORS, split_sentences
+    from .serving_config import ServingConfig
+    from .stopping_criteria import SentenceBoundaryCriteria
+    from .stream_aligner_config import CONFIG_NAME, GEMMA_WRAPPER, REFERENCE_INSTRUCTION_TEMPLATE, StreamAlignerConfig
+    from .streamers import (
+        AlignmentStreamerHooks,
+        StreamAlignerAsyncIteratorStreamer,
+        StreamAlignerIteratorStreamer,
+        StreamAlignerStreamer,
+        StreamEvent,
+    )
+    from .training import TrainingResult, train_aligner
+    from .training_config import AlignerTrainingConfig, LoraArguments
+    from .training_data import RECORD_FIELDS, TrainingDataError, encode_records, read_records, validate_records
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value  # once imported, a plain attribute
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [

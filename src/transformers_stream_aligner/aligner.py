@@ -18,6 +18,7 @@ Example (an untrained aligner built from any chat model; see ``docs/quickstart.m
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import tempfile
@@ -236,23 +237,32 @@ class StreamAligner(PushToHubMixin):
                 load_kwargs["dtype"] = dtype
             if device_map is not None:
                 load_kwargs["device_map"] = device_map
-            if base_model_name_or_path is None:
-                model = AutoModelForCausalLM.from_pretrained(
-                    pretrained_model_name_or_path,
-                    use_safetensors=True,
-                    trust_remote_code=trust_remote_code,
-                    **hub_kwargs,
-                    **load_kwargs,
-                )
-            else:
-                model = AutoModelForCausalLM.from_pretrained(
-                    base_model_name_or_path, use_safetensors=True, trust_remote_code=trust_remote_code, **load_kwargs
-                )
-                # local_files_only goes in adapter_kwargs: load_adapter(local_files_only=True) itself raises a
-                # TypeError in transformers 5.23 (it is forwarded to LoadStateDictConfig).
-                adapter_kwargs = {k: v for k, v in hub_kwargs.items() if v is not None and v is not False}
-                model.load_adapter(os.fspath(pretrained_model_name_or_path), adapter_kwargs=adapter_kwargs)
+            adapter_base = _adapter_base(pretrained_model_name_or_path, hub_kwargs)
+            try:
+                if base_model_name_or_path is None:
+                    model = AutoModelForCausalLM.from_pretrained(
+                        pretrained_model_name_or_path,
+                        use_safetensors=True,
+                        trust_remote_code=trust_remote_code,
+                        **hub_kwargs,
+                        **load_kwargs,
+                    )
+                else:
+                    model = AutoModelForCausalLM.from_pretrained(
+                        base_model_name_or_path, use_safetensors=True, trust_remote_code=trust_remote_code, **load_kwargs
+                    )
+                    # local_files_only goes in adapter_kwargs: load_adapter(local_files_only=True) itself raises a
+                    # TypeError in transformers 5.23 (it is forwarded to LoadStateDictConfig).
+                    adapter_kwargs = {k: v for k, v in hub_kwargs.items() if v is not None and v is not False}
+                    model.load_adapter(os.fspath(pretrained_model_name_or_path), adapter_kwargs=adapter_kwargs)
+            except OSError as err:
+                if adapter_base is None:
+                    raise
+                base = os.fspath(base_model_name_or_path) if base_model_name_or_path is not None else adapter_base
+                raise OSError(_base_missing_message(pretrained_model_name_or_path, base, local_files_only, err)) from err
         except OSError as err:
+            if "is a LoRA adapter on the base model" in str(err):
+                raise
             raise OSError(
                 f"could not load the aligner {str(pretrained_model_name_or_path)!r} "
                 f"(safetensors weights and a tokenizer are required): {err}"
@@ -540,6 +550,38 @@ class StreamAligner(PushToHubMixin):
         name = getattr(getattr(self.model, "config", None), "_name_or_path", None) or type(self.model).__name__
         adapter = "" if self._adapter is None else f", adapter_name={self._adapter.adapter_name!r}"
         return f"StreamAligner(model={name!r}{adapter}, config={self.config!r})"
+
+
+def _adapter_base(path: str | os.PathLike, hub_kwargs: dict[str, Any]) -> str | None:
+    """The base model an adapter checkpoint at ``path`` names (``None`` when it is not an adapter). Reads one JSON
+    file, from the directory or the Hub cache."""
+    from transformers.utils import find_adapter_config_file
+
+    kwargs = {k: v for k, v in hub_kwargs.items() if v is not None}
+    try:
+        found = find_adapter_config_file(os.fspath(path), **kwargs)
+    except Exception:  # noqa: BLE001 - not reachable or not an adapter: the caller's own error says why
+        return None
+    if found is None:
+        return None
+    try:
+        with open(found, encoding="utf-8") as f:
+            return str(json.load(f).get("base_model_name_or_path") or "(unnamed)")
+    except (OSError, ValueError):
+        return "(unreadable adapter_config.json)"
+
+
+def _base_missing_message(path: str | os.PathLike, base: str, local_files_only: bool, err: BaseException) -> str:
+    offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    where = "offline (HF_HUB_OFFLINE or local_files_only, and it is not in the local Hub cache)" if offline else "from the Hub"
+    path = os.fspath(path)
+    return (
+        f"could not load the aligner {path!r}: it is a LoRA adapter on the base model {base!r}, which could not be "
+        f"loaded {where}. Supply the base: StreamAligner.from_pretrained({path!r}, "
+        f"base_model_name_or_path=<a local copy of {base}>), or put the adapter on a model you have already loaded "
+        f"(one copy of the weights): StreamAligner.from_pretrained({path!r}, base_model=model). "
+        f"(transformers said: {' '.join(str(err).split())[:300]})"
+    )
 
 
 def load_aligner(spec: str, *, trust_remote_code: bool = False, **kwargs: Any) -> Any:

@@ -220,9 +220,49 @@ def test_build_assembles_training_records_without_the_probe():
 
     records = [rec(f"{i} + 1 = {i + 1}.") for i in range(30)] + [rec(f"{i} + 1 = 0.", f"{i} + 1 = {i + 1}.") for i in range(10)]
     records += [rec("So 17*23 = 381.", "So 17*23 = 391."), {**rec("It is 408."), "prefix": "First, 23 × 17 = 391."}]
-    train, counts = assemble(records, synthetic=25, copies_per_change=1.0, seed=0)
-    assert counts == {"collected": 40, "changed": 10, "dropped_probes": 2, "synthetic": 25, "trained_on": 45}
-    assert train == assemble(records, synthetic=25, copies_per_change=1.0, seed=0)[0]
+    train, counts = assemble(records, claims=25, copies_per_change=None, seed=0)
+    assert counts["collected"] == 42 and counts["collected_changed"] == 11 and counts["claims"] + counts["dropped_probes"] == 27
+    assert counts["trained_on"] == 40 + counts["claims"] and train == assemble(records, claims=25, copies_per_change=None, seed=0)[0]
     assert not any(involves_probe(r[k]) for r in train for k in ("prefix", "last", "correction"))
     on_policy = [r for r in train if r["question"] == "What is 12*34?"]
-    assert sum(r["last"] != r["correction"] for r in on_policy) == 10 and len(on_policy) == 20
+    assert sum(r["last"] != r["correction"] for r in on_policy) == 10 and len(on_policy) == 40  # every copy kept
+    balanced, _ = assemble(records, claims=0, copies_per_change=1.0, seed=0)
+    assert len(balanced) == 20 and sum(r["last"] != r["correction"] for r in balanced) == 10
+
+
+def test_check_arithmetic_precise_changes_only_wrong_results_and_works_only_wrong_two_digit_products():
+    from examples.arithmetic.task import check_arithmetic_precise
+
+    right = ["17*23 = 391.", "45+19 = 64.", "2. Keep a regular schedule.", "170*23 = 3910.", "So 7 * 8 = 56 and 45 -40 = 5."]
+    for text in right:
+        assert check_arithmetic_precise(BARE, "", text) == text
+    assert check_arithmetic_precise(BARE, "", "17*23 = 381.").endswith("= 340 + 51 = 391.")
+    assert check_arithmetic_precise(BARE, "", "170*23 = 3920.") == "170*23 = 3910."  # no worked form for a big operand
+    assert check_arithmetic_precise(BARE, "", "45+19 = 54.") == "45+19 = 64."
+
+
+def test_claims_are_seeded_held_apart_and_judged_by_construction():
+    from examples.arithmetic.claims import (
+        _FRAMES,
+        STYLES,
+        judge_claim,
+        make_claims,
+        other_questions,
+        precise_correction,
+    )
+
+    train, test = make_claims(300, seed=0, split="train"), make_claims(300, seed=0, split="test")
+    assert train == make_claims(300, seed=0, split="train") and train != make_claims(300, seed=1, split="train")
+    assert {c.style for c in test} == set(STYLES) and {c.op for c in test} == {"+", "-", "*", "/"}
+    assert 0.3 < sum(c.wrong for c in test) / len(test) < 0.5
+    assert not {c.question for c in train} & {c.question for c in test}  # operands held apart
+    assert not set(_FRAMES["train"]) & set(_FRAMES["test"])  # and the sentence frames
+    assert not set(other_questions("train")) & set(other_questions("test"))
+    for c in test:
+        assert judge_claim(c, c.last) == ("still_wrong" if c.wrong else "kept")
+        assert judge_claim(c, c.right) == ("fixed" if c.wrong else "kept")
+        assert judge_claim(c, precise_correction(c)) == ("fixed" if c.wrong else "kept")
+    wrong = next(c for c in test if c.wrong)
+    right = next(c for c in test if not c.wrong and c.style == "plain")
+    assert judge_claim(right, right.last + " Indeed.") == "changed_right"
+    assert judge_claim(right, wrong.last) == "broken" and judge_claim(wrong, wrong.last.replace(".", "!")) == "still_wrong"

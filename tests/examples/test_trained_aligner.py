@@ -1,13 +1,13 @@
 """The trained arithmetic aligner shipped in the package (LoRA on SmolLM2-135M-Instruct), offline."""
 
 import json
-import os
 
 import pytest
 import torch
 
 from examples.arithmetic import ARITHMETIC_ALIGNER, load_arithmetic_aligner
 from examples.arithmetic.task import every_step_right, final_answer
+from examples.smollm2 import default_cache_dir
 from transformers_stream_aligner import AlignmentRequest, enable_stream_alignment
 
 pytestmark = pytest.mark.slow
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def shipped(smollm2):
-    cache = os.environ.get("STREAM_ALIGNER_CACHE") or os.path.join(os.path.dirname(__file__), "..", ".cache")
+    cache = default_cache_dir()
     return load_arithmetic_aligner(cache_dir=cache)
 
 
@@ -77,7 +77,7 @@ def test_one_copy_of_smollm2_gives_the_two_copy_answers(smollm2, shipped):
     from examples.smollm2 import load_smollm2
 
     plain, tok = smollm2
-    cache = os.environ.get("STREAM_ALIGNER_CACHE") or os.path.join(os.path.dirname(__file__), "..", ".cache")
+    cache = default_cache_dir()
     upstream, _ = load_smollm2(cache)  # a model of its own: the one-copy aligner adds its adapter to it
     one = load_arithmetic_aligner(base_model=upstream)
     assert one.adapter_switch is not None and shipped.adapter_switch is None  # one copy vs two
@@ -103,12 +103,34 @@ def test_one_copy_of_smollm2_gives_the_two_copy_answers(smollm2, shipped):
     assert one.adapter_switch.forwards_on > 0 and not one.adapter_switch.is_on
 
 
-def test_demo_uses_the_shipped_aligner(capsys):
+def test_demo_uses_the_shipped_aligner_and_judges_plain_and_aligned_side_by_side(capsys):
     from examples.arithmetic.demo import main
 
-    cache = os.environ.get("STREAM_ALIGNER_CACHE") or os.path.join(os.path.dirname(__file__), "..", ".cache")
-    assert main(["What is 17*23?", "--max-new-tokens", "80", "--cache-dir", cache]) == 0
-    out = capsys.readouterr().out
-    assert "the shipped arithmetic aligner" in out and "on the upstream itself (one copy of the weights)" in out
-    assert "A (corrected, streamed): 17*23 = 17*20 + 17*3 = " in out
-    assert "original : 17*23 = 381." in out and "corrected: 17*23 = 17*20 + 17*3 = " in out  # the per-sentence table
+    assert main(["What is 17*23?", "--max-new-tokens", "80", "--width", "200"]) == 0
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "the shipped arithmetic aligner" in out and "on the upstream itself, one copy of the weights" in out
+    assert "plain:          17*23 = 381." in out and "stream-aligned: 17*23 = 17*20 + 17*3 = " in out
+    assert "[WRONG] 17*23 = 381." in out and "[FIXED] 17*23 = 17*20 + 17*3 = " in out  # the judged columns
+    assert "final answer (right: 391): plain WRONG (381), stream-aligned right (391)" in out
+    assert "the aligner FIXED 1, BROKE 0" in out and "final answers right: plain 0/1, stream-aligned 1/1" in out
+    assert "Loading weights" not in captured.out + captured.err  # quiet: no per-load progress bars
+
+
+def test_demo_questions_are_drawn_from_held_out_problems_by_a_seed():
+    from examples.arithmetic.claims import other_questions
+    from examples.arithmetic.demo import default_questions, mark_aligned
+    from examples.arithmetic.task import make_problems, parse_problem
+
+    questions = default_questions(0)
+    assert questions == default_questions(0) and questions != default_questions(1) and len(questions) == 4
+    assert all(parse_problem(q).split == "test" for q in questions[:3]) and questions[3] in other_questions("test")
+    assert [q for q in questions[:3]] == [p.question for p in make_problems(3, seed=0, split="test")]
+    q = "What is 17*23?"
+    assert mark_aligned(q, "17*23 = 381.", "17*23 = 391.", True) == "FIXED"
+    assert mark_aligned(q, "17*23 = 391.", "17*23 = 381.", True) == "BROKEN"
+    assert mark_aligned(q, "17*23 = 381.", "17*23 = 381.", False) == "still wrong"
+    assert mark_aligned(q, "17*23 = 381.", "17*23 = 383.", True) == "still wrong"
+    assert mark_aligned(q, "2. Sleep well.", "3. Sleep well.", True) == "CHANGED"
+    assert mark_aligned(q, "17*23 = 391.", "17*23 = 17*20 + 17*3 = 340 + 51 = 391.", True) == "rewritten"
+    assert mark_aligned(q, "2. Sleep well.", "2. Sleep well.", False) == "kept"

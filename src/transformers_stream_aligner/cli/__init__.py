@@ -21,37 +21,60 @@ Example:
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
-
-from transformers import HfArgumentParser
+from types import ModuleType
 
 from .. import __version__
-from ..training_data import TrainingDataError
-from . import build_dataset, export_custom_generate, serve, train
 
 __all__ = ["main"]
 
-COMMANDS = {"train": train, "build-dataset": build_dataset, "export-custom-generate": export_custom_generate,
-            "serve": serve}
+#: command -> (module in this package, one-line help). A command's module (and what it imports: transformers'
+#: Trainer for ``train``, torch ...) is imported only when that command runs, so ``stream-aligner --help`` is quick.
+COMMANDS = {
+    "train": ("train", "train an aligner on question/prefix/last/correction records"),
+    "build-dataset": ("build_dataset", "turn answers into sentence-level training records (JSONL)"),
+    "export-custom-generate": ("export_custom_generate", "write the Hub-ready custom_generate folder (and push it)"),
+    "serve": ("serve", "serve stream-aligned completions (OpenAI-compatible; upstream: vLLM or a local model)"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_module(name: str) -> ModuleType:
+    """The module of command ``name`` (imported on first use)."""
+    return importlib.import_module(f".{COMMANDS[name][0]}", __name__)
+
+
+def build_parser(commands: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``stream-aligner`` parser with the full parsers of ``commands`` (default: all of them; each imports its
+    module) and a one-line entry for every other command."""
     parser = argparse.ArgumentParser(prog="stream-aligner", description="Stream Aligner for transformers")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=HfArgumentParser)
-    for name, command in COMMANDS.items():
-        command.add_parser(sub, name)
+    wanted = list(COMMANDS) if commands is None else commands
+    if wanted:
+        from transformers import HfArgumentParser
+
+        sub = parser.add_subparsers(dest="command", required=True, parser_class=HfArgumentParser, metavar="{" + ",".join(COMMANDS) + "}")
+    else:
+        sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        if name in wanted:
+            command_module(name).add_parser(sub, name)
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in COMMANDS:
-        argv = [argv[0], *COMMANDS[argv[0]].normalize_argv(argv[1:])]
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    command = COMMANDS[args.command]
+    if not argv or argv[0] not in COMMANDS:
+        build_parser([]).parse_args(argv)  # --help, --version, or a usage error: nothing heavy is imported
+        return 2
+    from ..training_data import TrainingDataError
+
+    command = command_module(argv[0])
+    argv = [argv[0], *command.normalize_argv(argv[1:])]
+    args = build_parser([argv[0]]).parse_args(argv)
     try:
         return command.run(args)
     except (TrainingDataError, OSError, ValueError) as err:

@@ -1,0 +1,44 @@
+"""The package and its command import lazily: ``stream-aligner --help`` and ``import transformers_stream_aligner``
+load neither torch nor transformers; every public name still resolves."""
+
+import subprocess
+import sys
+
+import pytest
+
+import transformers_stream_aligner
+
+
+def _modules_after(code: str) -> set[str]:
+    probe = code + "\nimport sys\nprint('LOADED:', *(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    return set(out.rsplit("LOADED:", 1)[1].split())
+
+
+def test_help_and_version_import_nothing_heavy():
+    code = "from transformers_stream_aligner.cli import main\nfor argv in (['--help'], ['--version']):\n" \
+           "    try:\n        main(argv)\n    except SystemExit:\n        pass"  # fmt: skip
+    assert _modules_after(code) == set()
+    assert _modules_after("import transformers_stream_aligner") == set()
+
+
+def test_help_lists_every_command_and_a_command_still_gets_its_full_parser(capsys):
+    from transformers_stream_aligner.cli import COMMANDS, main
+
+    with pytest.raises(SystemExit) as caught:
+        main(["--help"])
+    assert caught.value.code == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in COMMANDS)
+    with pytest.raises(SystemExit):
+        main(["build-dataset", "--help"])
+    assert "--corrector" in capsys.readouterr().out  # generated from the command's dataclass
+    with pytest.raises(SystemExit) as caught:
+        main(["no-such-command"])
+    assert caught.value.code == 2
+
+
+@pytest.mark.parametrize("name", transformers_stream_aligner.__all__)
+def test_every_public_name_resolves(name):
+    assert getattr(transformers_stream_aligner, name) is not None
+    assert name in dir(transformers_stream_aligner)
