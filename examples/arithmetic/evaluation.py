@@ -31,7 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONDITIONS", "ERROR_KINDS", "answer_questions", "classify_error", "error_analysis", "error_cases_markdown", "evaluate_arithmetic",
+__all__ = ["CONDITIONS", "ERROR_KINDS", "CountingAligner", "answer_questions", "claims_probe", "other_text_probe",
+           "precision_table", "sentence_outcomes", "classify_error", "error_analysis", "error_cases_markdown", "evaluate_arithmetic",
            "paired_bootstrap", "product_claim_probe", "wilson_interval"]
 
 CONDITIONS = ("plain", "stream-trained", "stream-checker", "posthoc-trained")
@@ -145,6 +146,7 @@ def evaluate_arithmetic(
     changed: dict[str, list[int]] = {}
     sentences: dict[str, list[list[list[str]]]] = {}  # per condition, question: [original, corrected] per sentence
     seconds: dict[str, float] = {}
+    unfinished: dict[str, int] = {}
     run_plain = "plain" in conditions or "posthoc-trained" in conditions
     order = (["plain"] if run_plain else []) + [c for c in conditions if c != "plain"]
     for condition in order:
@@ -157,13 +159,15 @@ def evaluate_arithmetic(
                                           batch_size=batch_size, progress=progress)  # fmt: skip
             changed[condition] = [int(x.strip() != y.strip()) for x, y in zip(answers[condition], answers["plain"], strict=True)]
         else:
-            fn = aligner if condition == "stream-trained" else check_arithmetic
+            fn = CountingAligner(aligner) if condition == "stream-trained" else check_arithmetic
             if hasattr(fn, "reset_cache"):
                 fn.reset_cache()
             answers[condition], traces = answer_questions(model, tokenizer, questions, aligner=fn, batch_size=batch_size,
                                                           max_new_tokens=max_new_tokens, progress=progress, desc=condition)  # fmt: skip
             sentences[condition] = [[[r.original_text.strip(), r.corrected_text.strip()] for r in t if r.aligned] for t in traces]
             changed[condition] = [sum(o != c for o, c in pairs) for pairs in sentences[condition]]
+            if isinstance(fn, CountingAligner):
+                unfinished[condition] = fn.unfinished
         seconds[condition] = round(time.perf_counter() - t0, 1)
     scored = {c: [is_correct(p, a) for p, a in zip(problems, answers[c], strict=True)] for c in conditions}
     summary: dict[str, Any] = {}
@@ -172,6 +176,8 @@ def evaluate_arithmetic(
         entry: dict[str, Any] = {"correct": k, "n": n, "accuracy": round(k / n, 4), "ci95": wilson_interval(k, n), "seconds": seconds[c]}
         if c in changed:
             entry["answers_changed"] = sum(x > 0 for x in changed[c])
+        if c in unfinished:
+            entry["unfinished_corrections"] = unfinished[c]
         if c != "plain" and "plain" in scored:
             diff, lo, hi = paired_bootstrap(scored[c], scored["plain"])
             entry["minus_plain"] = {"difference": diff, "ci95": (lo, hi)}
@@ -221,6 +227,149 @@ def product_claim_probe(aligner: Any, *, n: int = 100, seed: int = 0, batch_size
         "kept_unchanged": sum(c.strip() == r["last"].strip() for r, c in zip(records, corrections, strict=True)),
         "examples": [[r["last"], c] for r, c in zip(records[:10], corrections[:10], strict=True)],
     }  # fmt: skip
+
+
+class CountingAligner:
+    """Wraps an aligner and counts its answers that are :class:`~transformers_stream_aligner.UnfinishedCorrection`
+    (a correction that hit ``max_correction_tokens`` without an end). Forwards ``reset_cache``."""
+
+    def __init__(self, aligner: Any) -> None:
+        from transformers_stream_aligner import as_correction_fn
+
+        self.aligner, self.fn = aligner, as_correction_fn(aligner)
+        self.calls = self.answers = self.unfinished = 0
+
+    def correct(self, requests: list[Any]) -> list[Any]:
+        from transformers_stream_aligner import UnfinishedCorrection
+
+        out = self.fn(requests)
+        self.calls += 1
+        self.answers += len(out)
+        self.unfinished += sum(isinstance(x, UnfinishedCorrection) for x in out)
+        return out
+
+    def reset_cache(self) -> None:
+        if hasattr(self.aligner, "reset_cache"):
+            self.aligner.reset_cache()
+
+
+def _rate(k: int, n: int) -> dict[str, Any]:
+    return {"k": k, "n": n, "rate": round(k / n, 4) if n else 0.0, "ci95": wilson_interval(k, n)}
+
+
+def sentence_outcomes(report: dict[str, Any], condition: str = "stream-trained") -> dict[str, Any]:
+    """Sentence by sentence, judged by the exact checker (:func:`~.task.judge_sentence`) over ``condition``'s
+    stream-aligned answers: right sentences (nothing wrong found) the aligner made wrong (``broken``) or changed at
+    all, and wrong ones it made right (``fixed``), with Wilson 95% intervals."""
+    from .task import judge_sentence
+
+    right = wrong = broken = changed_right = fixed = 0
+    for row in report["rows"]:
+        question = row["question"]
+        for original, corrected in row[condition].get("sentences", []):
+            before = judge_sentence(question, original)
+            if before == "wrong":
+                wrong += 1
+                fixed += original != corrected and judge_sentence(question, corrected) != "wrong"
+            else:
+                right += 1
+                if original != corrected:
+                    changed_right += 1
+                    broken += judge_sentence(question, corrected) == "wrong"
+    return {"right_broken": _rate(broken, right), "right_changed": _rate(changed_right, right),
+            "wrong_fixed": _rate(fixed, wrong)}  # fmt: skip
+
+
+def claims_probe(aligner: Any, *, n: int = 420, seed: int = 0, batch_size: int = 8) -> dict[str, Any]:
+    """Held-out claims in written forms the problem templates never produce (:func:`~.claims.make_claims`,
+    ``split="test"``: held-out operands and sentence frames; currency, thousands separators, decimals, chains, odd
+    spacing, words), each given to ``aligner`` alone and judged by construction (:func:`~.claims.judge_claim`)."""
+    from collections import Counter
+
+    from transformers_stream_aligner import AlignmentRequest
+
+    from .claims import judge_claim, make_claims
+
+    claims = make_claims(n, seed=seed, split="test")
+    counting = CountingAligner(aligner)
+    counting.reset_cache()
+    outputs: list[str] = []
+    for i in range(0, n, batch_size):
+        outputs += counting.correct([AlignmentRequest(c.question, "", c.last) for c in claims[i : i + batch_size]])
+    verdicts = [judge_claim(c, o) for c, o in zip(claims, outputs, strict=True)]
+    right = [v for c, v in zip(claims, verdicts, strict=True) if not c.wrong]
+    wrong = [v for c, v in zip(claims, verdicts, strict=True) if c.wrong]
+    by_style: dict[str, Counter[str]] = {}
+    for c, v in zip(claims, verdicts, strict=True):
+        by_style.setdefault(c.style, Counter())[v] += 1
+    return {
+        "n": n, "right_broken": _rate(right.count("broken"), len(right)),
+        "right_changed": _rate(len(right) - right.count("kept"), len(right)),
+        "wrong_fixed": _rate(wrong.count("fixed"), len(wrong)), "unfinished": counting.unfinished,
+        "by_style": {k: dict(v) for k, v in by_style.items()},
+        "examples": [[c.last, o, v] for c, o, v in zip(claims, outputs, verdicts, strict=True) if v in ("broken", "still_wrong")][:12],
+    }  # fmt: skip
+
+
+def other_text_probe(model: Any, tokenizer: Any, aligner: Any, *, batch_size: int = 8, max_new_tokens: int = 128,
+                     progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Long-form non-arithmetic answers: SmolLM2 answers the held-out non-arithmetic questions
+    (:func:`~.claims.other_questions`, ``"test"``), stream-aligned by ``aligner``; every sentence in which the exact
+    checker finds no arithmetic must come out unchanged. Counts the changed ones (with examples)."""
+    from .claims import other_questions
+    from .task import judge_sentence
+
+    questions = other_questions("test")
+    counting = CountingAligner(aligner)
+    counting.reset_cache()
+    _, traces = answer_questions(model, tokenizer, questions, aligner=counting, batch_size=batch_size,
+                                 max_new_tokens=max_new_tokens, progress=progress, desc="other questions")  # fmt: skip
+    total = changed = 0
+    examples = []
+    for q, trace in zip(questions, traces, strict=True):
+        for r in trace:
+            original = r.original_text.strip()
+            if not r.aligned or not original or judge_sentence(q, original) != "unchecked":
+                continue
+            total += 1
+            if r.changed:
+                changed += 1
+                examples.append([q, original, r.corrected_text.strip()])
+    return {"questions": len(questions), "sentences_changed": _rate(changed, total), "unfinished": counting.unfinished,
+            "examples": examples[:12]}  # fmt: skip
+
+
+def precision_table(reports: dict[str, dict[str, Any]]) -> str:
+    """Before/after markdown table of the precision figures of several reports (name -> report)."""
+    def cell(r: dict[str, Any] | None) -> str:
+        if not r:
+            return "-"
+        lo, hi = r["ci95"]
+        return f"{r['k']} / {r['n']} = {r['rate']:.1%} ({lo:.1%}-{hi:.1%})"
+
+    def acc(rep: dict[str, Any]) -> str:
+        e = rep.get("summary", {}).get("stream-trained")
+        if not e:
+            return "-"
+        d = e.get("minus_plain")
+        return f"{e['accuracy']:.1%} ({d['difference']:+.1%}; {d['ci95'][0]:+.1%} to {d['ci95'][1]:+.1%})" if d else f"{e['accuracy']:.1%}"
+
+    rows = [
+        ("final-answer accuracy, stream-aligned (minus plain; paired 95% CI)", lambda rep: acc(rep)),
+        ("held-out problems: right sentences broken", lambda rep: cell(rep.get("sentences", {}).get("right_broken"))),
+        ("held-out problems: right sentences changed", lambda rep: cell(rep.get("sentences", {}).get("right_changed"))),
+        ("held-out problems: wrong sentences made right", lambda rep: cell(rep.get("sentences", {}).get("wrong_fixed"))),
+        ("claims in other forms: right ones broken", lambda rep: cell(rep.get("claims", {}).get("right_broken"))),
+        ("claims in other forms: right ones changed", lambda rep: cell(rep.get("claims", {}).get("right_changed"))),
+        ("claims in other forms: wrong ones made right", lambda rep: cell(rep.get("claims", {}).get("wrong_fixed"))),
+        ("non-arithmetic sentences changed (long-form answers)", lambda rep: cell(rep.get("other_text", {}).get("sentences_changed"))),
+        ("corrections that hit the token limit", lambda rep: str(rep.get("unfinished", "-"))),
+    ]  # fmt: skip
+    names = list(reports)
+    lines = ["| measure (95% Wilson CI) | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for label, fn in rows:
+        lines.append(f"| {label} | " + " | ".join(fn(reports[n]) for n in names) + " |")
+    return "\n".join(lines)
 
 
 ERROR_KINDS = {
@@ -347,6 +496,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--cache-dir", help="where the converted SmolLM2 checkpoint is kept")
     parser.add_argument("--probe-claims", type=_count(0), default=100,
                         help="also give the trained aligner this many held-out wrong product claims alone (default 100; 0: skip)")
+    parser.add_argument("--precision", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure precision: held-out claims in other written forms and long-form "
+                             "non-arithmetic answers (default on)")  # fmt: skip
+    parser.add_argument("--precision-only", action="store_true",
+                        help="measure only the precision probes (with --base-report: keep that report's conditions)")
+    parser.add_argument("--base-report", help="with --precision-only: an earlier report of the same aligner whose "
+                        "conditions (accuracy, sentences) are kept")
+    parser.add_argument("--before", help="an earlier report (e.g. of the aligner shipped before) to print side by side")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -361,30 +518,48 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_smollm2(args.cache_dir)
     enable_stream_alignment(model, tokenizer)
     aligner = None
-    if any(c in ("stream-trained", "posthoc-trained") for c in conditions):
+    if args.precision_only or any(c in ("stream-trained", "posthoc-trained") for c in conditions):
         aligner = load_arithmetic_aligner(args.aligner, cache_dir=args.cache_dir)
-    report = evaluate_arithmetic(model, tokenizer, aligner, n=args.n, seed=args.seed, conditions=conditions,
-                                 batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                                 progress=not args.no_progress)  # fmt: skip
+    if args.precision_only:
+        report = json.loads(Path(args.base_report).read_text()) if args.base_report else {"summary": {}}
+    else:
+        report = evaluate_arithmetic(model, tokenizer, aligner, n=args.n, seed=args.seed, conditions=conditions,
+                                     batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                     progress=not args.no_progress)  # fmt: skip
     report["aligner"] = args.aligner or "trained arithmetic aligner (examples/arithmetic/trained_aligner)"
-    if aligner is not None and args.probe_claims > 0:
+    probe = None
+    if aligner is not None and args.probe_claims > 0 and not args.precision_only:
         report["product_claim_probe"] = probe = product_claim_probe(aligner, n=args.probe_claims, batch_size=args.batch_size)
-    if "stream-trained" in conditions:
+    if "stream-trained" in report.get("summary", {}):
         report["error_analysis"] = error_analysis(report, "stream-trained", k=20)
+        report["sentences"] = sentence_outcomes(report, "stream-trained")
+    if aligner is not None and (args.precision or args.precision_only):
+        report["claims"] = claims_probe(aligner, batch_size=args.batch_size)
+        report["other_text"] = other_text_probe(model, tokenizer, aligner, batch_size=args.batch_size,
+                                                max_new_tokens=args.max_new_tokens, progress=not args.no_progress)  # fmt: skip
+        report["unfinished"] = (report["summary"].get("stream-trained", {}).get("unfinished_corrections", 0)
+                                + report["claims"]["unfinished"] + report["other_text"]["unfinished"])  # fmt: skip
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
-    print(markdown_table(report))
-    print(f"\naccuracy by operator: {json.dumps(report['accuracy_by_operator'])}")
+    if report.get("summary"):
+        print(markdown_table(report))
+    if "accuracy_by_operator" in report:
+        print(f"\naccuracy by operator: {json.dumps(report['accuracy_by_operator'])}")
     if "error_analysis" in report:
         ea = report["error_analysis"]
         print(f"stream-trained, {ea['wrong']} wrong answers: {json.dumps(ea['counts'])}")
-    if "product_claim_probe" in report:
+    if probe is not None:
         right, steps = probe["right_product"], probe["every_step_right"]
         print(f"held-out wrong product claims given to the aligner alone (n={probe['n']}): right product {right['k']} "
               f"({right['ci95'][0]:.1%}-{right['ci95'][1]:.1%}), every step right {steps['k']}, kept {probe['kept_unchanged']}")
+    tables = {"before": json.loads(Path(args.before).read_text())} if args.before else {}
+    if tables and "sentences" not in tables["before"] and "stream-trained" in tables["before"].get("summary", {}):
+        tables["before"]["sentences"] = sentence_outcomes(tables["before"], "stream-trained")
+    tables["this aligner" if not tables else "after"] = report
+    print("\n" + precision_table(tables))
     print(f"[stream-aligner] every answer in {out}")
-    if args.plot:
+    if args.plot and report.get("summary"):
         written = plot(report, args.plot)
         print(f"[stream-aligner] plot: {written}" if written else "[stream-aligner] no plot: matplotlib is not installed")
     return 0
