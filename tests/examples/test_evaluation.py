@@ -121,3 +121,36 @@ def test_error_cases_markdown():
     assert "`17*23 = 381.` → `…0 + 30 + 18 = 340 + 58 = 398.`" in lines[2]  # the last 30 characters
     assert lines[2].endswith(" | 17*23 = " + "9 + " * 18 + "… |")  # the first 80 characters of the answer
     assert "| missed | nothing |" in lines[3]
+
+
+def test_claims_probe_judges_by_construction_and_counts_unfinished_corrections():
+    from examples.arithmetic.claims import make_claims
+    from examples.arithmetic.evaluation import claims_probe
+    from transformers_stream_aligner import UnfinishedCorrection
+
+    identity = claims_probe(lambda q, p, last: last, n=70)
+    assert identity["right_broken"]["k"] == 0 and identity["right_changed"]["k"] == 0 and identity["wrong_fixed"]["k"] == 0
+    truth = {c.last: c.right for c in make_claims(70, split="test")}
+    oracle = claims_probe(lambda q, p, last: truth[last], n=70)
+    assert oracle["wrong_fixed"]["k"] == oracle["wrong_fixed"]["n"] > 0 and oracle["right_changed"]["k"] == 0
+    breaker = claims_probe(lambda q, p, last: last.replace("=", "= 1"), n=70)
+    assert breaker["right_broken"]["k"] > 0
+
+    class Unfinished:
+        def correct(self, requests):
+            return [UnfinishedCorrection(r.last + " and so on") for r in requests]
+
+    assert claims_probe(Unfinished(), n=14)["unfinished"] == 14
+
+
+def test_sentence_outcomes_and_the_before_after_table():
+    from examples.arithmetic.evaluation import precision_table, sentence_outcomes
+
+    q = "What is 17*23?"
+    rows = [{"question": q, "stream-trained": {"sentences": [["17*23 = 381.", "17*23 = 391."], ["45+19 = 64.", "45+19 = 54."],
+                                                             ["Sleep well.", "Sleep well."], ["2+2 = 5.", "2+2 = 5."]]}}]
+    out = sentence_outcomes({"rows": rows})
+    assert out["wrong_fixed"]["k"] == 1 and out["wrong_fixed"]["n"] == 2
+    assert out["right_broken"]["k"] == 1 and out["right_broken"]["n"] == 2 and out["right_changed"]["k"] == 1
+    table = precision_table({"before": {"sentences": out}, "after": {"sentences": out, "unfinished": 0}})
+    assert "| held-out problems: right sentences broken | 1 / 2 = 50.0%" in table and table.count("\n") == 10
