@@ -131,8 +131,13 @@ def evaluate_arithmetic(
     batch_size: int = 8,
     max_new_tokens: int = 128,
     progress: bool = True,
+    reuse: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run the evaluation (see the module docstring); returns the report (summary and every answer)."""
+    """Run the evaluation (see the module docstring); returns the report (summary and every answer).
+
+    ``reuse``: an earlier report of the same problems (``n``, ``seed``, ``max_new_tokens``) whose ``plain`` and
+    ``stream-checker`` answers are taken instead of generated again: neither depends on the aligner (greedy, same
+    model), so comparing aligners costs only their own conditions."""
     from .task import check_arithmetic, is_correct, make_problems
 
     unknown = set(conditions) - set(CONDITIONS)
@@ -149,8 +154,21 @@ def evaluate_arithmetic(
     unfinished: dict[str, int] = {}
     run_plain = "plain" in conditions or "posthoc-trained" in conditions
     order = (["plain"] if run_plain else []) + [c for c in conditions if c != "plain"]
+    reusable = set()
+    if reuse is not None:
+        same = (reuse.get("n"), reuse.get("seed"), reuse.get("max_new_tokens")) == (n, seed, max_new_tokens)
+        if not same or [r["question"] for r in reuse["rows"]] != questions:
+            raise ValueError("the report to reuse was made on other problems (n, seed or max_new_tokens differ)")
+        reusable = {"plain", "stream-checker"} & set(reuse["summary"])
     for condition in order:
         t0 = time.perf_counter()
+        if condition in reusable:
+            answers[condition] = [r[condition]["answer"] for r in reuse["rows"]]
+            if condition == "stream-checker":
+                sentences[condition] = [r[condition]["sentences"] for r in reuse["rows"]]
+                changed[condition] = [r[condition]["changed"] for r in reuse["rows"]]
+            seconds[condition] = reuse["summary"][condition]["seconds"]
+            continue
         if condition == "plain":
             answers[condition], _ = answer_questions(model, tokenizer, questions, batch_size=batch_size,
                                                      max_new_tokens=max_new_tokens, progress=progress, desc="plain")  # fmt: skip
@@ -503,6 +521,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="measure only the precision probes (with --base-report: keep that report's conditions)")
     parser.add_argument("--base-report", help="with --precision-only: an earlier report of the same aligner whose "
                         "conditions (accuracy, sentences) are kept")
+    parser.add_argument("--reuse", help="an earlier report of the same problems: its plain and stream-checker answers "
+                        "are reused (they do not depend on the aligner)")
     parser.add_argument("--before", help="an earlier report (e.g. of the aligner shipped before) to print side by side")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
@@ -525,7 +545,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         report = evaluate_arithmetic(model, tokenizer, aligner, n=args.n, seed=args.seed, conditions=conditions,
                                      batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                                     progress=not args.no_progress)  # fmt: skip
+                                     progress=not args.no_progress,
+                                     reuse=json.loads(Path(args.reuse).read_text()) if args.reuse else None)  # fmt: skip
     report["aligner"] = args.aligner or "trained arithmetic aligner (examples/arithmetic/trained_aligner)"
     probe = None
     if aligner is not None and args.probe_claims > 0 and not args.precision_only:

@@ -66,6 +66,14 @@ def test_evaluation_on_a_tiny_model(tiny_llama, tmp_path):
     assert set(summary["stream-trained"]["minus_plain"]) == {"difference", "ci95"}
     assert "| stream-checker |" in markdown_table(report)
     json.dumps(report)  # the CLI writes it as JSON
+    # plain and stream-checker do not depend on the aligner: a second aligner's run may reuse them, same figures
+    again = evaluate_arithmetic(model, tok, trained, n=8, seed=3, batch_size=4, max_new_tokens=40, progress=False,
+                                conditions=("plain", "stream-trained", "stream-checker"), reuse=report)  # fmt: skip
+    assert again["summary"]["plain"] == summary["plain"] and again["summary"]["stream-checker"] == summary["stream-checker"]
+    assert [r["stream-trained"] for r in again["rows"]] == [r["stream-trained"] for r in rows]
+    with pytest.raises(ValueError, match="other problems"):
+        evaluate_arithmetic(model, tok, trained, n=4, seed=3, batch_size=4, max_new_tokens=40, progress=False,
+                            conditions=("plain",), reuse=report)  # fmt: skip
 
 
 def test_evaluation_refuses_unknown_conditions(tiny_llama):
