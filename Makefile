@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 # Models are converted once into the shared cache: $STREAM_ALIGNER_CACHE or ~/.cache/transformers-stream-aligner (examples/smollm2.py).
 
-.PHONY: install demo test test-fast test-vllm lint eval aligner bench bench-compare bench-batch bench-batch-floor bench-one-copy bench-train bench-vllm soak clean
+.PHONY: install demo test test-fast test-vllm lint eval aligner aligner-precise bench bench-compare bench-batch bench-batch-floor bench-one-copy bench-train bench-vllm soak clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,15 +50,21 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
 
 # Final-answer accuracy on 200 held-out arithmetic problems: plain, stream-aligned (trained aligner, exact
-# checker), post-hoc (docs/results.md).
+# checker), post-hoc; precision (claims in other forms, non-arithmetic answers) (docs/results.md). EVAL_ARGS: e.g.
+# "--aligner DIR --reuse benchmarks/results/arithmetic_eval.json --before benchmarks/results/arithmetic_eval.json".
 eval: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"
-	HF_HUB_OFFLINE=1 $(PY) -m examples.arithmetic.evaluation --output benchmarks/results/arithmetic_eval.json --plot docs/img/arithmetic_eval.png
+	HF_HUB_OFFLINE=1 $(PY) -m examples.arithmetic.evaluation --output benchmarks/results/arithmetic_eval.json \
+		--plot docs/img/arithmetic_eval.png $(EVAL_ARGS)
 
-# Rebuild the trained arithmetic aligner (examples/arithmetic/trained_aligner) from scratch, seeded: on-policy data,
-# held-in product claims, LoRA training (~45 min).
+# Rebuild the shipped arithmetic aligner (examples/arithmetic/trained_aligner) from scratch, seeded (recipe v2: on-policy
+# data, held-in product claims, LoRA training; ~45 min). aligner-precise: the precise recipe in development (every copy
+# kept, claims in many forms, non-arithmetic answers) into .cache/precise_aligner, not shipped.
 aligner: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m examples.arithmetic.build_aligner
+	HF_HUB_OFFLINE=1 $(PY) -m examples.arithmetic.build_aligner --recipe v2
+
+aligner-precise: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m examples.arithmetic.build_aligner --recipe precise --output .cache/precise_aligner
 
 # Speed against plain generate, a reference-style loop and post-hoc correction (docs/benchmarks.md).
 # The first run also builds the benchmark's copy aligner (~16 min, cached in $(STREAM_ALIGNER_CACHE)).

@@ -36,6 +36,16 @@ from . import ARITHMETIC_ALIGNER
 
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
+#: The recipes' settings (flag defaults). ``v2`` built the shipped aligner (2026-11-23): every two-digit product
+#: worked, right or wrong; greedy + sampled answers; changed and kept records 1 : 1; 1,000 product claims, 70% wrong.
+#: ``precise`` (in development, docs/results.md): change only what is wrong; every copy kept; claims in many forms.
+RECIPES: dict[str, dict[str, Any]] = {
+    "v2": {"problems": 240, "corrector": "check_arithmetic_worked", "sampled": True, "other_questions": False,
+           "claims": 0, "synthetic_products": 1000, "copies_per_change": 1.0, "max_length": 512},
+    "precise": {"problems": 320, "corrector": "check_arithmetic_precise", "sampled": False, "other_questions": True,
+                "claims": 1200, "synthetic_products": 0, "copies_per_change": None, "max_length": 256},
+}  # fmt: skip
+
 
 def balance(records: list[dict[str, Any]], *, copies_per_change: float, seed: int) -> list[dict[str, Any]]:
     """All changed records plus ``copies_per_change`` unchanged ones per changed one (seeded), shuffled."""
@@ -57,7 +67,7 @@ def claim_records(n: int, *, seed: int) -> list[dict[str, str]]:
 
 
 def assemble(
-    records: list[dict[str, Any]], *, claims: int, copies_per_change: float | None, seed: int
+    records: list[dict[str, Any]], *, claims: int, copies_per_change: float | None, seed: int, synthetic: int = 0
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """The training records from the on-policy ones: all kept (or balanced by :func:`balance` when
     ``copies_per_change`` is given), ``claims`` held-in claims added, those that write a probe (17*23) dropped, all
@@ -70,14 +80,17 @@ def assemble(
     def changed(rs: list[dict[str, Any]]) -> int:
         return sum(r["correction"].strip() != r["last"].strip() for r in rs)
 
+    from .task import synthetic_product_claims
+
     on_policy, extra = clean(records), clean(claim_records(claims, seed=seed))
+    extra += clean(synthetic_product_claims(synthetic, seed=seed)) if synthetic else []
     if copies_per_change is not None:
         on_policy = balance(on_policy, copies_per_change=copies_per_change, seed=seed)
     train = on_policy + extra
     random.Random(seed).shuffle(train)
     counts = {"collected": len(records), "collected_changed": changed(records),
               "dropped_probes": len(records) + claims - len(clean(records)) - len(extra),
-              "claims": len(extra), "claims_changed": changed(extra), "trained_on": len(train),
+              "claims": len(extra), "claims_changed": changed(extra), "synthetic_products": synthetic, "trained_on": len(train),
               "trained_changed": changed(train)}  # fmt: skip
     return train, counts
 
@@ -110,7 +123,8 @@ def portable(directory: Path) -> None:
     config.save_pretrained(directory)
 
 
-def collect_records(questions: list[str], *, seed: int, max_new_tokens: int, progress: bool, sampled: bool) -> list[dict[str, str]]:
+def collect_records(questions: list[str], *, seed: int, max_new_tokens: int, progress: bool, sampled: bool,
+                    corrector: str = "check_arithmetic_precise") -> list[dict[str, str]]:  # fmt: skip
     """On-policy records: SmolLM2 answers ``questions`` (greedy, or sampled at temperature 0.7) with the precise
     checker correcting each sentence (:func:`~transformers_stream_aligner.dataset_builder.records_on_policy`)."""
     from transformers import set_seed
@@ -118,24 +132,24 @@ def collect_records(questions: list[str], *, seed: int, max_new_tokens: int, pro
     from transformers_stream_aligner.dataset_builder import records_on_policy
 
     from ..smollm2 import load_smollm2
-    from .task import check_arithmetic_precise
+    from . import task
 
     model, tokenizer = load_smollm2()
     set_seed(seed)
     sampling = {"do_sample": True, "temperature": 0.7} if sampled else {"do_sample": False}
-    return records_on_policy(model, tokenizer, questions, check_arithmetic_precise, batch_size=8, progress=progress,
+    return records_on_policy(model, tokenizer, questions, getattr(task, corrector), batch_size=8, progress=progress,
                              max_new_tokens=max_new_tokens, **sampling)  # fmt: skip
 
 
 def train(train_file: Path, output_dir: Path, *, seed: int, epochs: float, learning_rate: float, lora_r: int | None,
-          progress: bool) -> None:  # fmt: skip
+          progress: bool, max_length: int = 512) -> None:  # fmt: skip
     """Train the aligner on SmolLM2-135M-Instruct: a LoRA adapter of rank ``lora_r`` (``None``: all weights)."""
     from transformers_stream_aligner import AlignerTrainingConfig, train_aligner
 
     from ..smollm2 import smollm2_checkpoint
 
     config = AlignerTrainingConfig(output_dir=str(output_dir), overwrite_output_dir=True, num_train_epochs=epochs,
-                                   learning_rate=learning_rate, per_device_train_batch_size=8, max_length=512,
+                                   learning_rate=learning_rate, per_device_train_batch_size=8, max_length=max_length,
                                    seed=seed, disable_tqdm=None if progress else True)  # fmt: skip
     lora_config = None
     if lora_r is not None:
@@ -151,21 +165,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default=str(ARITHMETIC_ALIGNER), help="where the aligner goes (default: this example's trained_aligner/)")
     parser.add_argument("--work-dir", default=None, help="data and training files (default: <cache>/arithmetic-aligner-work)")
-    parser.add_argument("--problems", type=int, default=320, help="held-in problems (default 320)")
+    parser.add_argument("--problems", type=int, help="held-in problems (v2: 240, precise: 320)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--claims", type=int, default=1200,
-                        help="records of held-in claims in many written forms, 40%% wrong (default 1200)")
-    parser.add_argument("--other-questions", action=argparse.BooleanOptionalAction, default=True,
-                        help="also answer the held-in non-arithmetic questions (copies of prose; default on)")
-    parser.add_argument("--sampled", action="store_true", help="also collect sampled answers (temperature 0.7)")
-    parser.add_argument("--copies-per-change", type=float, default=None,
-                        help="keep only this many unchanged on-policy records per changed one (default: keep all)")
+    parser.add_argument("--claims", type=int,
+                        help="records of held-in claims in many written forms, 40%% wrong (v2: 0, precise: 1200)")
+    parser.add_argument("--other-questions", action=argparse.BooleanOptionalAction,
+                        help="also answer the held-in non-arithmetic questions (copies of prose; precise: on)")
+    parser.add_argument("--sampled", action=argparse.BooleanOptionalAction,
+                        help="also collect sampled answers (temperature 0.7; v2: on)")
+    parser.add_argument("--copies-per-change", type=float,
+                        help="keep only this many unchanged on-policy records per changed one (v2: 1; precise: keep all)")
     parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
     parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA (a 540 MB checkpoint)")
     parser.add_argument("--epochs", type=float, default=1.0, help="training epochs (default 1)")
     parser.add_argument("--learning-rate", type=float, default=None, help="default 5e-4 for LoRA, 2e-5 for full")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="bound on each upstream answer (default 128)")
+    parser.add_argument("--max-length", type=int,
+                        help="longest training example in tokens; longer ones lose leading prefix sentences (v2: 512, precise: 256)")
+    parser.add_argument("--corrector", choices=["check_arithmetic_precise", "check_arithmetic_worked"],
+                        help="the exact checker that writes the on-policy corrections")
+    parser.add_argument("--synthetic-products", type=int, help="records of held-in product claims (70%% wrong, worked)")
+    parser.add_argument("--records", nargs="+", default=None,
+                        help="on-policy records collected before (JSONL, e.g. <work-dir>/greedy.jsonl): skip collecting")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="v2",
+                        help="v2: the recipe of the shipped aligner (default); precise: the recipe in development "
+                             "(docs/results.md); the other flags override a recipe's settings")  # fmt: skip
+    recipe, _ = parser.parse_known_args(argv)
+    parser.set_defaults(**RECIPES[recipe.recipe])
     args = parser.parse_args(argv)
 
     from transformers_stream_aligner.dataset_builder import write_records
@@ -177,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work_dir) if args.work_dir else default_cache_dir() / "arithmetic-aligner-work"
     work.mkdir(parents=True, exist_ok=True)
     progress = not args.no_progress
-    report: dict[str, Any] = {"problems": args.problems, "claims": args.claims, "seed": args.seed,
+    report: dict[str, Any] = {"recipe": args.recipe, "problems": args.problems, "claims": args.claims,
+                              "synthetic_products": args.synthetic_products, "seed": args.seed,
+                              "copies_per_change": args.copies_per_change, "max_length": args.max_length,
                               "lora_r": None if args.full else args.lora_r, "epochs": args.epochs, "steps": {}}  # fmt: skip
     t_all = time.perf_counter()
 
@@ -194,20 +223,27 @@ def main(argv: list[str] | None = None) -> int:
         questions += other_questions("train")
     common = {"seed": args.seed, "max_new_tokens": args.max_new_tokens, "progress": progress}
     records = []
+    if args.records:
+        from transformers_stream_aligner import read_records
+
+        for path in args.records:
+            records += [dict(r) for r in read_records(path)]
     for name, sampled in (("greedy", False), ("sampled", True)):
-        if sampled and not args.sampled:
+        if args.records or (sampled and not args.sampled):
             continue
-        collected = step(f"data ({name} answers)", collect_records, questions, sampled=sampled, **common)
+        collected = step(f"data ({name} answers)", collect_records, questions, sampled=sampled, corrector=args.corrector,
+                         **common)  # fmt: skip
         write_records(collected, work / f"{name}.jsonl", overwrite=True)
         records += collected
     train_records, report["records"] = assemble(records, claims=args.claims, copies_per_change=args.copies_per_change,
-                                                seed=args.seed)  # fmt: skip
+                                                seed=args.seed, synthetic=args.synthetic_products)  # fmt: skip
     (work / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_records))
     print(f"[aligner] records: {report['records']}", flush=True)
     trained = work / "aligner"
     learning_rate = args.learning_rate or (2e-5 if args.full else 5e-4)
     step("training", train, work / "train.jsonl", trained, seed=args.seed, epochs=args.epochs,
-         learning_rate=learning_rate, lora_r=None if args.full else args.lora_r, progress=progress)  # fmt: skip
+         learning_rate=learning_rate, lora_r=None if args.full else args.lora_r, progress=progress,
+         max_length=args.max_length)  # fmt: skip
     portable(trained)
     if not args.full:
         to_float16(trained)
