@@ -266,3 +266,26 @@ def test_claims_are_seeded_held_apart_and_judged_by_construction():
     right = next(c for c in test if not c.wrong and c.style == "plain")
     assert judge_claim(right, right.last + " Indeed.") == "changed_right"
     assert judge_claim(right, wrong.last) == "broken" and judge_claim(wrong, wrong.last.replace(".", "!")) == "still_wrong"
+
+
+@pytest.mark.parametrize("recipe, corrector, passes, claims", [("v2", "check_arithmetic_worked", 2, 0),
+                                                               ("precise", "check_arithmetic_precise", 1, 1200)])
+def test_build_recipes_set_their_settings(recipe, corrector, passes, claims, monkeypatch, tmp_path):
+    from examples.arithmetic import build_aligner
+
+    calls, seen = [], {}
+
+    def collect(questions, **kwargs):
+        calls.append(kwargs)
+        return []
+
+    def stop(records, **kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(build_aligner, "collect_records", collect)
+    monkeypatch.setattr(build_aligner, "assemble", stop)
+    with pytest.raises(SystemExit):
+        build_aligner.main(["--recipe", recipe, "--work-dir", str(tmp_path), "--no-progress"])
+    assert len(calls) == passes and all(c["corrector"] == corrector for c in calls)
+    assert seen["claims"] == claims and (seen["synthetic"] > 0) == (recipe == "v2")
