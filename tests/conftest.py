@@ -1,4 +1,3 @@
-
 import pytest
 
 from examples.smollm2 import default_cache_dir

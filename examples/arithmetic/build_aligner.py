@@ -1,19 +1,24 @@
 """Rebuild the trained arithmetic aligner from scratch, seeded: ``make aligner`` or
-``python -m examples.arithmetic.build_aligner``. Every step calls the library's Python API.
+``python -m examples.arithmetic.build_aligner``. Every step calls the library's Python API. Two recipes
+(:data:`RECIPES`; any flag overrides a setting):
 
-The recipe teaches precision first: most sentences of a real answer are right, so most records are copies.
+* ``--recipe v2`` (default, ``make aligner``): the shipped aligner. SmolLM2-135M-Instruct answers 240 held-in
+  problems greedily and once more sampled while :func:`~.task.check_arithmetic_worked` corrects each sentence (every
+  product with a two-digit operand worked out, right or wrong); changed and kept records 1 : 1, plus 1,000 held-in
+  product claims (70% wrong, :func:`~.task.synthetic_product_claims`).
+* ``--recipe precise`` (``make aligner-precise``, in development, docs/results.md): precision first, since most
+  sentences of a real answer are right. 320 held-in problems and the held-in non-arithmetic questions
+  (:func:`~.claims.other_questions`) answered greedily while :func:`~.task.check_arithmetic_precise` corrects (only
+  wrong results; a wrong two-digit product worked out); every record kept; 1,200 held-in claims in many written
+  forms (:func:`~.claims.make_claims`: 60% right and copied, 40% wrong and fixed).
 
-1. Held-in problems: :func:`~.task.make_problems` (``split="train"``; none is ever evaluated) and held-in
-   non-arithmetic questions (:func:`~.claims.other_questions`, topics the evaluation never asks about).
-2. On-policy data with :func:`~transformers_stream_aligner.dataset_builder.records_on_policy`: SmolLM2-135M-Instruct
-   answers every question greedily while the precise checker :func:`~.task.check_arithmetic_precise` corrects each
-   sentence (a wrong result recomputed, a wrong product of two-digit numbers shown worked; everything else kept), and
-   the upstream continues from the corrected text. Every record is kept: the copies of right sentences (prose, list
-   items, right sums, right worked forms) are what teaches the aligner to leave them alone.
-3. ``--claims`` held-in claims (:func:`~.claims.make_claims`): sums, differences, products, quotients and chains
-   written plainly, with odd spacing, in currency, with thousands separators, decimals or words; 60% right (copied),
-   40% wrong (fixed, :func:`~.claims.precise_correction`). Records writing :data:`~.task.PROBES` (17*23) are dropped,
-   so that the test on it measures generalisation, not recall.
+Steps:
+
+1. Held-in questions (``split="train"``; none is ever evaluated).
+2. On-policy data with :func:`~transformers_stream_aligner.dataset_builder.records_on_policy` (the upstream
+   continues from each corrected sentence), or the records of an earlier collection (``--records``).
+3. Assembly (:func:`assemble`): records writing :data:`~.task.PROBES` (17*23) are dropped, so that the test on it
+   measures generalisation, not recall.
 4. :func:`~transformers_stream_aligner.train_aligner`: a LoRA adapter on SmolLM2-135M-Instruct.
 5. The adapter is stored in float16 (peft casts it back to the base's float32 on load) with the tokenizer,
    ``stream_aligner_config.json``, a model card and ``build_report.json`` (the steps' wall times).
@@ -70,9 +75,9 @@ def assemble(
     records: list[dict[str, Any]], *, claims: int, copies_per_change: float | None, seed: int, synthetic: int = 0
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """The training records from the on-policy ones: all kept (or balanced by :func:`balance` when
-    ``copies_per_change`` is given), ``claims`` held-in claims added, those that write a probe (17*23) dropped, all
-    shuffled (seeded); and their counts."""
-    from .task import involves_probe
+    ``copies_per_change`` is given), ``claims`` held-in claims and ``synthetic`` held-in product claims added (counted
+    together as ``claims``), those that write a probe (17*23) dropped, all shuffled (seeded); and their counts."""
+    from .task import involves_probe, synthetic_product_claims
 
     def clean(rs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [r for r in rs if not any(involves_probe(r[k]) for k in ("prefix", "last", "correction"))]
@@ -80,18 +85,16 @@ def assemble(
     def changed(rs: list[dict[str, Any]]) -> int:
         return sum(r["correction"].strip() != r["last"].strip() for r in rs)
 
-    from .task import synthetic_product_claims
-
-    on_policy, extra = clean(records), clean(claim_records(claims, seed=seed))
-    extra += clean(synthetic_product_claims(synthetic, seed=seed)) if synthetic else []
+    added = claim_records(claims, seed=seed) + (synthetic_product_claims(synthetic, seed=seed) if synthetic else [])
+    on_policy, extra = clean(records), clean(added)
+    dropped = len(records) - len(on_policy) + len(added) - len(extra)
     if copies_per_change is not None:
         on_policy = balance(on_policy, copies_per_change=copies_per_change, seed=seed)
     train = on_policy + extra
     random.Random(seed).shuffle(train)
-    counts = {"collected": len(records), "collected_changed": changed(records),
-              "dropped_probes": len(records) + claims - len(clean(records)) - len(extra),
-              "claims": len(extra), "claims_changed": changed(extra), "synthetic_products": synthetic, "trained_on": len(train),
-              "trained_changed": changed(train)}  # fmt: skip
+    counts = {"collected": len(records), "collected_changed": changed(records), "dropped_probes": dropped,
+              "claims": len(extra), "claims_changed": changed(extra), "synthetic_products": synthetic,
+              "trained_on": len(train), "trained_changed": changed(train)}  # fmt: skip
     return train, counts
 
 

@@ -37,7 +37,6 @@ UNTRAINED_SYSTEM_PROMPT = (
     "You correct one sentence of an answer. Reply with the corrected last sentence only, nothing else. "
     "If it is already correct, repeat it unchanged."
 )
-ALIGNED_MARKS = ("kept", "FIXED", "still wrong", "BROKEN", "rewritten", "CHANGED")
 
 
 def default_questions(seed: int) -> list[str]:
@@ -70,9 +69,14 @@ def mark_plain(question: str, sentence: str) -> str:
     return {"right": "right", "wrong": "WRONG", "unchecked": "-"}[judge_sentence(question, sentence)]
 
 
+def column_width(width: int) -> int:
+    """The width of one of the two columns in ``width`` characters (at least 30)."""
+    return max(30, (width - 3) // 2)
+
+
 def side_by_side(left: list[str], right: list[str], width: int) -> str:
-    """Two columns of cells (each wrapped to half of ``width``), row by row. Does not mutate its arguments."""
-    col = max(30, (width - 3) // 2)
+    """Two columns of cells (each wrapped to :func:`column_width`), row by row. Does not mutate its arguments."""
+    col = column_width(width)
     lines = []
     for i in range(max(len(left), len(right))):
         a = textwrap.wrap(left[i], col) if i < len(left) else []
@@ -169,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from transformers import TextStreamer
 
-    from transformers_stream_aligner import StreamAlignerStreamer
+    from transformers_stream_aligner import StreamAlignerStreamer, split_sentences
 
     from .task import final_answer, is_correct, parse_problem
 
@@ -206,9 +210,6 @@ def _run(args: argparse.Namespace) -> int:
         elapsed = time.perf_counter() - t1
         records = [r for r in result.alignment_trace[0] if r.aligned and r.original_text.strip()]
         aligned_text = "".join(r.corrected_text for r in result.alignment_trace[0])
-
-        from transformers_stream_aligner import split_sentences
-
         left = [f"[{mark_plain(question, s)}] {' '.join(s.split())}" for s in split_sentences(plain) if s.strip()]
         right = []
         for r in records:
@@ -218,7 +219,7 @@ def _run(args: argparse.Namespace) -> int:
             if r.changed:
                 cell += f"  (was: {' '.join(r.original_text.split())})"
             right.append(cell)
-        col = max(30, (width - 3) // 2)
+        col = column_width(width)
         print(f"\n\n{'plain answer, judged':<{col}} | stream-aligned answer, judged ({len(records)} sentences, {elapsed:.1f} s)")
         print(f"{'-' * col}-+-{'-' * col}")
         print(side_by_side(left, right, width))

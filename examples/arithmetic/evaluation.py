@@ -255,14 +255,12 @@ class CountingAligner:
         from transformers_stream_aligner import as_correction_fn
 
         self.aligner, self.fn = aligner, as_correction_fn(aligner)
-        self.calls = self.answers = self.unfinished = 0
+        self.unfinished = 0
 
     def correct(self, requests: list[Any]) -> list[Any]:
         from transformers_stream_aligner import UnfinishedCorrection
 
         out = self.fn(requests)
-        self.calls += 1
-        self.answers += len(out)
         self.unfinished += sum(isinstance(x, UnfinishedCorrection) for x in out)
         return out
 

@@ -237,7 +237,6 @@ class StreamAligner(PushToHubMixin):
                 load_kwargs["dtype"] = dtype
             if device_map is not None:
                 load_kwargs["device_map"] = device_map
-            adapter_base = _adapter_base(pretrained_model_name_or_path, hub_kwargs)
             try:
                 if base_model_name_or_path is None:
                     model = AutoModelForCausalLM.from_pretrained(
@@ -256,13 +255,16 @@ class StreamAligner(PushToHubMixin):
                     adapter_kwargs = {k: v for k, v in hub_kwargs.items() if v is not None and v is not False}
                     model.load_adapter(os.fspath(pretrained_model_name_or_path), adapter_kwargs=adapter_kwargs)
             except OSError as err:
+                adapter_base = _adapter_base(pretrained_model_name_or_path, hub_kwargs)
                 if adapter_base is None:
                     raise
                 base = os.fspath(base_model_name_or_path) if base_model_name_or_path is not None else adapter_base
-                raise OSError(_base_missing_message(pretrained_model_name_or_path, base, local_files_only, err)) from err
+                raise AdapterBaseNotFoundError(
+                    _base_missing_message(pretrained_model_name_or_path, base, local_files_only, err)
+                ) from err
+        except AdapterBaseNotFoundError:
+            raise  # its message already says what is missing and how to supply it
         except OSError as err:
-            if "is a LoRA adapter on the base model" in str(err):
-                raise
             raise OSError(
                 f"could not load the aligner {str(pretrained_model_name_or_path)!r} "
                 f"(safetensors weights and a tokenizer are required): {err}"
@@ -550,6 +552,11 @@ class StreamAligner(PushToHubMixin):
         name = getattr(getattr(self.model, "config", None), "_name_or_path", None) or type(self.model).__name__
         adapter = "" if self._adapter is None else f", adapter_name={self._adapter.adapter_name!r}"
         return f"StreamAligner(model={name!r}{adapter}, config={self.config!r})"
+
+
+class AdapterBaseNotFoundError(OSError):
+    """An adapter checkpoint loaded, but the base model it names could not be: the message names the base and how to
+    supply it (``base_model_name_or_path=`` or ``base_model=``)."""
 
 
 def _adapter_base(path: str | os.PathLike, hub_kwargs: dict[str, Any]) -> str | None:

@@ -228,6 +228,8 @@ def test_build_assembles_training_records_without_the_probe():
     assert sum(r["last"] != r["correction"] for r in on_policy) == 10 and len(on_policy) == 40  # every copy kept
     balanced, _ = assemble(records, claims=0, copies_per_change=1.0, seed=0)
     assert len(balanced) == 20 and sum(r["last"] != r["correction"] for r in balanced) == 10
+    with_products, counts = assemble(records, claims=0, copies_per_change=None, seed=0, synthetic=30)
+    assert counts["dropped_probes"] == 2 and counts["claims"] == 30 and len(with_products) == 70  # products are no probes
 
 
 def test_check_arithmetic_precise_changes_only_wrong_results_and_works_only_wrong_two_digit_products():
