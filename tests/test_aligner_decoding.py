@@ -10,7 +10,7 @@ import torch
 from transformers import GenerationMixin
 
 from transformers_stream_aligner import AlignmentRequest, StreamAligner, StreamAlignerConfig, stream_aligned_generate
-from transformers_stream_aligner.aligner_decoding import AlignerDecoder, propose_copy_draft
+from transformers_stream_aligner.aligner_decoding import AlignerDecoder, CopyBiasLogitsProcessor, CopyTracker, propose_copy_draft
 
 
 def plain_greedy(model, prompt, max_new_tokens, eos):
@@ -221,3 +221,106 @@ def test_smollm2_copy_costs_one_forward_and_matches_generate(smollm2):
     assert decoder.generate([prompt], sources=[expected], max_new_tokens=30)[0] == expected
     assert decoder.stats.forwards_last_call == 1
     assert decoder.stats.reused_tokens >= len(prompt) - 1
+
+
+# ---------------------------------------------------------------------------------------------- copy bias
+def test_copy_tracker_peek_equals_pushing_one_token_at_a_time():
+    """``peek`` (used by the decoder on a draft) and ``push`` + ``next_token`` (used by the logits processor one step
+    at a time) give the same copy token at every position, repeated words included."""
+    rng = random.Random(0)
+    for _ in range(200):
+        source = [rng.randrange(6) for _ in range(rng.randint(0, 12))]
+        path = [rng.choice(source + [7]) if source and rng.random() < 0.9 else rng.randrange(8) for _ in range(rng.randint(0, 15))]
+        split = rng.randint(0, len(path))
+        tracker = CopyTracker(source)
+        for token in path[:split]:
+            tracker.push(token)
+        peeked = tracker.peek(path[split:])
+        stepped = []
+        for token in path[split:]:
+            stepped.append(tracker.next_token())
+            tracker.push(token)
+        stepped.append(tracker.next_token())
+        assert peeked == stepped, (source, path, split)
+    # A copy of the source follows it to the end, through repeats.
+    tracker = CopyTracker([4, 5, 4, 5, 6, 0])
+    assert tracker.peek([4, 5, 4, 5, 6]) == [4, 5, 4, 5, 6, 0]
+
+
+def biased_greedy(model, prompt, source, bias, max_new_tokens, eos):
+    """Stock greedy ``generate`` with the copy bias as a logits processor (the reference for the decoder)."""
+    from transformers import LogitsProcessorList
+
+    processor = CopyBiasLogitsProcessor([source], bias, prompt_length=len(prompt))
+    out = GenerationMixin.generate(
+        model, torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=list(eos), pad_token_id=0,
+        logits_processor=LogitsProcessorList([processor]),
+    )[0, len(prompt) :].tolist()  # fmt: skip
+    end = next((i + 1 for i, t in enumerate(out) if t in eos), len(out))
+    return out[:end]
+
+
+def test_decoder_with_copy_bias_equals_generate_with_the_processor(tiny):
+    """For every tiny architecture the decoder supports: with a copy bias, single rows and batches (drafts, KV reuse,
+    dropped rows), the decoder's tokens are those of stock ``generate`` with :class:`CopyBiasLogitsProcessor`; the bias
+    changes outputs (the test can fail), and a huge one makes every output the source, EOS included."""
+    model, tok = tiny
+    if AlignerDecoder.unsupported_reason(model) is not None:
+        pytest.skip("the decoder does not run this architecture (the aligner uses generate + the processor)")
+    eos = {tok.eos_token_id}
+    prompts = _prompts(tok, 5, seed=3)
+    max_new = 20
+    plain = [plain_greedy(model, p, max_new, eos) for p in prompts]
+    rng = random.Random(1)
+    # Sources: the plain output with a token changed (a copy the model disagrees with) and unrelated text.
+    sources = []
+    for out in plain:
+        src = [t for t in out if t not in eos][:12] or [5, 6, 7]
+        src[rng.randrange(len(src))] = rng.randrange(10, len(tok))
+        sources.append(src + [tok.eos_token_id])
+    sources[-1] = tok("A dog was 3.5 times larger!", add_special_tokens=False).input_ids + [tok.eos_token_id]
+    changed = 0
+    for bias in (0.5, 2.0, 6.0):
+        expected = [biased_greedy(model, p, s, bias, max_new, eos) for p, s in zip(prompts, sources, strict=True)]
+        changed += sum(e != p for e, p in zip(expected, plain, strict=True))
+        decoder = AlignerDecoder(model, eos_token_ids=eos, pad_token_id=tok.pad_token_id, num_draft_tokens=6, copy_bias=bias)
+        for p, s, e in zip(prompts, sources, expected, strict=True):
+            assert decoder.generate([p], sources=[s], max_new_tokens=max_new)[0] == e, bias
+        for order in ([0, 1, 2, 3, 4], [3, 1], [4, 2, 0]):
+            outs = decoder.generate([prompts[i] for i in order], sources=[sources[i] for i in order], max_new_tokens=max_new)
+            assert outs == [expected[i] for i in order], (bias, order)
+    assert changed > 0  # the bias did something
+    decoder = AlignerDecoder(model, eos_token_ids=eos, pad_token_id=tok.pad_token_id, copy_bias=1e4)
+    for p, s in zip(prompts, sources, strict=True):
+        assert decoder.generate([p], sources=[s], max_new_tokens=max_new)[0] == s
+        assert biased_greedy(model, p, s, 1e4, max_new, eos) == s
+
+
+def test_stream_aligner_copy_bias_fast_path_equals_generate_path(tiny):
+    """``StreamAligner.correct`` with ``copy_bias``: the fast decoder and the stock ``generate`` (batched, left-padded,
+    with the processor) give the same corrections; with a huge bias every sentence is kept as written."""
+    model, tok = tiny
+    cfg = {"max_correction_tokens": 20, "copy_bias": 3.0}
+    fast = StreamAligner(model, tok, StreamAlignerConfig(**cfg))
+    slow = StreamAligner(model, tok, StreamAlignerConfig(**cfg, copy_draft_tokens=0, reuse_kv_cache=False))
+    unbiased = StreamAligner(model, tok, StreamAlignerConfig(max_correction_tokens=20))
+    keep_all = StreamAligner(model, tok, StreamAlignerConfig(max_correction_tokens=40, copy_bias=1e4))
+    sentences = ["The cat is very good.", "A dog was 3.5 times larger!", "17*23 = 381.", "Dr. Smith is ready now."]
+    prefix, differs = "", 0
+    for s in sentences:
+        reqs = [AlignmentRequest("What is it?", prefix, s), AlignmentRequest("Why?", "", s)]
+        out = fast.correct(reqs)
+        assert out == slow.correct(reqs)
+        differs += out != unbiased.correct(reqs)
+        assert keep_all.correct(reqs) == [s, s]
+        prefix = (prefix + " " + s).strip()
+    assert differs > 0
+
+
+def test_copy_bias_is_validated_and_saved(tmp_path):
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="copy_bias"):
+            StreamAlignerConfig(copy_bias=bad)
+    StreamAlignerConfig(copy_bias=2.5).save_pretrained(tmp_path)
+    assert StreamAlignerConfig.from_pretrained(tmp_path).copy_bias == 2.5

@@ -38,3 +38,18 @@ def test_an_unreachable_server_is_checked_again_and_then_warned_about(tiny_llama
         aligner.correct([request])
     problems = [w for w in caught if "--max-loras 2" in str(w.message)]
     assert len(problems) == 1  # checked once the server answered, and only once
+
+
+def test_a_copy_bias_is_refused_unless_overridden(tiny_llama, tmp_path):
+    """vLLM cannot apply ``copy_bias``: a config with one is refused with the way out; ``copy_bias=0.0`` serves it."""
+    from transformers_stream_aligner import StreamAlignerConfig
+
+    model, tok = tiny_llama
+    with pytest.raises(ValueError, match="copy_bias=0.0"):
+        VLLMAligner("http://127.0.0.1:9", model="aligner", tokenizer=tok, config=StreamAlignerConfig(copy_bias=2.0))
+    StreamAlignerConfig(copy_bias=2.0).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="copy_bias"):
+        VLLMAligner.from_pretrained(tmp_path, base_url="http://127.0.0.1:9", model="aligner")
+    aligner = VLLMAligner.from_pretrained(tmp_path, base_url="http://127.0.0.1:9", model="aligner", copy_bias=0.0)
+    assert aligner.config.copy_bias == 0.0

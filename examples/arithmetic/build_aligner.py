@@ -46,9 +46,11 @@ SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 #: ``precise`` (in development, docs/results.md): change only what is wrong; every copy kept; claims in many forms.
 RECIPES: dict[str, dict[str, Any]] = {
     "v2": {"problems": 240, "corrector": "check_arithmetic_worked", "sampled": True, "other_questions": False,
-           "claims": 0, "synthetic_products": 1000, "copies_per_change": 1.0, "max_length": 512},
+           "claims": 0, "synthetic_products": 1000, "copies_per_change": 1.0, "max_length": 512, "claims_wrong": 0.4,
+           "synthetic_wrong": 0.7, "lora_r": 8},
     "precise": {"problems": 320, "corrector": "check_arithmetic_precise", "sampled": False, "other_questions": True,
-                "claims": 1200, "synthetic_products": 0, "copies_per_change": None, "max_length": 256},
+                "claims": 1000, "claims_wrong": 0.5, "synthetic_products": 400, "synthetic_wrong": 0.5,
+                "copies_per_change": 1.5, "max_length": 256, "lora_r": 16},
 }  # fmt: skip
 
 
@@ -63,20 +65,25 @@ def balance(records: list[dict[str, Any]], *, copies_per_change: float, seed: in
     return out
 
 
-def claim_records(n: int, *, seed: int) -> list[dict[str, str]]:
-    """``n`` held-in claims (:func:`~.claims.make_claims`, 40% wrong) as records with their precise corrections."""
+def claim_records(n: int, *, seed: int, wrong_fraction: float = 0.4) -> list[dict[str, str]]:
+    """``n`` held-in claims (:func:`~.claims.make_claims`, ``wrong_fraction`` wrong) as records with their precise
+    corrections."""
     from .claims import make_claims, precise_correction
 
     return [{"question": c.question, "prefix": "", "last": c.last, "correction": precise_correction(c)}
-            for c in make_claims(n, seed=seed, split="train")]  # fmt: skip
+            for c in make_claims(n, seed=seed, split="train", wrong_fraction=wrong_fraction)]  # fmt: skip
 
 
 def assemble(
-    records: list[dict[str, Any]], *, claims: int, copies_per_change: float | None, seed: int, synthetic: int = 0
+    records: list[dict[str, Any]], *, claims: int, copies_per_change: float | None, seed: int, synthetic: int = 0,
+    claims_wrong: float = 0.4, synthetic_wrong: float = 0.7, synthetic_corrector: str = "check_arithmetic_worked",
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """The training records from the on-policy ones: all kept (or balanced by :func:`balance` when
-    ``copies_per_change`` is given), ``claims`` held-in claims and ``synthetic`` held-in product claims added (counted
-    together as ``claims``), those that write a probe (17*23) dropped, all shuffled (seeded); and their counts."""
+    ``copies_per_change`` is given), ``claims`` held-in claims (``claims_wrong`` of them wrong) and ``synthetic``
+    held-in product claims (``synthetic_wrong`` wrong, corrected by ``synthetic_corrector``) added (counted together as
+    ``claims``), those that write a probe (17*23) dropped, all shuffled (seeded); and their counts. Pure: ``records``
+    is not modified."""
+    from . import task
     from .task import involves_probe, synthetic_product_claims
 
     def clean(rs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -85,7 +92,9 @@ def assemble(
     def changed(rs: list[dict[str, Any]]) -> int:
         return sum(r["correction"].strip() != r["last"].strip() for r in rs)
 
-    added = claim_records(claims, seed=seed) + (synthetic_product_claims(synthetic, seed=seed) if synthetic else [])
+    products = synthetic_product_claims(synthetic, seed=seed, wrong_fraction=synthetic_wrong,
+                                        corrector=getattr(task, synthetic_corrector)) if synthetic else []  # fmt: skip
+    added = claim_records(claims, seed=seed, wrong_fraction=claims_wrong) + products
     on_policy, extra = clean(records), clean(added)
     dropped = len(records) - len(on_policy) + len(added) - len(extra)
     if copies_per_change is not None:
@@ -178,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also collect sampled answers (temperature 0.7; v2: on)")
     parser.add_argument("--copies-per-change", type=float,
                         help="keep only this many unchanged on-policy records per changed one (v2: 1; precise: keep all)")
-    parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
+    parser.add_argument("--lora-r", type=int, help="LoRA rank (v2: 8, precise: 16)")
     parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA (a 540 MB checkpoint)")
     parser.add_argument("--epochs", type=float, default=1.0, help="training epochs (default 1)")
     parser.add_argument("--learning-rate", type=float, default=None, help="default 5e-4 for LoRA, 2e-5 for full")
@@ -187,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="longest training example in tokens; longer ones lose leading prefix sentences (v2: 512, precise: 256)")
     parser.add_argument("--corrector", choices=["check_arithmetic_precise", "check_arithmetic_worked"],
                         help="the exact checker that writes the on-policy corrections")
-    parser.add_argument("--synthetic-products", type=int, help="records of held-in product claims (70%% wrong, worked)")
+    parser.add_argument("--synthetic-products", type=int, help="records of held-in product claims (worked by --corrector)")
+    parser.add_argument("--claims-wrong", type=float, help="share of the claims that are wrong (v2: 0.4, precise: 0.5)")
+    parser.add_argument("--synthetic-wrong", type=float, help="share of the product claims that are wrong (v2: 0.7, precise: 0.5)")
     parser.add_argument("--records", nargs="+", default=None,
                         help="on-policy records collected before (JSONL, e.g. <work-dir>/greedy.jsonl): skip collecting")
     parser.add_argument("--no-progress", action="store_true")
@@ -209,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = not args.no_progress
     report: dict[str, Any] = {"recipe": args.recipe, "problems": args.problems, "claims": args.claims,
                               "synthetic_products": args.synthetic_products, "seed": args.seed,
+                              "claims_wrong": args.claims_wrong, "synthetic_wrong": args.synthetic_wrong,
                               "copies_per_change": args.copies_per_change, "max_length": args.max_length,
                               "lora_r": None if args.full else args.lora_r, "epochs": args.epochs, "steps": {}}  # fmt: skip
     t_all = time.perf_counter()
@@ -239,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         write_records(collected, work / f"{name}.jsonl", overwrite=True)
         records += collected
     train_records, report["records"] = assemble(records, claims=args.claims, copies_per_change=args.copies_per_change,
-                                                seed=args.seed, synthetic=args.synthetic_products)  # fmt: skip
+                                                seed=args.seed, synthetic=args.synthetic_products,
+                                                claims_wrong=args.claims_wrong, synthetic_wrong=args.synthetic_wrong,
+                                                synthetic_corrector=args.corrector)  # fmt: skip
     (work / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_records))
     print(f"[aligner] records: {report['records']}", flush=True)
     trained = work / "aligner"

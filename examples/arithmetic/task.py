@@ -32,6 +32,7 @@ import dataclasses
 import random
 import re
 import zlib
+from typing import Any
 from collections.abc import Sequence
 from fractions import Fraction
 
@@ -516,11 +517,12 @@ def _near_miss(value: int, rng: random.Random) -> int:
 
 
 def synthetic_product_claims(
-    n: int, *, seed: int = 0, wrong_fraction: float = 0.7, split: str = "train"
+    n: int, *, seed: int = 0, wrong_fraction: float = 0.7, split: str = "train", corrector: Any = None
 ) -> list[dict[str, str]]:
     """``n`` records ``{question, prefix, last, correction}`` whose last sentence claims a product of a
     problem of ``split`` (two operands 2-99, one of two digits; never one of :data:`PROBES`), wrong in
-    ``wrong_fraction`` of them; the correction is :func:`check_arithmetic_worked`'s (seeded). Held-in
+    ``wrong_fraction`` of them; the correction is ``corrector``'s (default :func:`check_arithmetic_worked`: every
+    product worked out; :func:`check_arithmetic_precise`: only wrong ones), seeded. Held-in
     (``"train"``) ones are training data; held-out ones probe an aligner sentence by sentence.
 
     >>> r = synthetic_product_claims(1, seed=3)[0]
@@ -545,7 +547,7 @@ def synthetic_product_claims(
             question = rng.choice(_BARE_TEMPLATES).format(a=a, b=b, sym=s.strip())
             last = rng.choice(_CLAIM_TEMPLATES).format(a=a, b=b, c=c, s=s)
         out.append({"question": question, "prefix": "", "last": last,
-                    "correction": check_arithmetic_worked(question, "", last)})  # fmt: skip
+                    "correction": (corrector or check_arithmetic_worked)(question, "", last)})  # fmt: skip
     return out
 
 

@@ -470,6 +470,7 @@ class StreamAligner(PushToHubMixin):
                 self.model, eos_token_ids=self._eos_token_ids or [self._pad_token_id], pad_token_id=self._pad_token_id
             )
         self._decoder.num_draft_tokens = config.copy_draft_tokens
+        self._decoder.copy_bias = config.copy_bias
         if self._decoder.reuse_cache and not config.reuse_kv_cache:
             self._decoder.reset()
         self._decoder.reuse_cache = config.reuse_kv_cache
@@ -536,6 +537,15 @@ class StreamAligner(PushToHubMixin):
             gen_kwargs["temperature"] = None
             gen_kwargs["top_p"] = None
             gen_kwargs["top_k"] = None
+        if self.config.copy_bias:
+            from transformers import LogitsProcessorList
+
+            from .aligner_decoding import CopyBiasLogitsProcessor
+
+            sources = [self._source_ids(r.last) for r in requests]
+            gen_kwargs["logits_processor"] = LogitsProcessorList(
+                [CopyBiasLogitsProcessor(sources, self.config.copy_bias, prompt_length=enc["input_ids"].shape[1])]
+            )
         # The aligner may be the same model object as a stream-aligned upstream: call the stock generate.
         from transformers import GenerationMixin
 

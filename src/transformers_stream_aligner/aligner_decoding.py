@@ -19,6 +19,11 @@ Rows of a batch share one cache. A row is cut back by masking its columns out (`
 positions come from each row's own token count, so masked holes change nothing. Columns that no row
 uses any more are cropped, and a cache with too many holes is compacted by a gather.
 
+**Copy bias** (``StreamAlignerConfig.copy_bias``): the logit of the *copy token*, the token of the sentence that
+continues copying it (:class:`CopyTracker`), is raised by a constant at every step, so the aligner changes a sentence
+only where it is confident. The decoder adds it to each verified position; :class:`CopyBiasLogitsProcessor` adds the
+same bias to the same token inside the stock ``generate``, so both still give the same tokens.
+
 Only models whose cache is made of plain ``DynamicLayer`` s (no sliding window, no recurrent state) and
 whose forward takes ``position_ids`` are decoded here; :meth:`AlignerDecoder.unsupported_reason` says
 why not, and :class:`~transformers_stream_aligner.StreamAligner` then uses the stock ``generate``.
@@ -47,11 +52,13 @@ from typing import Any
 
 import torch
 
+from transformers import LogitsProcessor
+
 from .cache import MaskedKVLayout
 from .stream_aligner_config import StreamAlignerConfig
 from .tokens import longest_common_prefix, token_id_list
 
-__all__ = ["AlignerDecoder", "AlignerDecodingStats", "propose_copy_draft"]
+__all__ = ["AlignerDecoder", "AlignerDecodingStats", "CopyBiasLogitsProcessor", "CopyTracker", "propose_copy_draft"]
 
 # GenerationConfig fields that add a logits processor (or change greedy search) when set away from
 # their defaults: the decoder only runs when plain greedy argmax is what ``generate`` would do.
@@ -142,6 +149,89 @@ def propose_copy_draft(source: Sequence[int], output: Sequence[int], k: int, *, 
     return [], hint
 
 
+class CopyTracker:
+    """The copy token at each step of one correction: the token of ``source`` (the sentence being corrected, plus the
+    EOS a copy ends with) that continues copying it after the output so far.
+
+    It is the one-token :func:`propose_copy_draft` of the output, with the hint moved one token on when the output
+    took the copy token and left where it was otherwise, so a repeated word does not send it back. ``None`` when the
+    output's tail is nowhere in ``source``. :meth:`push` **mutates** the tracker; :meth:`peek` does not.
+
+    >>> tracker = CopyTracker([7, 8, 7, 9, 0])
+    >>> tracker.peek([7, 8, 7])  # before each token of a path, and after it
+    [7, 8, 7, 9]
+    >>> tracker.push(7); tracker.push(5); tracker.next_token()  # 5 is not in the source
+    >>> tracker.push(9); tracker.next_token()
+    0
+    """
+
+    def __init__(self, source: Sequence[int], *, max_ngram: int = 3) -> None:
+        self.source = list(source)
+        self.max_ngram = int(max_ngram)
+        self.output: list[int] = []
+        self.hint = 0
+
+    def _step(self, output: list[int], hint: int) -> tuple[int | None, int]:
+        draft, end = propose_copy_draft(self.source, output, 1, max_ngram=self.max_ngram, hint=hint)
+        return (draft[0] if draft else None), end
+
+    def next_token(self) -> int | None:
+        """The copy token after the output so far (``None``: no copy to continue)."""
+        return self._step(self.output, self.hint)[0]
+
+    def push(self, token: int) -> None:
+        """Append ``token`` to the output (mutates the tracker)."""
+        copy, end = self._step(self.output, self.hint)
+        self.hint = end + 1 if copy is not None and token == copy else end
+        self.output.append(int(token))
+
+    def peek(self, path: Sequence[int]) -> list[int | None]:
+        """The copy token before each token of ``path`` and after the last (``len(path) + 1`` entries), as if
+        ``path`` were pushed; the tracker is not changed."""
+        output, hint, out = list(self.output), self.hint, []
+        for token in [*path, None]:
+            copy, end = self._step(output, hint)
+            out.append(copy)
+            if token is None:
+                break
+            hint = end + 1 if copy is not None and token == copy else end
+            output.append(int(token))
+        return out
+
+
+class CopyBiasLogitsProcessor(LogitsProcessor):
+    """Add ``bias`` to the logit of each row's copy token (:class:`CopyTracker`) inside the stock ``generate``: the
+    same rule :class:`AlignerDecoder` applies, so the aligner's corrections do not depend on which one decodes.
+
+    Args:
+        sources: one token list per row (the sentence to correct, plus the EOS a copy ends with).
+        bias: added to the copy token's logit (``StreamAlignerConfig.copy_bias``).
+        prompt_length: columns of ``input_ids`` before the first generated token (the padded prompt).
+
+    A processor serves one ``generate`` call: it keeps one tracker per row. It **mutates** ``scores`` in place.
+
+    >>> proc = CopyBiasLogitsProcessor([[3, 1]], 5.0, prompt_length=2)
+    >>> proc(torch.tensor([[9, 9]]), torch.zeros(1, 4)).tolist()
+    [[0.0, 0.0, 0.0, 5.0]]
+    >>> proc(torch.tensor([[9, 9, 3]]), torch.zeros(1, 4)).tolist()
+    [[0.0, 5.0, 0.0, 0.0]]
+    """
+
+    def __init__(self, sources: Sequence[Sequence[int]], bias: float, *, prompt_length: int, max_ngram: int = 3) -> None:
+        self.trackers = [CopyTracker(s, max_ngram=max_ngram) for s in sources]
+        self.bias = float(bias)
+        self.prompt_length = int(prompt_length)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for row, tracker in enumerate(self.trackers):
+            for token in input_ids[row, self.prompt_length + len(tracker.output) :].tolist():
+                tracker.push(token)
+            copy = tracker.next_token()
+            if copy is not None:
+                scores[row, copy] += self.bias
+        return scores
+
+
 class AlignerDecoder:
     """Greedy decoding of a causal LM with copy drafts and a KV cache that lives across calls.
 
@@ -157,6 +247,8 @@ class AlignerDecoder:
         drop_finished_rows: once at most half of the rows still decode, they go on in a batch of their own (a copy
             of their cache rows, :meth:`MaskedKVLayout.subset`), so that corrections that ended early stop riding in
             every forward of a long one; the shared cache keeps every row for the next call.
+        copy_bias: added to the copy token's logit at every step (``StreamAlignerConfig.copy_bias``; the tokens are
+            then those of ``generate`` with :class:`CopyBiasLogitsProcessor`).
 
     The rows share one cache described by a :class:`~.cache.MaskedKVLayout` (the layout the upstream's batch
     uses too). The decoder owns its cache: :meth:`generate` **mutates** it (cut back, filled, compacted);
@@ -174,6 +266,7 @@ class AlignerDecoder:
         reuse_cache: bool = True,
         compact_slack: int = 64,
         drop_finished_rows: bool = True,
+        copy_bias: float = 0.0,
     ) -> None:
         reason = self.unsupported_reason(model)
         if reason is not None:
@@ -188,6 +281,7 @@ class AlignerDecoder:
         self.reuse_cache = reuse_cache
         self.compact_slack = int(compact_slack)
         self.drop_finished_rows = drop_finished_rows
+        self.copy_bias = float(copy_bias)
         self.stats = AlignerDecodingStats()
         self._takes_logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.reset()
@@ -329,6 +423,7 @@ class AlignerDecoder:
         self._maybe_compact()
 
         outputs: list[list[int]] = [[] for _ in prompts]
+        trackers = [CopyTracker(s, max_ngram=self.max_ngram) for s in sources] if self.copy_bias else None
         hints = [0] * len(prompts)
         done = [False] * len(prompts)
         # ``active`` is the layout the forwards use: the shared one, or (once most rows are done) a copy of the rows
@@ -356,7 +451,13 @@ class AlignerDecoder:
                 if done[b]:
                     continue
                 draft = drafts[i]
-                greedy = logits[i, keep - len(draft) - 1 :].argmax(-1).tolist()
+                scores = logits[i, keep - len(draft) - 1 :]
+                if trackers is not None:  # the copy bias on float32 scores, as generate's processors see them
+                    scores = scores.to(torch.float32, copy=True)
+                    for j, copy in enumerate(trackers[b].peek(draft)):
+                        if copy is not None:
+                            scores[j, copy] += self.copy_bias
+                greedy = scores.argmax(-1).tolist()
                 accepted = 0
                 while accepted < len(draft) and greedy[accepted] == draft[accepted]:
                     accepted += 1
@@ -365,13 +466,16 @@ class AlignerDecoder:
                 self.stats.draft_tokens += len(draft)
                 self.stats.accepted_tokens += accepted
                 new = draft[:accepted] + [greedy[accepted]]
-                for i, token in enumerate(new):
+                for k, token in enumerate(new):
                     if token in self.eos:
-                        new = new[: i + 1]
+                        new = new[: k + 1]
                         done[b] = True
                         break
                 new = new[: max_new_tokens - len(outputs[b])]
                 outputs[b].extend(new)
+                if trackers is not None:
+                    for token in new:
+                        trackers[b].push(token)
                 if len(outputs[b]) >= max_new_tokens:
                     done[b] = True
                 todo[b] = [outputs[b][-1]]

@@ -99,6 +99,11 @@ class StreamAlignerConfig(PushToHubMixin):
         reuse_kv_cache: keep the aligner's KV cache between calls and feed only what a new prompt does
             not share with a cached one (exact). Both speed-ups apply to greedy decoding of models with a
             plain attention cache (see :mod:`.aligner_decoding`); otherwise the stock ``generate`` runs.
+        copy_bias: added to the logit of the *copy token* (the token of the sentence being corrected that
+            continues copying it, :class:`~.aligner_decoding.CopyTracker`) at every step of the aligner's decoding,
+            greedy or sampled. ``0.0`` (default) changes nothing; a positive bias makes the aligner change a sentence
+            only where it is confident, trading corrections for precision (the "confidence bias" of GECToR's KEEP
+            tag). Tune it on held-in data; the shipped arithmetic aligner stores its own.
         terminators: characters that end a sentence.
         max_sentence_tokens: an upstream sentence that reaches this many tokens without ending is cut there
             and aligned as it is (text that never ends a sentence cannot stall alignment).
@@ -115,6 +120,7 @@ class StreamAlignerConfig(PushToHubMixin):
     top_p: float = 1.0
     copy_draft_tokens: int = 32
     reuse_kv_cache: bool = True
+    copy_bias: float = 0.0
     terminators: str = DEFAULT_TERMINATORS
     max_sentence_tokens: int = 256
     base_model: str | None = None
@@ -144,6 +150,8 @@ class StreamAlignerConfig(PushToHubMixin):
             raise ValueError(f"max_correction_tokens must be >= 1, got {self.max_correction_tokens}")
         if self.copy_draft_tokens < 0:
             raise ValueError(f"copy_draft_tokens must be >= 0, got {self.copy_draft_tokens}")
+        if not 0 <= self.copy_bias < float("inf"):
+            raise ValueError(f"copy_bias must be a finite number >= 0, got {self.copy_bias}")
         if self.max_sentence_tokens < 2:
             raise ValueError(f"max_sentence_tokens must be >= 2, got {self.max_sentence_tokens}")
         if not self.terminators:

@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import threading
@@ -86,6 +87,10 @@ class VLLMAligner:
         timeout: seconds to wait for the server (connect and read).
         api_key: sent as a bearer token if the server wants one.
         eos_token_ids: where a correction ends (default: the tokenizer's EOS).
+
+    A config with a ``copy_bias`` is refused: vLLM's completions API has no per-step bias on the token that
+    continues a copy, and decoding without it would give other corrections than :class:`~.aligner.StreamAligner`.
+    Pass ``copy_bias=0.0`` to :meth:`from_pretrained` to serve such an aligner without its bias, knowingly.
     """
 
     def __init__(
@@ -105,6 +110,12 @@ class VLLMAligner:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config if config is not None else StreamAlignerConfig()
+        if self.config.copy_bias:
+            raise ValueError(
+                f"this aligner's config has copy_bias={self.config.copy_bias}, which vLLM cannot apply (its API has no "
+                "bias on the token that continues a copy), so its corrections would differ from StreamAligner's; pass "
+                "copy_bias=0.0 to VLLMAligner.from_pretrained to serve it without the bias, or use StreamAligner"
+            )
         self.timeout = timeout
         self.api_key = api_key
         self.eos_token_ids = token_id_list(eos_token_ids if eos_token_ids is not None else tokenizer.eos_token_id)
@@ -122,14 +133,18 @@ class VLLMAligner:
         revision: str | None = None,
         local_files_only: bool = False,
         trust_remote_code: bool = False,
+        copy_bias: float | None = None,
         **kwargs: Any,
     ) -> VLLMAligner:
         """The prompt settings and tokenizer of an aligner checkpoint (a directory or Hub repo: the one vLLM serves),
-        decoded by the server at ``base_url`` under the name ``model``. No weights are loaded here."""
+        decoded by the server at ``base_url`` under the name ``model``. No weights are loaded here. ``copy_bias``
+        replaces the checkpoint's (only ``0.0`` is served; see the class docstring)."""
         from transformers import AutoTokenizer
 
         hub = {"revision": revision, "local_files_only": local_files_only}
         config = StreamAlignerConfig.from_pretrained(pretrained_model_name_or_path, **hub) or StreamAlignerConfig()
+        if copy_bias is not None:
+            config = dataclasses.replace(config, copy_bias=copy_bias)
         tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, trust_remote_code=trust_remote_code, **hub)
         return cls(base_url, model, tokenizer, config, **kwargs)
 
