@@ -270,9 +270,9 @@ def test_claims_are_seeded_held_apart_and_judged_by_construction():
     assert judge_claim(right, wrong.last) == "broken" and judge_claim(wrong, wrong.last.replace(".", "!")) == "still_wrong"
 
 
-@pytest.mark.parametrize("recipe, corrector, passes, claims", [("v2", "check_arithmetic_worked", 2, 0),
-                                                               ("precise", "check_arithmetic_precise", 1, 1200)])
-def test_build_recipes_set_their_settings(recipe, corrector, passes, claims, monkeypatch, tmp_path):
+@pytest.mark.parametrize("recipe, corrector, passes, claims, synthetic", [("v2", "check_arithmetic_worked", 2, 0, 1000),
+                                                                          ("precise", "check_arithmetic_precise", 1, 1000, 400)])
+def test_build_recipes_set_their_settings(recipe, corrector, passes, claims, synthetic, monkeypatch, tmp_path):
     from examples.arithmetic import build_aligner
 
     calls, seen = [], {}
@@ -290,4 +290,17 @@ def test_build_recipes_set_their_settings(recipe, corrector, passes, claims, mon
     with pytest.raises(SystemExit):
         build_aligner.main(["--recipe", recipe, "--work-dir", str(tmp_path), "--no-progress"])
     assert len(calls) == passes and all(c["corrector"] == corrector for c in calls)
-    assert seen["claims"] == claims and (seen["synthetic"] > 0) == (recipe == "v2")
+    assert seen["claims"] == claims and seen["synthetic"] == synthetic
+    assert seen["synthetic_corrector"] == corrector  # precise: right product claims copied, wrong ones worked
+    assert seen["claims_wrong"] == (0.4 if recipe == "v2" else 0.5)
+
+
+def test_precise_product_claims_keep_right_ones_and_work_wrong_ones():
+    from examples.arithmetic.task import check_arithmetic_precise, synthetic_product_claims
+
+    records = synthetic_product_claims(60, seed=2, wrong_fraction=0.5, corrector=check_arithmetic_precise)
+    kept = [r for r in records if r["correction"] == r["last"]]
+    worked = [r for r in records if r["correction"] != r["last"]]
+    assert kept and worked
+    assert all(r["correction"].count("=") >= 3 for r in worked)  # worked out by place value
+    assert all(check_arithmetic_precise(r["question"], "", r["correction"]) == r["correction"] for r in records)
