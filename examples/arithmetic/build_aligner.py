@@ -47,10 +47,10 @@ SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 RECIPES: dict[str, dict[str, Any]] = {
     "v2": {"problems": 240, "corrector": "check_arithmetic_worked", "sampled": True, "other_questions": False,
            "claims": 0, "synthetic_products": 1000, "copies_per_change": 1.0, "max_length": 512, "claims_wrong": 0.4,
-           "synthetic_wrong": 0.7, "lora_r": 8},
+           "synthetic_wrong": 0.7, "lora_r": 8, "copy_bias": 0.0},
     "precise": {"problems": 320, "corrector": "check_arithmetic_precise", "sampled": False, "other_questions": True,
                 "claims": 1000, "claims_wrong": 0.5, "synthetic_products": 400, "synthetic_wrong": 0.5,
-                "copies_per_change": 1.5, "max_length": 256, "lora_r": 16},
+                "copies_per_change": 1.5, "max_length": 256, "lora_r": 16, "copy_bias": 0.0},
 }  # fmt: skip
 
 
@@ -117,9 +117,10 @@ def to_float16(directory: Path) -> None:
     save_file(tensors, path, metadata={"format": "pt"})
 
 
-def portable(directory: Path) -> None:
-    """Name the base by its Hub id instead of this machine's cache path (configs and model card), and bound a
-    correction at 128 tokens (a sentence with a worked product is about 80; a runaway stops early)."""
+def portable(directory: Path, *, copy_bias: float = 0.0) -> None:
+    """Name the base by its Hub id instead of this machine's cache path (configs and model card), bound a
+    correction at 128 tokens (a sentence with a worked product is about 80; a runaway stops early) and store the
+    ``copy_bias`` the aligner is decoded with."""
     from transformers_stream_aligner import StreamAlignerConfig
 
     from ..smollm2 import smollm2_checkpoint
@@ -132,6 +133,7 @@ def portable(directory: Path) -> None:
     config = StreamAlignerConfig.from_pretrained(directory)
     config.base_model = SMOLLM2_HUB_ID
     config.max_correction_tokens = 128
+    config.copy_bias = copy_bias
     config.save_pretrained(directory)
 
 
@@ -201,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic-wrong", type=float, help="share of the product claims that are wrong (v2: 0.7, precise: 0.5)")
     parser.add_argument("--records", nargs="+", default=None,
                         help="on-policy records collected before (JSONL, e.g. <work-dir>/greedy.jsonl): skip collecting")
+    parser.add_argument("--copy-bias", type=float,
+                        help="the copy_bias stored in the aligner's config (v2: 0; precise: tuned on held-in data)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="v2",
                         help="v2: the recipe of the shipped aligner (default); precise: the recipe in development "
@@ -221,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"recipe": args.recipe, "problems": args.problems, "claims": args.claims,
                               "synthetic_products": args.synthetic_products, "seed": args.seed,
                               "claims_wrong": args.claims_wrong, "synthetic_wrong": args.synthetic_wrong,
+                              "copy_bias": args.copy_bias,
                               "copies_per_change": args.copies_per_change, "max_length": args.max_length,
                               "lora_r": None if args.full else args.lora_r, "epochs": args.epochs, "steps": {}}  # fmt: skip
     t_all = time.perf_counter()
@@ -261,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     step("training", train, work / "train.jsonl", trained, seed=args.seed, epochs=args.epochs,
          learning_rate=learning_rate, lora_r=None if args.full else args.lora_r, progress=progress,
          max_length=args.max_length)  # fmt: skip
-    portable(trained)
+    portable(trained, copy_bias=args.copy_bias)
     if not args.full:
         to_float16(trained)
     report["total_s"] = round(time.perf_counter() - t_all, 1)

@@ -502,6 +502,7 @@ def _count(minimum: int) -> Any:
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="python -m examples.arithmetic.evaluation", description=__doc__)
     parser.add_argument("--aligner", help="trained aligner checkpoint (default: this example's trained aligner)")
+    parser.add_argument("--copy-bias", type=float, help="replace the aligner config's copy_bias (default: keep it)")
     parser.add_argument("--n", type=_count(1), default=200, help="held-out problems (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="which held-out problems (default 0)")
     parser.add_argument("--conditions", default=",".join(CONDITIONS), help=f"comma-separated, from {', '.join(CONDITIONS)}")
@@ -538,6 +539,8 @@ def run(args: argparse.Namespace) -> int:
     aligner = None
     if args.precision_only or any(c in ("stream-trained", "posthoc-trained") for c in conditions):
         aligner = load_arithmetic_aligner(args.aligner, cache_dir=args.cache_dir)
+        if args.copy_bias is not None:
+            aligner.config = dataclasses.replace(aligner.config, copy_bias=args.copy_bias)
     if args.precision_only:
         report = json.loads(Path(args.base_report).read_text()) if args.base_report else {"summary": {}}
     else:
@@ -546,6 +549,8 @@ def run(args: argparse.Namespace) -> int:
                                      progress=not args.no_progress,
                                      reuse=json.loads(Path(args.reuse).read_text()) if args.reuse else None)  # fmt: skip
     report["aligner"] = args.aligner or "trained arithmetic aligner (examples/arithmetic/trained_aligner)"
+    if aligner is not None:
+        report["copy_bias"] = aligner.config.copy_bias
     probe = None
     if aligner is not None and args.probe_claims > 0 and not args.precision_only:
         report["product_claim_probe"] = probe = product_claim_probe(aligner, n=args.probe_claims, batch_size=args.batch_size)
