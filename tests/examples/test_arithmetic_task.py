@@ -1,5 +1,6 @@
 """The arithmetic example: the exact checker on a table of cases, problem generation and scoring."""
 
+import json
 from fractions import Fraction
 
 import pytest
@@ -304,3 +305,43 @@ def test_precise_product_claims_keep_right_ones_and_work_wrong_ones():
     assert kept and worked
     assert all(r["correction"].count("=") >= 3 for r in worked)  # worked out by place value
     assert all(check_arithmetic_precise(r["question"], "", r["correction"]) == r["correction"] for r in records)
+
+
+def test_copy_bias_sweep_counts_what_an_aligner_does(tmp_path):
+    """The sweep's held-in sets and counts, with two stand-in aligners: one that copies (nothing changed, nothing
+    fixed) and the exact checker (every wrong claim it can parse fixed, nothing right broken); the bias is set on a
+    replaced config, never on the one given."""
+    from examples.arithmetic import copy_bias_sweep
+    from examples.arithmetic.task import check_arithmetic_precise
+    from transformers_stream_aligner import StreamAlignerConfig
+
+    records = [{"question": "What is 2+3?", "prefix": "", "last": "2 + 3 = 5.", "correction": "2 + 3 = 5."},
+               {"question": "What is 4*3?", "prefix": "", "last": "4*3 = 12.", "correction": "4*3 = 12."},
+               *({"question": "Tips?", "prefix": "", "last": f"Tip {i}: sleep well.", "correction": f"Tip {i}: sleep well."}
+                 for i in range(4)),
+               {"question": "What is 2+3?", "prefix": "", "last": "2 + 3 = 6.", "correction": "2 + 3 = 5."}]  # fmt: skip
+    path = tmp_path / "greedy.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    kept, claims = copy_bias_sweep.held_in_sets(str(path), n_records=10, n_claims=40, claims_seed=5)
+    assert all(r["correction"] == r["last"] for r in kept) and len(kept) == 4  # unchanged and not picked (6 - 2)
+    assert all(c.split == "train" for c in claims)
+
+    class Stand:
+        def __init__(self, fn):
+            self.config, self.fn = StreamAlignerConfig(), fn
+
+        def reset_cache(self):
+            pass
+
+        def correct(self, requests):
+            return [self.fn(r.question, r.prefix, r.last) for r in requests]
+
+    config = StreamAlignerConfig()
+    copier = Stand(lambda q, p, last: last)
+    copier.config = config
+    row = copy_bias_sweep.sweep_one(copier, 2.0, kept, claims)
+    assert config.copy_bias == 0.0 and copier.config.copy_bias == 2.0
+    assert row["prose_changed"] == 0 and row["claims_right_broken"] == 0 and row["claims_wrong_fixed"] == 0
+    assert row["claims_wrong_n"] > 0 and row["claims_right_n"] + row["claims_wrong_n"] == 40
+    checker = copy_bias_sweep.sweep_one(Stand(check_arithmetic_precise), 0.0, kept, claims)
+    assert checker["claims_wrong_fixed"] > 0 and checker["claims_right_broken"] == 0
