@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 # Models are converted once into the shared cache: $STREAM_ALIGNER_CACHE or ~/.cache/transformers-stream-aligner (examples/smollm2.py).
 
-.PHONY: install demo test test-fast test-vllm lint eval aligner aligner-precise bench bench-compare bench-batch bench-batch-floor bench-one-copy bench-train bench-vllm soak clean
+.PHONY: install demo test test-fast test-vllm lint eval aligner aligner-precise copy-bias-sweep bench bench-compare bench-batch bench-batch-floor bench-one-copy bench-train bench-vllm soak clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,13 +58,18 @@ eval: $(STAMP)
 		--plot docs/img/arithmetic_eval.png $(EVAL_ARGS)
 
 # Rebuild the shipped arithmetic aligner (examples/arithmetic/trained_aligner) from scratch, seeded (recipe v2: on-policy
-# data, held-in product claims, LoRA training; ~45 min). aligner-precise: the precise recipe in development (every copy
-# kept, claims in many forms, non-arithmetic answers) into .cache/precise_aligner, not shipped.
+# data, held-in product claims, LoRA training; ~45 min). aligner-precise: the precise recipe in development (claims in
+# many forms, half wrong; non-arithmetic answers) into .cache/precise_aligner, not shipped. copy-bias-sweep: how
+# copy_bias trades fixes for precision on held-in data, for ALIGNER (default: the shipped one; needs aligner-precise's
+# greedy.jsonl).
 aligner: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m examples.arithmetic.build_aligner --recipe v2
 
 aligner-precise: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m examples.arithmetic.build_aligner --recipe precise --output .cache/precise_aligner
+
+copy-bias-sweep: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m examples.arithmetic.copy_bias_sweep --aligner $(or $(ALIGNER),examples/arithmetic/trained_aligner)
 
 # Speed against plain generate, a reference-style loop and post-hoc correction (docs/benchmarks.md).
 # The first run also builds the benchmark's copy aligner (~16 min, cached in $(STREAM_ALIGNER_CACHE)).

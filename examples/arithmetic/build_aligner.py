@@ -9,8 +9,9 @@
 * ``--recipe precise`` (``make aligner-precise``, in development, docs/results.md): precision first, since most
   sentences of a real answer are right. 320 held-in problems and the held-in non-arithmetic questions
   (:func:`~.claims.other_questions`) answered greedily while :func:`~.task.check_arithmetic_precise` corrects (only
-  wrong results; a wrong two-digit product worked out); every record kept; 1,200 held-in claims in many written
-  forms (:func:`~.claims.make_claims`: 60% right and copied, 40% wrong and fixed).
+  wrong results; a wrong two-digit product worked out); 1.5 kept records per changed one; 1,000 held-in claims in
+  many written forms (:func:`~.claims.make_claims`: half right and copied, half wrong and fixed) and 400 held-in
+  product claims (half wrong, worked out; right ones copied); LoRA rank 16 (build v3-b, 2026-11-24).
 
 Steps:
 
@@ -43,7 +44,7 @@ SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 #: The recipes' settings (flag defaults). ``v2`` built the shipped aligner (2026-11-23): every two-digit product
 #: worked, right or wrong; greedy + sampled answers; changed and kept records 1 : 1; 1,000 product claims, 70% wrong.
-#: ``precise`` (in development, docs/results.md): change only what is wrong; every copy kept; claims in many forms.
+#: ``precise`` (in development, docs/results.md): change only what is wrong; claims in many forms, half of them wrong.
 RECIPES: dict[str, dict[str, Any]] = {
     "v2": {"problems": 240, "corrector": "check_arithmetic_worked", "sampled": True, "other_questions": False,
            "claims": 0, "synthetic_products": 1000, "copies_per_change": 1.0, "max_length": 512, "claims_wrong": 0.4,
