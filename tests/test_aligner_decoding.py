@@ -10,7 +10,12 @@ import torch
 from transformers import GenerationMixin
 
 from transformers_stream_aligner import AlignmentRequest, StreamAligner, StreamAlignerConfig, stream_aligned_generate
-from transformers_stream_aligner.aligner_decoding import AlignerDecoder, CopyBiasLogitsProcessor, CopyTracker, propose_copy_draft
+from transformers_stream_aligner.aligner_decoding import (
+    AlignerDecoder,
+    CopyBiasLogitsProcessor,
+    CopyTracker,
+    propose_copy_draft,
+)
 
 
 def plain_greedy(model, prompt, max_new_tokens, eos):
@@ -232,16 +237,21 @@ def test_copy_tracker_peek_equals_pushing_one_token_at_a_time():
         source = [rng.randrange(6) for _ in range(rng.randint(0, 12))]
         path = [rng.choice(source + [7]) if source and rng.random() < 0.9 else rng.randrange(8) for _ in range(rng.randint(0, 15))]
         split = rng.randint(0, len(path))
-        tracker = CopyTracker(source)
+        tracker, fresh = CopyTracker(source), CopyTracker(source)  # fresh: never peeked, every step computed anew
         for token in path[:split]:
             tracker.push(token)
+            fresh.push(token)
         peeked = tracker.peek(path[split:])
-        stepped = []
+        stepped, walked = [], []
         for token in path[split:]:
-            stepped.append(tracker.next_token())
+            stepped.append(fresh.next_token())
+            fresh.push(token)
+            walked.append(tracker.next_token())  # the peeked tracker walks its kept steps
             tracker.push(token)
-        stepped.append(tracker.next_token())
-        assert peeked == stepped, (source, path, split)
+        stepped.append(fresh.next_token())
+        walked.append(tracker.next_token())
+        assert peeked == stepped == walked, (source, path, split)
+        assert (tracker.output, tracker.hint) == (fresh.output, fresh.hint)
     # A copy of the source follows it to the end, through repeats.
     tracker = CopyTracker([4, 5, 4, 5, 6, 0])
     assert tracker.peek([4, 5, 4, 5, 6]) == [4, 5, 4, 5, 6, 0]

@@ -179,7 +179,7 @@ def train(train_file: Path, output_dir: Path, *, seed: int, epochs: float, learn
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default=str(ARITHMETIC_ALIGNER), help="where the aligner goes (default: this example's trained_aligner/)")
-    parser.add_argument("--work-dir", default=None, help="data and training files (default: <cache>/arithmetic-aligner-work)")
+    parser.add_argument("--work-dir", default=None, help="data and training files (default: <cache>/arithmetic-aligner-work-<recipe>)")
     parser.add_argument("--problems", type=int, help="held-in problems (v2: 240, precise: 320)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--claims", type=int,
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     from .claims import other_questions
     from .task import make_problems
 
-    work = Path(args.work_dir) if args.work_dir else default_cache_dir() / "arithmetic-aligner-work"
+    work = Path(args.work_dir) if args.work_dir else default_cache_dir() / f"arithmetic-aligner-work-{args.recipe}"
     work.mkdir(parents=True, exist_ok=True)
     progress = not args.no_progress
     report: dict[str, Any] = {"recipe": args.recipe, "problems": args.problems, "claims": args.claims,

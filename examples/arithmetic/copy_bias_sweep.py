@@ -37,7 +37,8 @@ def held_in_sets(records_path: str, *, n_records: int, n_claims: int, claims_see
 
 
 def sweep_one(aligner: Any, bias: float, records: list[dict], claims: list[Any], *, batch_size: int = 8) -> dict[str, Any]:
-    """One bias: the aligner's config is replaced (not mutated) and its cache reset; returns the counts."""
+    """One bias: **mutates** ``aligner`` (its ``config`` becomes a copy with ``copy_bias=bias``, the old config object
+    untouched; its cache is reset); returns the counts."""
     from transformers_stream_aligner import AlignmentRequest
 
     from .claims import judge_claim
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--aligner", required=True, help="aligner checkpoint (a LoRA on SmolLM2 or a full one)")
     parser.add_argument("--name", help="how the table names it (default: the path)")
     parser.add_argument("--biases", default="0,1,2,3,4", help="comma-separated copy_bias values (default 0,1,2,3,4)")
-    parser.add_argument("--records", default=str(default_cache_dir() / "arithmetic-aligner-work" / "greedy.jsonl"),
+    parser.add_argument("--records", default=str(default_cache_dir() / "arithmetic-aligner-work-precise" / "greedy.jsonl"),
                         help="the precise recipe's on-policy records (greedy.jsonl)")
     parser.add_argument("--n-records", type=int, default=240)
     parser.add_argument("--n-claims", type=int, default=240)

@@ -32,9 +32,9 @@ import dataclasses
 import random
 import re
 import zlib
-from typing import Any
 from collections.abc import Sequence
 from fractions import Fraction
+from typing import Any
 
 __all__ = [
     "PROBES",

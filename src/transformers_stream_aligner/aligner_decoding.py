@@ -51,7 +51,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-
 from transformers import LogitsProcessor
 
 from .cache import MaskedKVLayout
@@ -155,7 +154,7 @@ class CopyTracker:
 
     It is the one-token :func:`propose_copy_draft` of the output, with the hint moved one token on when the output
     took the copy token and left where it was otherwise, so a repeated word does not send it back. ``None`` when the
-    output's tail is nowhere in ``source``. :meth:`push` **mutates** the tracker; :meth:`peek` does not.
+    output's tail is nowhere in ``source``. :meth:`push` **mutates** the tracker (its output); :meth:`peek` does not.
 
     >>> tracker = CopyTracker([7, 8, 7, 9, 0])
     >>> tracker.peek([7, 8, 7])  # before each token of a path, and after it
@@ -170,33 +169,47 @@ class CopyTracker:
         self.max_ngram = int(max_ngram)
         self.output: list[int] = []
         self.hint = 0
+        # The last peeked path from the current state and the (copy, end) before each of its tokens and after it;
+        # pushing the path's tokens walks along it, so no step is computed twice (``_steps[0]``: the current state).
+        self._path: list[int] = []
+        self._steps: list[tuple[int | None, int]] = []
 
     def _step(self, output: list[int], hint: int) -> tuple[int | None, int]:
         draft, end = propose_copy_draft(self.source, output, 1, max_ngram=self.max_ngram, hint=hint)
         return (draft[0] if draft else None), end
 
+    def _here(self) -> tuple[int | None, int]:
+        if not self._steps:
+            self._path, self._steps = [], [self._step(self.output, self.hint)]
+        return self._steps[0]
+
     def next_token(self) -> int | None:
         """The copy token after the output so far (``None``: no copy to continue)."""
-        return self._step(self.output, self.hint)[0]
+        return self._here()[0]
 
     def push(self, token: int) -> None:
         """Append ``token`` to the output (mutates the tracker)."""
-        copy, end = self._step(self.output, self.hint)
+        copy, end = self._here()
+        token = int(token)
         self.hint = end + 1 if copy is not None and token == copy else end
-        self.output.append(int(token))
+        self.output.append(token)
+        if self._path and self._path[0] == token:
+            self._path, self._steps = self._path[1:], self._steps[1:]
+        else:
+            self._path, self._steps = [], []
 
     def peek(self, path: Sequence[int]) -> list[int | None]:
         """The copy token before each token of ``path`` and after the last (``len(path) + 1`` entries), as if
-        ``path`` were pushed; the tracker is not changed."""
-        output, hint, out = list(self.output), self.hint, []
-        for token in [*path, None]:
-            copy, end = self._step(output, hint)
-            out.append(copy)
-            if token is None:
-                break
+        ``path`` were pushed; the output is not changed (the steps are kept for the pushes that follow the path)."""
+        steps = [self._here()]
+        output, hint = list(self.output), self.hint
+        for token in path:
+            copy, end = steps[-1]
             hint = end + 1 if copy is not None and token == copy else end
             output.append(int(token))
-        return out
+            steps.append(self._step(output, hint))
+        self._path, self._steps = [int(t) for t in path], steps
+        return [copy for copy, _ in steps]
 
 
 class CopyBiasLogitsProcessor(LogitsProcessor):

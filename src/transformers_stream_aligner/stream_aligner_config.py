@@ -103,7 +103,7 @@ class StreamAlignerConfig(PushToHubMixin):
             continues copying it, :class:`~.aligner_decoding.CopyTracker`) at every step of the aligner's decoding,
             greedy or sampled. ``0.0`` (default) changes nothing; a positive bias makes the aligner change a sentence
             only where it is confident, trading corrections for precision (the "confidence bias" of GECToR's KEEP
-            tag). Tune it on held-in data; the shipped arithmetic aligner stores its own.
+            tag). Tune it on held-in data; a checkpoint's ``stream_aligner_config.json`` stores the one it is decoded with.
         terminators: characters that end a sentence.
         max_sentence_tokens: an upstream sentence that reaches this many tokens without ending is cut there
             and aligned as it is (text that never ends a sentence cannot stall alignment).
