@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 # Models are converted once into the shared cache: $STREAM_ALIGNER_CACHE or ~/.cache/transformers-stream-aligner (examples/smollm2.py).
 
-.PHONY: install demo test test-fast test-vllm lint eval aligner aligner-precise copy-bias-sweep bench bench-compare bench-batch bench-batch-floor bench-one-copy bench-train bench-vllm soak clean
+.PHONY: install demo test test-fast test-vllm lint eval aligner aligner-precise aligner-small copy-bias-sweep bench bench-compare bench-batch bench-batch-floor bench-one-copy bench-train bench-vllm soak clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,11 @@ aligner: $(STAMP)
 
 aligner-precise: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m examples.arithmetic.build_aligner --recipe precise --output .cache/precise_aligner
+
+# aligner-small: a 4M-parameter aligner trained from scratch (examples/arithmetic/build_small_aligner.py; needs
+# aligner-precise's greedy.jsonl), into .cache/small_aligner, not shipped.
+aligner-small: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m examples.arithmetic.build_small_aligner --output .cache/small_aligner
 
 copy-bias-sweep: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m examples.arithmetic.copy_bias_sweep --aligner $(or $(ALIGNER),examples/arithmetic/trained_aligner)

@@ -1,0 +1,278 @@
+"""The small arithmetic aligner: a 4M-parameter Llama trained from scratch, for the arithmetic only
+(``make aligner-small``).
+
+Why from scratch: SmolLM2-135M cannot do the arithmetic an aligner must check. Asked for sums and differences in
+its own chat format it gets ``30 + 4`` wrong most of the time and ``53 - 19`` almost always (docs/results.md), so
+a LoRA on it (the v2 and precise recipes of :mod:`.build_aligner`) learns to copy or to guess, not to check. A
+small model trained only on this task learns the digit arithmetic from enough examples, copies the rest, and costs
+a fraction of a SmolLM2 forward per sentence.
+
+Steps (every one in this process; wall times printed and saved in ``build_report.json``):
+
+1. Records (:func:`records`), all held-in (``split="train"``; none is ever evaluated):
+   the precise recipe's greedy on-policy records (SmolLM2's answers to 320 held-in problems and the 88 held-in
+   non-arithmetic questions, corrected by :func:`~.task.check_arithmetic_precise`; ``--records``, as
+   ``make aligner-precise`` collects them), weighted twice; claims in many written forms
+   (:func:`~.claims.make_claims`, half wrong); product claims (half wrong, worked out); statements of a problem's
+   result (:func:`result_statements`, half wrong, corrected by the checker); prose to copy
+   (:func:`prose_sentences`: sentences of the Python standard library's docstrings, none with arithmetic). A
+   quarter of the synthetic records get the answer-so-far of an on-policy record as their prefix.
+2. A byte-level BPE tokenizer trained on those records (:func:`train_tokenizer`: every digit its own token).
+3. A Llama initialised from its config (:func:`init_model`, seeded).
+4. :func:`~transformers_stream_aligner.train_aligner` on all weights (1 epoch, learning rate 2e-3, batch 32) with
+   a short plain-text prompt (:data:`PROMPT`).
+5. Stored in float16 (about 8 MiB) with ``stream_aligner_config.json`` (``copy_bias`` from ``--copy-bias``),
+   the model card and ``build_report.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import random
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import ARITHMETIC_ALIGNER
+
+#: The aligner's instruction template (plain text, no chat template): short, so a call feeds few tokens.
+PROMPT = "Q: {question}\nA: {prefix}\n>>> {last}\n<<< "
+
+#: Flag defaults (the build of 2026-11-24).
+SETTINGS: dict[str, Any] = {
+    "claims": 20000, "products": 5000, "result_problems": 800, "results_per_problem": 7, "prose": 10000, "prose_files": 3000,
+    "on_policy_weight": 2, "prefix_share": 0.25, "vocab_size": 2048, "hidden_size": 256, "layers": 4,
+    "epochs": 1.0, "learning_rate": 2e-3, "batch_size": 32, "max_length": 384, "max_correction_tokens": 160,
+    "copy_bias": 0.0,
+}  # fmt: skip
+
+_RESULT_FRAMES = ["So, the answer is {c}.", "Therefore, the result is {c}.", "The answer is {c}.",
+                  "The final answer is {c}.", "This means the result is {c}.", "So {name} has {c} {unit} now.",
+                  "So there are {c} {unit} left.", "So, each friend gets {c} {unit}.",
+                  "So there are {c} {unit} in total.", "{name} has {c} {unit} left."]  # fmt: skip
+
+
+def result_statements(problems: int, per_problem: int, *, seed: int) -> list[dict[str, str]]:
+    """Records stating the result of held-in problems (``So, the answer is 78.``), right or a near miss (half each),
+    corrected by :func:`~.task.check_arithmetic`; a wrong statement the checker would not correct is left out (its
+    record would teach the aligner to keep a wrong result). Pure, seeded.
+
+    >>> r = result_statements(4, 2, seed=0)
+    >>> all(set(x) == {"question", "prefix", "last", "correction"} for x in r), len(r) <= 8
+    (True, True)
+    """
+    from .task import _NAMES, check_arithmetic, make_problems
+
+    rng = random.Random(seed)
+    out = []
+    for p in make_problems(problems, seed=seed, split="train"):
+        if p.answer.denominator != 1:
+            continue
+        answer = int(p.answer)
+        name = next((n for n in _NAMES if n in p.question), "We")
+        frames = _RESULT_FRAMES if p.unit else [f for f in _RESULT_FRAMES if "{unit}" not in f]
+        for _ in range(per_problem):
+            wrong = rng.random() < 0.5
+            c = max(0, answer + rng.choice([-1, 1]) * rng.choice([1, 2, 9, 10, 11, 20, 100])) if wrong else answer
+            last = rng.choice(frames).format(c=c, name=name, unit=p.unit)
+            correction = check_arithmetic(p.question, "", last)
+            if c != answer and correction == last:
+                continue
+            out.append({"question": p.question, "prefix": "", "last": last, "correction": correction})
+    return out
+
+
+def prose_sentences(n: int, *, seed: int, max_files: int = 3000) -> list[str]:
+    """Up to ``n`` English sentences (25-220 characters, no arithmetic) from the docstrings of the first ``max_files``
+    modules of the Python standard library this interpreter runs on: text for the aligner to copy. Seeded; depends
+    on the Python version.
+
+    >>> s = prose_sentences(3, seed=0, max_files=40)
+    >>> len(s), all(x[0].isupper() for x in s)
+    (3, True)
+    """
+    import sysconfig
+
+    from transformers_stream_aligner import split_sentences
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    found: set[str] = set()
+    for path in sorted(root.rglob("*.py"))[:max_files]:
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module)):
+                doc = ast.get_docstring(node)
+                for s in split_sentences(" ".join(doc.split())) if doc else []:
+                    s = s.strip()
+                    if 25 <= len(s) <= 220 and s[0].isupper() and not re.search(r"\d\s*[-+*/x×÷=]\s*\d", s):
+                        found.add(s)
+    sentences = sorted(found)
+    random.Random(seed).shuffle(sentences)
+    return sentences[:n]
+
+
+def records(on_policy: list[dict[str, str]], *, seed: int, claims: int, products: int, result_problems: int,
+            results_per_problem: int, prose: int, on_policy_weight: int, prefix_share: float, prose_files: int = 3000) -> tuple[list[dict[str, str]], dict[str, int]]:  # fmt: skip
+    """The training records (step 1 of the module docstring), shuffled, and their counts. Records writing a probe
+    (17*23) are left out. Does not modify ``on_policy``."""
+    from .claims import make_claims, other_questions, precise_correction
+    from .task import (
+        check_arithmetic,
+        check_arithmetic_precise,
+        involves_probe,
+        make_problems,
+        synthetic_product_claims,
+    )
+
+    rng = random.Random(seed)
+    made = [{"question": c.question, "prefix": "", "last": c.last, "correction": precise_correction(c)}
+            for c in make_claims(claims, seed=seed, split="train", wrong_fraction=0.5)]  # fmt: skip
+    made += synthetic_product_claims(products, seed=seed, wrong_fraction=0.5, corrector=check_arithmetic_precise)
+    made += result_statements(result_problems, results_per_problem, seed=seed)
+    prefixes = [r["prefix"] for r in on_policy if r["prefix"]]
+    for r in made:
+        if prefixes and rng.random() < prefix_share:
+            r["prefix"] = rng.choice(prefixes)
+    questions = other_questions("train") + [p.question for p in make_problems(200, seed=seed, split="train")]
+    copies = []
+    for s in prose_sentences(prose, seed=seed, max_files=prose_files):
+        q = rng.choice(questions)
+        if check_arithmetic(q, "", s) == s:
+            prefix = rng.choice(prefixes) if prefixes and rng.random() < prefix_share else ""
+            copies.append({"question": q, "prefix": prefix, "last": s, "correction": s})
+    everything = [dict(r) for r in on_policy] * on_policy_weight + made + copies
+    kept = [r for r in everything if not any(involves_probe(r[k]) for k in ("prefix", "last", "correction"))]
+    rng.shuffle(kept)
+    counts = {"on_policy": len(on_policy), "synthetic": len(made), "prose": len(copies),
+              "dropped_probes": len(everything) - len(kept), "trained_on": len(kept),
+              "trained_changed": sum(r["last"].strip() != r["correction"].strip() for r in kept)}  # fmt: skip
+    return kept, counts
+
+
+def train_tokenizer(texts: list[str], *, vocab_size: int) -> Any:
+    """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``texts``: every digit its own token (so numbers are
+    read digit by digit), ``<|endoftext|>`` as EOS, ``<pad>`` for padding."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)  # fmt: skip
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<pad>")
+
+
+def init_model(tokenizer: Any, *, hidden_size: int, layers: int, seed: int) -> Any:
+    """A Llama causal LM with random weights (seeded): ``layers`` layers of width ``hidden_size``, 4 heads, MLP 3x,
+    tied embeddings."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=4, intermediate_size=3 * hidden_size,
+                         max_position_embeddings=2048, tie_word_embeddings=True, bos_token_id=None,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def to_float16(directory: Path) -> None:
+    """Rewrite the model's safetensors in float16 (halves the shipped size; loads back as float32 when asked)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = directory / "model.safetensors"
+    tensors = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(path).items()}
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", default=str(ARITHMETIC_ALIGNER), help="where the aligner goes (default: this example's trained_aligner/)")
+    parser.add_argument("--work-dir", help="data, tokenizer and training files (default: <cache>/arithmetic-aligner-work-small)")
+    parser.add_argument("--records", nargs="+",
+                        help="the precise recipe's on-policy records (JSONL; default: <cache>/arithmetic-aligner-work-precise/greedy.jsonl, "
+                             "collected by make aligner-precise)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0)
+    for name, value in SETTINGS.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value, help=f"(default {value})")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    from transformers_stream_aligner import AlignerTrainingConfig, StreamAlignerConfig, read_records, train_aligner
+
+    from ..smollm2 import default_cache_dir
+
+    cache = default_cache_dir()
+    work = Path(args.work_dir) if args.work_dir else cache / "arithmetic-aligner-work-small"
+    work.mkdir(parents=True, exist_ok=True)
+    sources = args.records or [str(cache / "arithmetic-aligner-work-precise" / "greedy.jsonl")]
+    missing = [s for s in sources if not Path(s).is_file()]
+    if missing:
+        print(f"[aligner] on-policy records not found: {', '.join(missing)} (collect them with make aligner-precise, "
+              "or pass --records)", file=sys.stderr)  # fmt: skip
+        return 2
+    report: dict[str, Any] = {"recipe": "small", "seed": args.seed, **{k: getattr(args, k) for k in SETTINGS}, "steps": {}}
+    t_all = time.perf_counter()
+
+    def step(name: str, fn: Any, *fn_args: Any, **fn_kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        print(f"[aligner] {name} ...", flush=True)
+        result = fn(*fn_args, **fn_kwargs)
+        report["steps"][name] = round(time.perf_counter() - t0, 1)
+        print(f"[aligner] {name}: {report['steps'][name]} s", flush=True)
+        return result
+
+    on_policy = [dict(r) for s in sources for r in read_records(s)]
+    train_records, report["records"] = step(
+        "records", records, on_policy, seed=args.seed, claims=args.claims, products=args.products,
+        result_problems=args.result_problems, results_per_problem=args.results_per_problem, prose=args.prose,
+        on_policy_weight=args.on_policy_weight, prefix_share=args.prefix_share, prose_files=args.prose_files)  # fmt: skip
+    (work / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_records))
+    print(f"[aligner] records: {report['records']}", flush=True)
+    texts = [r[k] for r in train_records for k in ("question", "prefix", "last", "correction")] + [PROMPT]
+    tokenizer = step("tokenizer", train_tokenizer, texts, vocab_size=args.vocab_size)
+    model = init_model(tokenizer, hidden_size=args.hidden_size, layers=args.layers, seed=args.seed)
+    report["parameters"] = sum(p.numel() for p in model.parameters())
+    base = work / "base"
+    tokenizer.save_pretrained(base)
+    model.save_pretrained(base)
+    aligner_config = StreamAlignerConfig(instruction_template=PROMPT, prompt_wrapper="{instruction}",
+                                         max_correction_tokens=args.max_correction_tokens, copy_bias=args.copy_bias,
+                                         base_model="from scratch (examples/arithmetic/build_small_aligner.py)")  # fmt: skip
+    trained = work / "aligner"
+    config = AlignerTrainingConfig(output_dir=str(trained), overwrite_output_dir=True, num_train_epochs=args.epochs,
+                                   learning_rate=args.learning_rate, per_device_train_batch_size=args.batch_size,
+                                   warmup_steps=0.03, weight_decay=0.01, max_length=args.max_length, seed=args.seed,
+                                   logging_steps=50, disable_tqdm=True if args.no_progress else None)  # fmt: skip
+    result = step("training", train_aligner, base, work / "train.jsonl", config, aligner_config=aligner_config)
+    report["training"] = {"steps": result.global_step, "loss": round(result.train_loss, 4),
+                          "peak_rss_mib": round(result.peak_rss_mib)}  # fmt: skip
+    to_float16(trained)
+    report["total_s"] = round(time.perf_counter() - t_all, 1)
+    (trained / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    out = Path(args.output)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(trained, out, ignore=shutil.ignore_patterns("checkpoint-*", "training_args.bin"))
+    size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
+    print(f"[aligner] saved to {out} ({size:.1f} MiB); total {report['total_s']} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    raise SystemExit(main())

@@ -1,0 +1,100 @@
+"""The small from-scratch arithmetic aligner's recipe (examples/arithmetic/build_small_aligner.py)."""
+
+import json
+
+import pytest
+
+from examples.arithmetic import build_small_aligner as small
+from examples.arithmetic.task import check_arithmetic, involves_probe, make_problems
+
+
+def test_result_statements_are_held_in_and_corrected_by_the_checker():
+    held_in = {p.question for p in make_problems(40, seed=3, split="train")}
+    rows = small.result_statements(40, 3, seed=3)
+    assert rows and all(r["question"] in held_in for r in rows)
+    assert all(r["correction"] == check_arithmetic(r["question"], "", r["last"]) for r in rows)
+    changed = [r for r in rows if r["correction"] != r["last"]]
+    assert 0.2 * len(rows) < len(changed) < 0.8 * len(rows)  # about half wrong, every wrong one corrected
+    assert small.result_statements(40, 3, seed=3) == rows
+
+
+def test_records_mix_weights_and_leave_out_the_probe():
+    on_policy = [
+        {"question": "What is 12 + 5?", "prefix": "", "last": "12 + 5 = 18.", "correction": "12 + 5 = 17."},
+        {"question": "What is 17*23?", "prefix": "", "last": "17*23 = 381.", "correction": "17*23 = 391."},
+        {"question": "What is 12 + 5?", "prefix": "We add.", "last": "So 12 + 5 = 17.", "correction": "So 12 + 5 = 17."},
+    ]
+    before = json.dumps(on_policy)
+    rows, counts = small.records(on_policy, seed=0, claims=14, products=4, result_problems=8, results_per_problem=2,
+                                 prose=10, on_policy_weight=2, prefix_share=0.5, prose_files=40)  # fmt: skip
+    assert json.dumps(on_policy) == before  # not modified
+    assert not any(involves_probe(r[k]) for r in rows for k in ("prefix", "last", "correction"))
+    assert sum(r["last"] == "12 + 5 = 18." for r in rows) == 2  # weighted twice
+    assert counts["dropped_probes"] == 2 and counts["trained_on"] == len(rows)
+    assert counts["prose"] > 0 and any(r["last"] == r["correction"] and r["question"] for r in rows)
+    assert any(r["prefix"] in ("We add.",) for r in rows if r["last"] != "So 12 + 5 = 17.")  # prefixes lent out
+
+
+def test_tokenizer_reads_digits_one_by_one():
+    tokenizer = small.train_tokenizer(["1234 + 5678 = 6912", "The answer is 42."] * 20, vocab_size=300)
+    ids = tokenizer("9876")["input_ids"]
+    assert len(ids) == 4 and tokenizer.decode(ids) == "9876"
+    assert tokenizer.eos_token == "<|endoftext|>" and tokenizer.pad_token == "<pad>"
+
+
+def test_build_end_to_end_makes_a_loadable_float16_aligner(tmp_path):
+    from safetensors import safe_open
+
+    from transformers_stream_aligner import AlignmentRequest, StreamAligner
+
+    records = tmp_path / "greedy.jsonl"
+    records.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"question": "What is 12 + 5?", "prefix": "", "last": "12 + 5 = 18.", "correction": "12 + 5 = 17."},
+        {"question": "Give me a tip.", "prefix": "", "last": "Sleep well.", "correction": "Sleep well."},
+    ]))  # fmt: skip
+    out = tmp_path / "aligner"
+    argv = ["--records", str(records), "--work-dir", str(tmp_path / "work"), "--output", str(out), "--claims", "20",
+            "--products", "4", "--result-problems", "8", "--results-per-problem", "1", "--prose", "10",
+            "--prose-files", "40", "--hidden-size", "32", "--layers", "1", "--vocab-size", "400", "--batch-size", "8",
+            "--copy-bias", "2.5", "--no-progress"]  # fmt: skip
+    assert small.main(argv) == 0
+    with safe_open(out / "model.safetensors", "pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
+    report = json.loads((out / "build_report.json").read_text())
+    assert report["records"]["on_policy"] == 2 and report["training"]["steps"] > 0
+    aligner = StreamAligner.from_pretrained(out, local_files_only=True)
+    assert aligner.config.instruction_template == small.PROMPT and aligner.config.copy_bias == 2.5
+    [text] = aligner.correct([AlignmentRequest("What is 12 + 5?", "", "12 + 5 = 17.")])
+    assert isinstance(text, str)
+
+
+def test_build_says_where_the_on_policy_records_come_from(tmp_path, capsys):
+    assert small.main(["--records", str(tmp_path / "missing.jsonl"), "--work-dir", str(tmp_path)]) == 2
+    assert "make aligner-precise" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--claims", "--hidden-size", "--learning-rate", "--copy-bias"])
+def test_every_setting_is_a_flag(flag):
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()) as out, pytest.raises(SystemExit):
+        small.main(["--help"])
+    assert flag in out.getvalue()
+
+
+def test_competence_probe_counts_smollm2s_own_answers(smollm2):
+    from examples.arithmetic.competence import KINDS, probe, read_number
+
+    model, tokenizer = smollm2
+    side = tokenizer.padding_side
+    try:
+        chosen = list(KINDS)[:2]
+        result = probe(model, tokenizer, n=2, seed=0, batch_size=2, kinds=chosen)
+    finally:
+        tokenizer.padding_side = side
+    assert list(result) == chosen
+    for r in result.values():
+        assert len(r["answers"]) == 2 and 0 <= r["right_when_stated"] <= r["stated"] <= 2
+        recount = sum(read_number(ans) == str(eval(q)) for q, ans in r["answers"])  # noqa: S307
+        assert r["right"] == recount
