@@ -108,14 +108,42 @@ def assemble(
     return train, counts
 
 
-def to_float16(directory: Path) -> None:
-    """Rewrite the adapter's safetensors in float16 (halves the shipped size)."""
+def to_float16(directory: Path, filename: str = "adapter_model.safetensors") -> None:
+    """Rewrite the weights file ``filename`` in ``directory`` in float16 (halves the shipped size; peft and
+    ``from_pretrained(dtype=...)`` cast it back on load). Mutates the file in place."""
     import torch
     from safetensors.torch import load_file, save_file
 
-    path = directory / "adapter_model.safetensors"
+    path = directory / filename
     tensors = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(path).items()}
     save_file(tensors, path, metadata={"format": "pt"})
+
+
+def timed_steps(report: dict[str, Any]) -> Any:
+    """A ``step(name, fn, *args, **kwargs)`` that runs ``fn``, prints its wall time and records it in
+    ``report["steps"][name]`` (mutates ``report``)."""
+    report.setdefault("steps", {})
+
+    def step(name: str, fn: Any, *fn_args: Any, **fn_kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        print(f"[aligner] {name} ...", flush=True)
+        result = fn(*fn_args, **fn_kwargs)
+        report["steps"][name] = round(time.perf_counter() - t0, 1)
+        print(f"[aligner] {name}: {report['steps'][name]} s", flush=True)
+        return result
+
+    return step
+
+
+def install(trained: Path, out: Path, report: dict[str, Any]) -> None:
+    """Write ``report`` as ``build_report.json`` into ``trained``, then replace ``out`` with a copy of ``trained``
+    (without checkpoints or training arguments) and print its size."""
+    (trained / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(trained, out, ignore=shutil.ignore_patterns("checkpoint-*", "training_args.bin"))
+    size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
+    print(f"[aligner] saved to {out} ({size:.1f} MiB); total {report.get('total_s')} s", flush=True)
 
 
 def portable(directory: Path, *, copy_bias: float = 0.0) -> None:
@@ -230,14 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                               "copies_per_change": args.copies_per_change, "max_length": args.max_length,
                               "lora_r": None if args.full else args.lora_r, "epochs": args.epochs, "steps": {}}  # fmt: skip
     t_all = time.perf_counter()
-
-    def step(name: str, fn: Any, *fn_args: Any, **fn_kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        print(f"[aligner] {name} ...", flush=True)
-        result = fn(*fn_args, **fn_kwargs)
-        report["steps"][name] = round(time.perf_counter() - t0, 1)
-        print(f"[aligner] {name}: {report['steps'][name]} s", flush=True)
-        return result
+    step = timed_steps(report)
 
     questions = [p.question for p in make_problems(args.problems, seed=args.seed, split="train")]
     if args.other_questions:
@@ -271,13 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.full:
         to_float16(trained)
     report["total_s"] = round(time.perf_counter() - t_all, 1)
-    (trained / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    out = Path(args.output)
-    if out.exists():
-        shutil.rmtree(out)
-    shutil.copytree(trained, out, ignore=shutil.ignore_patterns("checkpoint-*", "training_args.bin"))
-    size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
-    print(f"[aligner] saved to {out} ({size:.1f} MiB); total {report['total_s']} s", flush=True)
+    install(trained, Path(args.output), report)
     return 0
 
 

@@ -33,7 +33,6 @@ import json
 import os
 import random
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -189,16 +188,6 @@ def init_model(tokenizer: Any, *, hidden_size: int, layers: int, seed: int) -> A
     return LlamaForCausalLM(config)
 
 
-def to_float16(directory: Path) -> None:
-    """Rewrite the model's safetensors in float16 (halves the shipped size; loads back as float32 when asked)."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    path = directory / "model.safetensors"
-    tensors = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(path).items()}
-    save_file(tensors, path, metadata={"format": "pt"})
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default=str(ARITHMETIC_ALIGNER), help="where the aligner goes (default: this example's trained_aligner/)")
@@ -215,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers_stream_aligner import AlignerTrainingConfig, StreamAlignerConfig, read_records, train_aligner
 
     from ..smollm2 import default_cache_dir
+    from .build_aligner import install, timed_steps, to_float16
 
     cache = default_cache_dir()
     work = Path(args.work_dir) if args.work_dir else cache / "arithmetic-aligner-work-small"
@@ -225,16 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[aligner] on-policy records not found: {', '.join(missing)} (collect them with make aligner-precise, "
               "or pass --records)", file=sys.stderr)  # fmt: skip
         return 2
-    report: dict[str, Any] = {"recipe": "small", "seed": args.seed, **{k: getattr(args, k) for k in SETTINGS}, "steps": {}}
+    report: dict[str, Any] = {"recipe": "small", "seed": args.seed, **{k: getattr(args, k) for k in SETTINGS}}
     t_all = time.perf_counter()
-
-    def step(name: str, fn: Any, *fn_args: Any, **fn_kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        print(f"[aligner] {name} ...", flush=True)
-        result = fn(*fn_args, **fn_kwargs)
-        report["steps"][name] = round(time.perf_counter() - t0, 1)
-        print(f"[aligner] {name}: {report['steps'][name]} s", flush=True)
-        return result
+    step = timed_steps(report)
 
     on_policy = [dict(r) for s in sources for r in read_records(s)]
     train_records, report["records"] = step(
@@ -261,15 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     result = step("training", train_aligner, base, work / "train.jsonl", config, aligner_config=aligner_config)
     report["training"] = {"steps": result.global_step, "loss": round(result.train_loss, 4),
                           "peak_rss_mib": round(result.peak_rss_mib)}  # fmt: skip
-    to_float16(trained)
+    to_float16(trained, "model.safetensors")
     report["total_s"] = round(time.perf_counter() - t_all, 1)
-    (trained / "build_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    out = Path(args.output)
-    if out.exists():
-        shutil.rmtree(out)
-    shutil.copytree(trained, out, ignore=shutil.ignore_patterns("checkpoint-*", "training_args.bin"))
-    size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
-    print(f"[aligner] saved to {out} ({size:.1f} MiB); total {report['total_s']} s", flush=True)
+    install(trained, Path(args.output), report)
     return 0
 
 
