@@ -34,8 +34,11 @@ def aligner(tiny_llama):
 
 
 def test_config_validation_and_unknown_keys(tmp_path, caplog):
-    with pytest.raises(ValueError, match=r"\{prefix\}"):
-        StreamAlignerConfig(instruction_template="{question} {last}")
+    with pytest.raises(ValueError, match=r"missing the placeholder\(s\) \{last\}"):
+        StreamAlignerConfig(instruction_template="{question} {prefix}")
+    # an aligner that reads the sentence alone: {question} and {prefix} are optional
+    alone = StreamAlignerConfig(instruction_template=">>> {last}\n<<< ", prompt_wrapper="{instruction}")
+    assert alone.format_instruction(question="Q?", prefix="P.", last="2+2=5.") == ">>> 2+2=5.\n<<< "
     with pytest.raises(ValueError, match=r"\{instruction\}"):
         StreamAlignerConfig(prompt_wrapper="<turn>")
     cfg = StreamAlignerConfig(prompt_wrapper=GEMMA_WRAPPER, max_sentence_tokens=99)

@@ -257,6 +257,59 @@ def test_train_then_infer_lora_adapter(tiny_base, tmp_path):
     assert base_only.correct([request]) != [RECORD["correction"]]  # the adapter is what learned it
 
 
+# ------------------------------------------------------------------------------------------- copy-bias training
+def test_copy_targets_are_the_copy_tokens_the_aligner_biases_at_inference(tiny_llama):
+    from transformers_stream_aligner.aligner_decoding import CopyTracker
+
+    _, tok = tiny_llama
+    aligner_source = StreamAligner.__new__(StreamAligner)  # only _source_ids' inputs: the tokenizer and its EOS
+    aligner_source.tokenizer, aligner_source._eos_token_ids = tok, [tok.eos_token_id]
+    for record in (RECORD, {**RECORD, "correction": RECORD["last"]}, {**RECORD, "correction": "Fine: 17*23 = 391 now."}):
+        ex = encode_record(record, tok, StreamAlignerConfig(), copy_targets=True)
+        assert len(ex["copy_ids"]) == len(ex["labels"])
+        start = ex["meta"]["prompt_tokens"]
+        assert ex["copy_ids"][:start] == [IGNORE_INDEX] * start
+        tracker = CopyTracker(aligner_source._source_ids(record["last"]))  # as the decoder pushes tokens
+        expected = []
+        for token in ex["labels"][start:]:
+            copy = tracker.next_token()
+            expected.append(IGNORE_INDEX if copy is None else copy)
+            tracker.push(token)
+        assert ex["copy_ids"][start:] == expected
+    assert "copy_ids" not in encode_record(RECORD, tok, StreamAlignerConfig())
+
+
+def test_copy_biased_loss_is_the_models_loss_at_zero_bias_and_favours_copies(tiny_llama):
+    from transformers_stream_aligner.training import copy_biased_loss
+
+    model, tok = tiny_llama
+    ex = encode_record({**RECORD, "correction": RECORD["last"]}, tok, StreamAlignerConfig(), copy_targets=True)
+    ids, labels, copies = (torch.tensor([ex[k]]) for k in ("input_ids", "labels", "copy_ids"))
+    with torch.no_grad():
+        out = model(input_ids=ids, labels=labels)
+    assert torch.allclose(copy_biased_loss(out.logits, labels, copies, 0.0), out.loss.float(), atol=1e-6)
+    # a pure copy: every target has a copy token (the target itself), so a bias can only lower the loss
+    assert copy_biased_loss(out.logits, labels, copies, 4.0) < copy_biased_loss(out.logits, labels, copies, 0.0)
+
+
+def test_train_with_copy_bias_saves_an_aligner_that_runs_with_it(tiny_base, tmp_path):
+    data = _write_jsonl(tmp_path / "one.jsonl", [RECORD] * 16)
+    out = tmp_path / "biased"
+    result = train_aligner(
+        tiny_base, data, AlignerTrainingConfig(output_dir=str(out), num_train_epochs=10, learning_rate=3e-3,
+                                               per_device_train_batch_size=8, copy_bias=3.0, **_quiet()),
+        eval_file=data,
+    )  # fmt: skip
+    assert result.global_step == 20 and result.eval_loss is not None and result.eval_loss < 1.0
+    aligner = StreamAligner.from_pretrained(out)
+    assert aligner.config.copy_bias == 3.0
+    assert aligner.correct([AlignmentRequest(RECORD["question"], RECORD["prefix"], RECORD["last"])]) == [
+        RECORD["correction"]
+    ]
+    with pytest.raises(ValueError, match="copy_bias must be a finite number >= 0"):
+        AlignerTrainingConfig(output_dir=str(tmp_path / "x"), copy_bias=-1.0)
+
+
 # ------------------------------------------------------------------------------------------- nothing partial
 def test_bad_data_writes_nothing(tiny_base, tmp_path, capsys):
     out = tmp_path / "aligner"

@@ -48,6 +48,7 @@ REFERENCE_INSTRUCTION_TEMPLATE = (
 GEMMA_WRAPPER = "<start_of_turn>user\n{instruction}<end_of_turn>\n<start_of_turn>model"
 
 _INSTRUCTION_FIELDS = ("question", "prefix", "last")
+_REQUIRED_FIELDS = ("last",)
 _PLACEHOLDER = re.compile(r"\{(question|prefix|last|instruction)\}")
 
 
@@ -81,8 +82,9 @@ class StreamAlignerConfig(PushToHubMixin):
     """Prompt, decoding and sentence settings of a Stream Aligner checkpoint.
 
     Args:
-        instruction_template: the aligner's user turn, with ``{question}``, ``{prefix}`` and ``{last}``
-            placeholders. Defaults to the reference template.
+        instruction_template: the aligner's user turn, with a ``{last}`` placeholder (the sentence to correct)
+            and, for an aligner that reads its context, ``{question}`` and ``{prefix}``. Defaults to the reference
+            template.
         prompt_wrapper: how the instruction becomes the model's input text.
             ``None`` (default): the aligner tokenizer's chat template (one user turn plus the generation
             prompt); a tokenizer without a chat template gets the instruction as plain text.
@@ -134,7 +136,7 @@ class StreamAlignerConfig(PushToHubMixin):
         """Raise ``ValueError`` naming the problem when a field is unusable (a wrong type included: a config read
         from JSON fails here, not later inside ``generate()``)."""
         self._check_types()
-        missing = [name for name in _INSTRUCTION_FIELDS if "{" + name + "}" not in self.instruction_template]
+        missing = [name for name in _REQUIRED_FIELDS if "{" + name + "}" not in self.instruction_template]
         if missing:
             raise ValueError(
                 "StreamAlignerConfig.instruction_template is missing the placeholder(s) "

@@ -157,6 +157,63 @@ def _peak_rss_mib() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+class _CopyIdsCollator:
+    """``DataCollatorForSeq2Seq`` for examples with ``copy_ids`` (padded with ``-100`` like the labels). Does not
+    modify the examples."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        copies = [f["copy_ids"] for f in features]
+        batch = self.inner([{k: v for k, v in f.items() if k != "copy_ids"} for f in features])
+        width = batch["labels"].shape[1]
+        batch["copy_ids"] = torch.tensor([c + [-100] * (width - len(c)) for c in copies], dtype=torch.long)
+        return batch
+
+
+def copy_biased_loss(logits: Any, labels: Any, copy_ids: Any, bias: float, num_items_in_batch: Any = None) -> Any:
+    """Causal-LM cross-entropy with ``bias`` added to each position's copy-token logit (``copy_ids``, aligned with
+    ``labels``; ``-100``: none), as :class:`~.aligner_decoding.CopyBiasLogitsProcessor` adds it at inference.
+    Summed over the target tokens and divided by ``num_items_in_batch`` (default: their count). Does not modify
+    its inputs.
+
+    >>> import torch
+    >>> logits = torch.zeros(1, 3, 4)
+    >>> labels, copies = torch.tensor([[-100, 2, 3]]), torch.tensor([[-100, 2, -100]])
+    >>> round(copy_biased_loss(logits, labels, copies, 0.0).item(), 4), round(copy_biased_loss(logits, labels, copies, 5.0).item(), 4)
+    (1.3863, 0.7032)
+    """
+    import torch
+
+    logits = logits[:, :-1, :].float()
+    labels, copy_ids = labels[:, 1:], copy_ids[:, 1:]
+    has_copy = copy_ids >= 0
+    bias_add = torch.zeros_like(logits).scatter_(-1, copy_ids.clamp(min=0).unsqueeze(-1), has_copy.unsqueeze(-1).float() * bias)
+    loss = torch.nn.functional.cross_entropy(
+        (logits + bias_add).reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    count = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
+    return loss / count
+
+
+def _copy_bias_trainer(bias: float) -> Any:
+    """A ``Trainer`` subclass whose loss is :func:`copy_biased_loss` with ``bias``."""
+    from transformers import Trainer
+
+    class CopyBiasTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+            inputs = dict(inputs)
+            labels, copy_ids = inputs.pop("labels"), inputs.pop("copy_ids")
+            outputs = model(**inputs)
+            loss = copy_biased_loss(outputs.logits, labels, copy_ids, bias, num_items_in_batch)
+            return (loss, outputs) if return_outputs else loss
+
+    return CopyBiasTrainer
+
+
 def train_aligner(
     base_model: str | os.PathLike,
     train_file: str | os.PathLike,
@@ -212,10 +269,15 @@ def train_aligner(
         aligner_config = dataclasses.replace(aligner_config, base_model=base_model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if config.copy_bias and aligner_config.copy_bias != config.copy_bias:
+        logger.info("the aligner is saved with copy_bias=%s, the bias it is trained with", config.copy_bias)
+        aligner_config = dataclasses.replace(aligner_config, copy_bias=config.copy_bias)
+    copy_targets = bool(config.copy_bias)
     train_source = os.fspath(train_file)
     train_records = validate_records(read_records(train_source, split=data_split), source=train_source, tokenizer=tokenizer)
     train_examples, train_report = encode_records(
-        train_records, tokenizer, aligner_config, max_length=config.max_length, desc="Tokenizing training records"
+        train_records, tokenizer, aligner_config, max_length=config.max_length, desc="Tokenizing training records",
+        copy_targets=copy_targets,
     )
     if not train_examples:
         raise TrainingDataError(f"no record fits in max_length={config.max_length} tokens", source=train_source)
@@ -226,7 +288,8 @@ def train_aligner(
             read_records(eval_source, split=eval_split or data_split), source=eval_source, tokenizer=tokenizer
         )
         eval_examples, eval_report = encode_records(
-            eval_records, tokenizer, aligner_config, max_length=config.max_length, desc="Tokenizing evaluation records"
+            eval_records, tokenizer, aligner_config, max_length=config.max_length, desc="Tokenizing evaluation records",
+            copy_targets=copy_targets,
         )
     logger.info("training data: %s", train_report.summary())
 
@@ -248,17 +311,22 @@ def train_aligner(
 
     # 3. Trainer: checkpoints in their own directory, never pushed (the finished aligner is).
     trainer_args = dataclasses.replace(config, output_dir=config.trainer_output_dir, push_to_hub=False)
+    collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True)
+    trainer_class = Trainer
+    if copy_targets:  # copy_ids ride beside the labels (the stock column filter would drop them)
+        trainer_args = dataclasses.replace(trainer_args, remove_unused_columns=False)
+        collator, trainer_class = _CopyIdsCollator(collator), _copy_bias_trainer(config.copy_bias)
     if eval_examples is not None and getattr(trainer_args.eval_strategy, "value", trainer_args.eval_strategy) == "no":
         trainer_args = dataclasses.replace(trainer_args, eval_strategy="epoch")
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "right"
     try:
-        trainer = Trainer(
+        trainer = trainer_class(
             model=model,
             args=trainer_args,
             train_dataset=train_examples,
             eval_dataset=eval_examples,
-            data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True),
+            data_collator=collator,
             processing_class=tokenizer,
             callbacks=callbacks,
         )

@@ -42,6 +42,11 @@ class AlignerTrainingConfig(TrainingArguments):
         keep_checkpoints: keep ``checkpoint_dir`` after a successful run (default: removed).
         overwrite_output_dir: replace an existing, non-empty ``output_dir`` (it is swapped in only after
             training succeeded).
+        copy_bias: train with the copy bias the aligner runs with (``StreamAlignerConfig.copy_bias``): the loss
+            sees the logit of each target position's *copy token* (the token of the sentence being corrected that
+            continues copying it, as :class:`~.aligner_decoding.CopyTracker` finds it at inference) raised by this
+            much, so the model learns only where and how to depart from the sentence. The saved aligner runs with
+            the same bias. ``0`` (default): plain cross-entropy.
     """
 
     num_train_epochs: float = field(default=3.0, metadata={"help": "Training epochs (reference: 3)."})
@@ -60,6 +65,9 @@ class AlignerTrainingConfig(TrainingArguments):
     checkpoint_dir: str | None = field(
         default=None, metadata={"help": "Trainer checkpoints (default: <output_dir>-checkpoints)."}
     )
+    copy_bias: float = field(
+        default=0.0, metadata={"help": "Train (and save the aligner) with this copy bias on the copy token's logit (0: off)."}
+    )
     keep_checkpoints: bool = field(default=False, metadata={"help": "Keep checkpoint_dir after success."})
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace a non-empty output_dir (only once training has succeeded)."}
@@ -70,6 +78,8 @@ class AlignerTrainingConfig(TrainingArguments):
             raise ValueError("AlignerTrainingConfig needs output_dir (where the trained aligner is saved)")
         if self.max_length < 8:
             raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}")
+        if not 0 <= self.copy_bias < float("inf"):
+            raise ValueError(f"copy_bias must be a finite number >= 0, got {self.copy_bias}")
         super().__post_init__()
 
     @property

@@ -46,6 +46,7 @@ __all__ = [
     "EncodingReport",
     "TrainingDataError",
     "check_fields",
+    "copy_targets_of",
     "encode_record",
     "encode_records",
     "read_records",
@@ -302,12 +303,17 @@ def encode_record(
     config: StreamAlignerConfig,
     *,
     max_length: int | None = None,
+    copy_targets: bool = False,
 ) -> dict[str, list[int]] | None:
     """``input_ids``, ``attention_mask`` and ``labels`` of one checked record; ``None`` if it cannot fit.
 
     The prompt is :meth:`StreamAlignerConfig.encode_prompt`; the target is the stripped correction
     as plain text (:func:`~.tokens.tokenize_plain_text`), then EOS. Over ``max_length``, leading sentences of the prefix are
     removed (never the correction); the returned dict then has ``truncated=True`` in its ``"meta"``.
+
+    With ``copy_targets``, ``copy_ids`` is added: beside each label, the copy token the aligner's copy bias raises
+    when it predicts that label (:func:`copy_targets_of`), ``-100`` where there is none. Pure: the record and the
+    tokenizer are not modified.
     """
     eos = _eos_id(tokenizer)
     target = tokenize_plain_text(tokenizer, record["correction"].strip()) + [eos]
@@ -333,12 +339,39 @@ def encode_record(
         prompt = prompt_for("".join(sentences[lo:]).strip())
         if len(prompt) + len(target) > max_length:  # non-monotone token counts: fall back to no prefix
             prompt = prompt_for("")
-    return {
+    example = {
         "input_ids": prompt + target,
         "attention_mask": [1] * (len(prompt) + len(target)),
         "labels": [IGNORE_INDEX] * len(prompt) + target,
         "meta": {"truncated": truncated, "prompt_tokens": len(prompt)},
     }
+    if copy_targets:
+        example["copy_ids"] = [IGNORE_INDEX] * len(prompt) + copy_targets_of(_copy_source(tokenizer, record["last"]), target)
+    return example
+
+
+def copy_targets_of(source: Sequence[int], target: Sequence[int]) -> list[int]:
+    """The copy token before each token of ``target`` (a correction's ids, EOS included) when ``source`` is the
+    sentence being corrected (its ids as plain text, then EOS), ``-100`` where there is none: what
+    :class:`~.aligner_decoding.CopyTracker` finds at inference. Pure.
+
+    >>> from transformers_stream_aligner.training_data import copy_targets_of
+    >>> source, target = [2, 3, 2, 4, 5, 6, 0], [2, 3, 2, 4, 7, 6, 0]  # "2+2=5." corrected to "2+2=7."
+    >>> copy_targets_of(source, target)  # no copy after the 7 (nowhere in the source); after the ".", EOS again
+    [2, 3, 2, 4, 5, -100, 0]
+    """
+    from .aligner_decoding import CopyTracker
+
+    copies = CopyTracker(source).peek(list(target))[:-1]
+    return [IGNORE_INDEX if c is None else c for c in copies]
+
+
+def _copy_source(tokenizer: Any, last: str) -> list[int]:
+    """The copy source of ``last`` as the aligner builds it at inference (``StreamAligner._source_ids``)."""
+    try:
+        return tokenize_plain_text(tokenizer, last) + [_eos_id(tokenizer)]
+    except ValueError:
+        return []
 
 
 def encode_records(
@@ -349,6 +382,7 @@ def encode_records(
     max_length: int | None = None,
     progress: bool = True,
     desc: str = "Tokenizing aligner records",
+    copy_targets: bool = False,
 ) -> tuple[list[dict[str, list[int]]], EncodingReport]:
     """Encode checked records (see :func:`encode_record`); returns the examples and an :class:`EncodingReport`."""
     from tqdm.auto import tqdm
@@ -357,7 +391,7 @@ def encode_records(
     report = EncodingReport(records=len(records), max_length=max_length)
     examples = []
     for index, record in enumerate(tqdm(records, desc=desc, disable=not progress or len(records) < 200)):
-        example = encode_record(record, tokenizer, config, max_length=max_length)
+        example = encode_record(record, tokenizer, config, max_length=max_length, copy_targets=copy_targets)
         if example is None:
             report.dropped += 1
             report.dropped_indices.append(index)
