@@ -7,22 +7,25 @@ a LoRA on it (the v2 and precise recipes of :mod:`.build_aligner`) learns to cop
 small model trained only on this task learns the digit arithmetic from enough examples, copies the rest, and costs
 a fraction of a SmolLM2 forward per sentence.
 
+The small model reads the sentence alone (:data:`PROMPT`) and is trained with the copy bias it runs with
+(``AlignerTrainingConfig.copy_bias``, docs/training.md): copying comes with the bias, so the model only has to learn
+where a sentence is wrong and what to write there, which a model trained from scratch on a CPU can learn in a session
+(plain cross-entropy had not even learned to copy after one epoch: docs/results.md).
+
 Steps (every one in this process; wall times printed and saved in ``build_report.json``):
 
 1. Records (:func:`records`), all held-in (``split="train"``; none is ever evaluated):
    the precise recipe's greedy on-policy records (SmolLM2's answers to 320 held-in problems and the 88 held-in
    non-arithmetic questions, corrected by :func:`~.task.check_arithmetic_precise`; ``--records``, as
-   ``make aligner-precise`` collects them), weighted twice; claims in many written forms
-   (:func:`~.claims.make_claims`, half wrong); product claims (half wrong, worked out); statements of a problem's
-   result (:func:`result_statements`, half wrong, corrected by the checker); prose to copy
-   (:func:`prose_sentences`: sentences of the Python standard library's docstrings, none with arithmetic). A
-   quarter of the synthetic records get the answer-so-far of an on-policy record as their prefix.
+   ``make aligner-precise`` collects them) that the sentence alone shows (:func:`self_contained`), weighted twice;
+   claims in many written forms (:func:`~.claims.make_claims`, ``--wrong-fraction`` wrong); product claims (worked
+   out where wrong); prose to copy (:func:`prose_sentences`: sentences of the Python standard library's
+   docstrings, none with arithmetic).
 2. A byte-level BPE tokenizer trained on those records (:func:`train_tokenizer`: every digit its own token).
 3. A Llama initialised from its config (:func:`init_model`, seeded).
-4. :func:`~transformers_stream_aligner.train_aligner` on all weights (1 epoch, learning rate 2e-3, batch 32) with
-   a short plain-text prompt (:data:`PROMPT`).
-5. Stored in float16 (about 8 MiB) with ``stream_aligner_config.json`` (``copy_bias`` from ``--copy-bias``),
-   the model card and ``build_report.json``.
+4. :func:`~transformers_stream_aligner.train_aligner` on all weights with ``copy_bias`` (:data:`SETTINGS`).
+5. Stored in float16 (about 8 MiB) with ``stream_aligner_config.json`` (the prompt and the copy bias), the model
+   card and ``build_report.json``.
 """
 
 from __future__ import annotations
@@ -40,51 +43,33 @@ from typing import Any
 
 from . import ARITHMETIC_ALIGNER
 
-#: The aligner's instruction template (plain text, no chat template): short, so a call feeds few tokens.
-PROMPT = "Q: {question}\nA: {prefix}\n>>> {last}\n<<< "
+#: The aligner's instruction template (plain text, no chat template): the sentence alone, so a call feeds few tokens.
+#: The aligner fixes what the sentence itself shows wrong (``58 - 37 = 15``); a result that is wrong only given
+#: the question (``So, the answer is 100.``) is left as written.
+PROMPT = ">>> {last}\n<<< "
 
 #: Flag defaults (the build of 2026-11-24).
 SETTINGS: dict[str, Any] = {
-    "claims": 20000, "products": 5000, "result_problems": 800, "results_per_problem": 7, "prose": 10000, "prose_files": 3000,
-    "on_policy_weight": 2, "prefix_share": 0.25, "vocab_size": 2048, "hidden_size": 256, "layers": 4,
-    "epochs": 1.0, "learning_rate": 2e-3, "batch_size": 32, "max_length": 384, "max_correction_tokens": 160,
-    "copy_bias": 0.0,
+    "claims": 40000, "wrong_fraction": 0.4, "products": 8000, "prose": 10000, "prose_files": 3000,
+    "on_policy_weight": 2, "vocab_size": 2048, "hidden_size": 256, "layers": 4,
+    "epochs": 3.0, "learning_rate": 2e-3, "batch_size": 64, "max_length": 256, "max_correction_tokens": 160,
+    "copy_bias": 5.0,
 }  # fmt: skip
 
-_RESULT_FRAMES = ["So, the answer is {c}.", "Therefore, the result is {c}.", "The answer is {c}.",
-                  "The final answer is {c}.", "This means the result is {c}.", "So {name} has {c} {unit} now.",
-                  "So there are {c} {unit} left.", "So, each friend gets {c} {unit}.",
-                  "So there are {c} {unit} in total.", "{name} has {c} {unit} left."]  # fmt: skip
 
+def self_contained(record: dict[str, str]) -> bool:
+    """Whether the sentence alone shows its correction: the checker, given no question and no prefix, corrects it
+    the same way (a copy always is). The only records an aligner that reads the sentence alone can learn from.
 
-def result_statements(problems: int, per_problem: int, *, seed: int) -> list[dict[str, str]]:
-    """Records stating the result of held-in problems (``So, the answer is 78.``), right or a near miss (half each),
-    corrected by :func:`~.task.check_arithmetic`; a wrong statement the checker would not correct is left out (its
-    record would teach the aligner to keep a wrong result). Pure, seeded.
-
-    >>> r = result_statements(4, 2, seed=0)
-    >>> all(set(x) == {"question", "prefix", "last", "correction"} for x in r), len(r) <= 8
-    (True, True)
+    >>> self_contained({"last": "So, 42 - 7 = 31.", "correction": "So, 42 - 7 = 35."})
+    True
+    >>> self_contained({"last": "So, the answer is 100.", "correction": "So, the answer is 60."})
+    False
     """
-    from .task import _NAMES, check_arithmetic, make_problems
+    from .task import check_arithmetic_precise
 
-    rng = random.Random(seed)
-    out = []
-    for p in make_problems(problems, seed=seed, split="train"):
-        if p.answer.denominator != 1:
-            continue
-        answer = int(p.answer)
-        name = next((n for n in _NAMES if n in p.question), "We")
-        frames = _RESULT_FRAMES if p.unit else [f for f in _RESULT_FRAMES if "{unit}" not in f]
-        for _ in range(per_problem):
-            wrong = rng.random() < 0.5
-            c = max(0, answer + rng.choice([-1, 1]) * rng.choice([1, 2, 9, 10, 11, 20, 100])) if wrong else answer
-            last = rng.choice(frames).format(c=c, name=name, unit=p.unit)
-            correction = check_arithmetic(p.question, "", last)
-            if c != answer and correction == last:
-                continue
-            out.append({"question": p.question, "prefix": "", "last": last, "correction": correction})
-    return out
+    last, correction = record["last"].strip(), record["correction"].strip()
+    return last == correction or check_arithmetic_precise("", "", last).strip() == correction
 
 
 def prose_sentences(n: int, *, seed: int, max_files: int = 3000) -> list[str]:
@@ -119,40 +104,26 @@ def prose_sentences(n: int, *, seed: int, max_files: int = 3000) -> list[str]:
     return sentences[:n]
 
 
-def records(on_policy: list[dict[str, str]], *, seed: int, claims: int, products: int, result_problems: int,
-            results_per_problem: int, prose: int, on_policy_weight: int, prefix_share: float, prose_files: int = 3000) -> tuple[list[dict[str, str]], dict[str, int]]:  # fmt: skip
-    """The training records (step 1 of the module docstring), shuffled, and their counts. Records writing a probe
-    (17*23) are left out. Does not modify ``on_policy``."""
+def records(on_policy: list[dict[str, str]], *, seed: int, claims: int, wrong_fraction: float, products: int,
+            prose: int, on_policy_weight: int, prose_files: int = 3000) -> tuple[list[dict[str, str]], dict[str, int]]:  # fmt: skip
+    """The training records (step 1 of the module docstring), shuffled, and their counts. On-policy records that are
+    not :func:`self_contained` and records writing a probe (17*23) are left out. Does not modify ``on_policy``."""
     from .claims import make_claims, other_questions, precise_correction
-    from .task import (
-        check_arithmetic,
-        check_arithmetic_precise,
-        involves_probe,
-        make_problems,
-        synthetic_product_claims,
-    )
+    from .task import check_arithmetic, check_arithmetic_precise, involves_probe, synthetic_product_claims
 
     rng = random.Random(seed)
     made = [{"question": c.question, "prefix": "", "last": c.last, "correction": precise_correction(c)}
-            for c in make_claims(claims, seed=seed, split="train", wrong_fraction=0.5)]  # fmt: skip
-    made += synthetic_product_claims(products, seed=seed, wrong_fraction=0.5, corrector=check_arithmetic_precise)
-    made += result_statements(result_problems, results_per_problem, seed=seed)
-    prefixes = [r["prefix"] for r in on_policy if r["prefix"]]
-    for r in made:
-        if prefixes and rng.random() < prefix_share:
-            r["prefix"] = rng.choice(prefixes)
-    questions = other_questions("train") + [p.question for p in make_problems(200, seed=seed, split="train")]
-    copies = []
-    for s in prose_sentences(prose, seed=seed, max_files=prose_files):
-        q = rng.choice(questions)
-        if check_arithmetic(q, "", s) == s:
-            prefix = rng.choice(prefixes) if prefixes and rng.random() < prefix_share else ""
-            copies.append({"question": q, "prefix": prefix, "last": s, "correction": s})
-    everything = [dict(r) for r in on_policy] * on_policy_weight + made + copies
+            for c in make_claims(claims, seed=seed, split="train", wrong_fraction=wrong_fraction)]  # fmt: skip
+    made += synthetic_product_claims(products, seed=seed, wrong_fraction=wrong_fraction, corrector=check_arithmetic_precise)
+    questions = other_questions("train")  # records need one; the prompt does not show it
+    copies = [{"question": rng.choice(questions), "prefix": "", "last": s, "correction": s}
+              for s in prose_sentences(prose, seed=seed, max_files=prose_files) if check_arithmetic("", "", s) == s]  # fmt: skip
+    usable = [dict(r) for r in on_policy if self_contained(r)]
+    everything = usable * on_policy_weight + made + copies
     kept = [r for r in everything if not any(involves_probe(r[k]) for k in ("prefix", "last", "correction"))]
     rng.shuffle(kept)
-    counts = {"on_policy": len(on_policy), "synthetic": len(made), "prose": len(copies),
-              "dropped_probes": len(everything) - len(kept), "trained_on": len(kept),
+    counts = {"on_policy": len(on_policy), "on_policy_self_contained": len(usable), "synthetic": len(made),
+              "prose": len(copies), "dropped_probes": len(everything) - len(kept), "trained_on": len(kept),
               "trained_changed": sum(r["last"].strip() != r["correction"].strip() for r in kept)}  # fmt: skip
     return kept, counts
 
@@ -221,12 +192,11 @@ def main(argv: list[str] | None = None) -> int:
 
     on_policy = [dict(r) for s in sources for r in read_records(s)]
     train_records, report["records"] = step(
-        "records", records, on_policy, seed=args.seed, claims=args.claims, products=args.products,
-        result_problems=args.result_problems, results_per_problem=args.results_per_problem, prose=args.prose,
-        on_policy_weight=args.on_policy_weight, prefix_share=args.prefix_share, prose_files=args.prose_files)  # fmt: skip
+        "records", records, on_policy, seed=args.seed, claims=args.claims, wrong_fraction=args.wrong_fraction,
+        products=args.products, prose=args.prose, on_policy_weight=args.on_policy_weight, prose_files=args.prose_files)  # fmt: skip
     (work / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_records))
     print(f"[aligner] records: {report['records']}", flush=True)
-    texts = [r[k] for r in train_records for k in ("question", "prefix", "last", "correction")] + [PROMPT]
+    texts = [r[k] for r in train_records for k in ("last", "correction")] + [PROMPT]
     tokenizer = step("tokenizer", train_tokenizer, texts, vocab_size=args.vocab_size)
     model = init_model(tokenizer, hidden_size=args.hidden_size, layers=args.layers, seed=args.seed)
     report["parameters"] = sum(p.numel() for p in model.parameters())
@@ -240,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     config = AlignerTrainingConfig(output_dir=str(trained), overwrite_output_dir=True, num_train_epochs=args.epochs,
                                    learning_rate=args.learning_rate, per_device_train_batch_size=args.batch_size,
                                    warmup_steps=0.03, weight_decay=0.01, max_length=args.max_length, seed=args.seed,
-                                   logging_steps=50, disable_tqdm=True if args.no_progress else None)  # fmt: skip
+                                   logging_steps=50, copy_bias=args.copy_bias,
+                                   disable_tqdm=True if args.no_progress else None)  # fmt: skip
     result = step("training", train_aligner, base, work / "train.jsonl", config, aligner_config=aligner_config)
     report["training"] = {"steps": result.global_step, "loss": round(result.train_loss, 4),
                           "peak_rss_mib": round(result.peak_rss_mib)}  # fmt: skip

@@ -5,34 +5,34 @@ import json
 import pytest
 
 from examples.arithmetic import build_small_aligner as small
-from examples.arithmetic.task import check_arithmetic, involves_probe, make_problems
+from examples.arithmetic.task import check_arithmetic_precise, involves_probe
 
 
-def test_result_statements_are_held_in_and_corrected_by_the_checker():
-    held_in = {p.question for p in make_problems(40, seed=3, split="train")}
-    rows = small.result_statements(40, 3, seed=3)
-    assert rows and all(r["question"] in held_in for r in rows)
-    assert all(r["correction"] == check_arithmetic(r["question"], "", r["last"]) for r in rows)
-    changed = [r for r in rows if r["correction"] != r["last"]]
-    assert 0.2 * len(rows) < len(changed) < 0.8 * len(rows)  # about half wrong, every wrong one corrected
-    assert small.result_statements(40, 3, seed=3) == rows
+def test_only_records_the_sentence_alone_shows_are_kept():
+    assert small.self_contained({"last": "So, 42 - 7 = 31.", "correction": "So, 42 - 7 = 35."})
+    assert small.self_contained({"last": "Sleep well.", "correction": "Sleep well."})
+    assert not small.self_contained({"last": "So, the answer is 100.", "correction": "So, the answer is 60."})
 
 
 def test_records_mix_weights_and_leave_out_the_probe():
     on_policy = [
         {"question": "What is 12 + 5?", "prefix": "", "last": "12 + 5 = 18.", "correction": "12 + 5 = 17."},
-        {"question": "What is 17*23?", "prefix": "", "last": "17*23 = 381.", "correction": "17*23 = 391."},
+        {"question": "What is 17*23?", "prefix": "", "last": "17*23 = 381.",
+         "correction": check_arithmetic_precise("", "", "17*23 = 381.")},
         {"question": "What is 12 + 5?", "prefix": "We add.", "last": "So 12 + 5 = 17.", "correction": "So 12 + 5 = 17."},
     ]
     before = json.dumps(on_policy)
-    rows, counts = small.records(on_policy, seed=0, claims=14, products=4, result_problems=8, results_per_problem=2,
-                                 prose=10, on_policy_weight=2, prefix_share=0.5, prose_files=40)  # fmt: skip
+    rows, counts = small.records(on_policy + [{"question": "What is 12 + 5?", "prefix": "", "last": "So it is 18.",
+                                               "correction": "So it is 17."}],
+                                 seed=0, claims=14, wrong_fraction=0.5, products=4, prose=10, on_policy_weight=2,
+                                 prose_files=40)  # fmt: skip
     assert json.dumps(on_policy) == before  # not modified
     assert not any(involves_probe(r[k]) for r in rows for k in ("prefix", "last", "correction"))
     assert sum(r["last"] == "12 + 5 = 18." for r in rows) == 2  # weighted twice
-    assert counts["dropped_probes"] == 2 and counts["trained_on"] == len(rows)
-    assert counts["prose"] > 0 and any(r["last"] == r["correction"] and r["question"] for r in rows)
-    assert any(r["prefix"] in ("We add.",) for r in rows if r["last"] != "So 12 + 5 = 17.")  # prefixes lent out
+    assert not any(r["last"] == "So it is 18." for r in rows)  # wrong only given the question: left out
+    assert counts["on_policy_self_contained"] == 3 and counts["dropped_probes"] == 2
+    assert counts["prose"] > 0 and counts["trained_on"] == len(rows)
+    assert any(r["last"] == r["correction"] and r["question"] for r in rows)
 
 
 def test_tokenizer_reads_digits_one_by_one():
@@ -54,7 +54,7 @@ def test_build_end_to_end_makes_a_loadable_float16_aligner(tmp_path):
     ]))  # fmt: skip
     out = tmp_path / "aligner"
     argv = ["--records", str(records), "--work-dir", str(tmp_path / "work"), "--output", str(out), "--claims", "20",
-            "--products", "4", "--result-problems", "8", "--results-per-problem", "1", "--prose", "10",
+            "--products", "4", "--prose", "10",
             "--prose-files", "40", "--hidden-size", "32", "--layers", "1", "--vocab-size", "400", "--batch-size", "8",
             "--copy-bias", "2.5", "--no-progress"]  # fmt: skip
     assert small.main(argv) == 0
