@@ -290,6 +290,8 @@ def test_copy_biased_loss_is_the_models_loss_at_zero_bias_and_favours_copies(tin
     assert torch.allclose(copy_biased_loss(out.logits, labels, copies, 0.0), out.loss.float(), atol=1e-6)
     # a pure copy: every target has a copy token (the target itself), so a bias can only lower the loss
     assert copy_biased_loss(out.logits, labels, copies, 4.0) < copy_biased_loss(out.logits, labels, copies, 0.0)
+    mixed = copy_biased_loss(out.logits, labels, copies, 4.0, plain_weight=0.5)
+    assert torch.allclose(mixed, copy_biased_loss(out.logits, labels, copies, 4.0) + 0.5 * out.loss.float(), atol=1e-6)
 
 
 def test_train_with_copy_bias_saves_an_aligner_that_runs_with_it(tiny_base, tmp_path):
@@ -297,7 +299,8 @@ def test_train_with_copy_bias_saves_an_aligner_that_runs_with_it(tiny_base, tmp_
     out = tmp_path / "biased"
     result = train_aligner(
         tiny_base, data, AlignerTrainingConfig(output_dir=str(out), num_train_epochs=10, learning_rate=3e-3,
-                                               per_device_train_batch_size=8, copy_bias=3.0, **_quiet()),
+                                               per_device_train_batch_size=8, copy_bias=3.0,
+                                               copy_bias_plain_weight=0.5, **_quiet()),
         eval_file=data,
     )  # fmt: skip
     assert result.global_step == 20 and result.eval_loss is not None and result.eval_loss < 1.0
@@ -308,6 +311,8 @@ def test_train_with_copy_bias_saves_an_aligner_that_runs_with_it(tiny_base, tmp_
     ]
     with pytest.raises(ValueError, match="copy_bias must be a finite number >= 0"):
         AlignerTrainingConfig(output_dir=str(tmp_path / "x"), copy_bias=-1.0)
+    with pytest.raises(ValueError, match="copy_bias_plain_weight must be"):
+        AlignerTrainingConfig(output_dir=str(tmp_path / "x"), copy_bias_plain_weight=float("nan"))
 
 
 # ------------------------------------------------------------------------------------------- nothing partial

@@ -50,10 +50,10 @@ PROMPT = ">>> {last}\n<<< "
 
 #: Flag defaults (the build of 2026-11-24).
 SETTINGS: dict[str, Any] = {
-    "claims": 40000, "wrong_fraction": 0.4, "products": 8000, "prose": 10000, "prose_files": 3000,
+    "claims": 8000, "facts": 60000, "wrong_fraction": 0.4, "products": 4000, "prose": 6000, "prose_files": 3000,
     "on_policy_weight": 2, "vocab_size": 2048, "hidden_size": 256, "layers": 4,
-    "epochs": 3.0, "learning_rate": 2e-3, "batch_size": 64, "max_length": 256, "max_correction_tokens": 160,
-    "copy_bias": 5.0,
+    "epochs": 5.0, "learning_rate": 2e-3, "batch_size": 64, "max_length": 256, "max_correction_tokens": 160,
+    "copy_bias": 5.0, "plain_weight": 0.1,
 }  # fmt: skip
 
 
@@ -104,8 +104,49 @@ def prose_sentences(n: int, *, seed: int, max_files: int = 3000) -> list[str]:
     return sentences[:n]
 
 
+def embedded_facts(n: int, *, seed: int, wrong_fraction: float, carriers: list[str]) -> list[dict[str, str]]:
+    """``n`` records whose sentence states one held-in fact ``a op b = c`` (operands 2-99 as the problems draw them,
+    never a held-out triple nor a probe), a ``wrong_fraction`` share with a near-miss result, written bare or inside
+    the opening words of a ``carriers`` sentence (so the aligner learns to copy any context and change the result
+    only), corrected by :func:`~.task.check_arithmetic_precise`. Pure, seeded.
+
+    >>> r = embedded_facts(3, seed=0, wrong_fraction=1.0, carriers=["The value of a thing is kept here."])
+    >>> all(x["correction"] != x["last"] for x in r), len(r)
+    (True, 3)
+    """
+    from .task import PROBES, ArithmeticProblem, _near_miss, check_arithmetic_precise
+
+    rng = random.Random(seed)
+    syms = {"+": ["+", " + "], "-": ["-", " - "], "*": ["*", " * ", " × ", "×", " x "], "/": ["/", " / ", " ÷ "]}
+    out: list[dict[str, str]] = []
+    while len(out) < n:
+        op = "+-*/"[len(out) % 4]
+        if op == "/":
+            b = rng.randint(2, 49)
+            a = b * rng.randint(2, 99 // b)
+        else:
+            a, b = rng.randint(2, 99), rng.randint(2, 99)
+            if op == "-" and a < b:
+                a, b = b, a
+        if (a, op, b) in PROBES or ArithmeticProblem(a, op, b, "").split != "train":
+            continue
+        value = int(ArithmeticProblem(a, op, b, "").answer)
+        c = _near_miss(value, rng) if rng.random() < wrong_fraction else value
+        claim = f"{a}{rng.choice(syms[op])}{b} = {c}"
+        if rng.random() < 0.3 or not carriers:
+            last = claim + rng.choice([".", "", ",", " in total."])
+        else:
+            words = rng.choice(carriers).rstrip(".").split()
+            last = " ".join(words[: rng.randint(1, min(8, len(words)))]) + rng.choice([" ", ": ", ", "]) + claim + "."
+        correction = check_arithmetic_precise("", "", last)
+        if (correction == last) != (c == value):  # the checker must see the claim; else it is no record
+            continue
+        out.append({"question": f"What is {a} {op} {b}?", "prefix": "", "last": last, "correction": correction})
+    return out
+
+
 def records(on_policy: list[dict[str, str]], *, seed: int, claims: int, wrong_fraction: float, products: int,
-            prose: int, on_policy_weight: int, prose_files: int = 3000) -> tuple[list[dict[str, str]], dict[str, int]]:  # fmt: skip
+            prose: int, on_policy_weight: int, prose_files: int = 3000, facts: int = 0) -> tuple[list[dict[str, str]], dict[str, int]]:  # fmt: skip
     """The training records (step 1 of the module docstring), shuffled, and their counts. On-policy records that are
     not :func:`self_contained` and records writing a probe (17*23) are left out. Does not modify ``on_policy``."""
     from .claims import make_claims, other_questions, precise_correction
@@ -116,8 +157,10 @@ def records(on_policy: list[dict[str, str]], *, seed: int, claims: int, wrong_fr
             for c in make_claims(claims, seed=seed, split="train", wrong_fraction=wrong_fraction)]  # fmt: skip
     made += synthetic_product_claims(products, seed=seed, wrong_fraction=wrong_fraction, corrector=check_arithmetic_precise)
     questions = other_questions("train")  # records need one; the prompt does not show it
+    sentences = prose_sentences(prose, seed=seed, max_files=prose_files)
     copies = [{"question": rng.choice(questions), "prefix": "", "last": s, "correction": s}
-              for s in prose_sentences(prose, seed=seed, max_files=prose_files) if check_arithmetic("", "", s) == s]  # fmt: skip
+              for s in sentences if check_arithmetic("", "", s) == s]  # fmt: skip
+    made += embedded_facts(facts, seed=seed, wrong_fraction=wrong_fraction, carriers=sentences)
     usable = [dict(r) for r in on_policy if self_contained(r)]
     everything = usable * on_policy_weight + made + copies
     kept = [r for r in everything if not any(involves_probe(r[k]) for k in ("prefix", "last", "correction"))]
@@ -193,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     on_policy = [dict(r) for s in sources for r in read_records(s)]
     train_records, report["records"] = step(
         "records", records, on_policy, seed=args.seed, claims=args.claims, wrong_fraction=args.wrong_fraction,
-        products=args.products, prose=args.prose, on_policy_weight=args.on_policy_weight, prose_files=args.prose_files)  # fmt: skip
+        products=args.products, prose=args.prose, on_policy_weight=args.on_policy_weight, prose_files=args.prose_files,
+        facts=args.facts)  # fmt: skip
     (work / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_records))
     print(f"[aligner] records: {report['records']}", flush=True)
     texts = [r[k] for r in train_records for k in ("last", "correction")] + [PROMPT]
@@ -210,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     config = AlignerTrainingConfig(output_dir=str(trained), overwrite_output_dir=True, num_train_epochs=args.epochs,
                                    learning_rate=args.learning_rate, per_device_train_batch_size=args.batch_size,
                                    warmup_steps=0.03, weight_decay=0.01, max_length=args.max_length, seed=args.seed,
-                                   logging_steps=50, copy_bias=args.copy_bias,
+                                   logging_steps=50, copy_bias=args.copy_bias, copy_bias_plain_weight=args.plain_weight,
+                                   train_sampling_strategy="group_by_length",
                                    disable_tqdm=True if args.no_progress else None)  # fmt: skip
     result = step("training", train_aligner, base, work / "train.jsonl", config, aligner_config=aligner_config)
     report["training"] = {"steps": result.global_step, "loss": round(result.train_loss, 4),

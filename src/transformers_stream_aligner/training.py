@@ -174,11 +174,13 @@ class _CopyIdsCollator:
         return batch
 
 
-def copy_biased_loss(logits: Any, labels: Any, copy_ids: Any, bias: float, num_items_in_batch: Any = None) -> Any:
+def copy_biased_loss(
+    logits: Any, labels: Any, copy_ids: Any, bias: float, num_items_in_batch: Any = None, *, plain_weight: float = 0.0
+) -> Any:
     """Causal-LM cross-entropy with ``bias`` added to each position's copy-token logit (``copy_ids``, aligned with
-    ``labels``; ``-100``: none), as :class:`~.aligner_decoding.CopyBiasLogitsProcessor` adds it at inference.
-    Summed over the target tokens and divided by ``num_items_in_batch`` (default: their count). Does not modify
-    its inputs.
+    ``labels``; ``-100``: none), as :class:`~.aligner_decoding.CopyBiasLogitsProcessor` adds it at inference, plus
+    ``plain_weight`` times the plain cross-entropy (without the bias). Summed over the target tokens and divided by
+    ``num_items_in_batch`` (default: their count). Does not modify its inputs.
 
     >>> import torch
     >>> logits = torch.zeros(1, 3, 4)
@@ -195,12 +197,16 @@ def copy_biased_loss(logits: Any, labels: Any, copy_ids: Any, bias: float, num_i
     loss = torch.nn.functional.cross_entropy(
         (logits + bias_add).reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
     )
+    if plain_weight:
+        loss = loss + plain_weight * torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
+        )
     count = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
     return loss / count
 
 
-def _copy_bias_trainer(bias: float) -> Any:
-    """A ``Trainer`` subclass whose loss is :func:`copy_biased_loss` with ``bias``."""
+def _copy_bias_trainer(bias: float, plain_weight: float) -> Any:
+    """A ``Trainer`` subclass whose loss is :func:`copy_biased_loss` with ``bias`` and ``plain_weight``."""
     from transformers import Trainer
 
     class CopyBiasTrainer(Trainer):
@@ -208,7 +214,7 @@ def _copy_bias_trainer(bias: float) -> Any:
             inputs = dict(inputs)
             labels, copy_ids = inputs.pop("labels"), inputs.pop("copy_ids")
             outputs = model(**inputs)
-            loss = copy_biased_loss(outputs.logits, labels, copy_ids, bias, num_items_in_batch)
+            loss = copy_biased_loss(outputs.logits, labels, copy_ids, bias, num_items_in_batch, plain_weight=plain_weight)
             return (loss, outputs) if return_outputs else loss
 
     return CopyBiasTrainer
@@ -315,7 +321,7 @@ def train_aligner(
     trainer_class = Trainer
     if copy_targets:  # copy_ids ride beside the labels (the stock column filter would drop them)
         trainer_args = dataclasses.replace(trainer_args, remove_unused_columns=False)
-        collator, trainer_class = _CopyIdsCollator(collator), _copy_bias_trainer(config.copy_bias)
+        collator, trainer_class = _CopyIdsCollator(collator), _copy_bias_trainer(config.copy_bias, config.copy_bias_plain_weight)
     if eval_examples is not None and getattr(trainer_args.eval_strategy, "value", trainer_args.eval_strategy) == "no":
         trainer_args = dataclasses.replace(trainer_args, eval_strategy="epoch")
     padding_side = tokenizer.padding_side

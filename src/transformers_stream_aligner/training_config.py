@@ -47,6 +47,8 @@ class AlignerTrainingConfig(TrainingArguments):
             continues copying it, as :class:`~.aligner_decoding.CopyTracker` finds it at inference) raised by this
             much, so the model learns only where and how to depart from the sentence. The saved aligner runs with
             the same bias. ``0`` (default): plain cross-entropy.
+        copy_bias_plain_weight: with ``copy_bias``, also this much of the plain cross-entropy (no bias): the model
+            still has to read the sentence itself, which it needs to compute what replaces a wrong part.
     """
 
     num_train_epochs: float = field(default=3.0, metadata={"help": "Training epochs (reference: 3)."})
@@ -68,6 +70,9 @@ class AlignerTrainingConfig(TrainingArguments):
     copy_bias: float = field(
         default=0.0, metadata={"help": "Train (and save the aligner) with this copy bias on the copy token's logit (0: off)."}
     )
+    copy_bias_plain_weight: float = field(
+        default=0.0, metadata={"help": "With --copy-bias: weight of the plain (unbiased) loss added to the biased one."}
+    )
     keep_checkpoints: bool = field(default=False, metadata={"help": "Keep checkpoint_dir after success."})
     overwrite_output_dir: bool = field(
         default=False, metadata={"help": "Replace a non-empty output_dir (only once training has succeeded)."}
@@ -80,6 +85,8 @@ class AlignerTrainingConfig(TrainingArguments):
             raise ValueError(f"max_length must be at least 8 tokens, got {self.max_length}")
         if not 0 <= self.copy_bias < float("inf"):
             raise ValueError(f"copy_bias must be a finite number >= 0, got {self.copy_bias}")
+        if not 0 <= self.copy_bias_plain_weight < float("inf"):
+            raise ValueError(f"copy_bias_plain_weight must be a finite number >= 0, got {self.copy_bias_plain_weight}")
         super().__post_init__()
 
     @property

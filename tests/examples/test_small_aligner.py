@@ -14,6 +14,24 @@ def test_only_records_the_sentence_alone_shows_are_kept():
     assert not small.self_contained({"last": "So, the answer is 100.", "correction": "So, the answer is 60."})
 
 
+def test_embedded_facts_are_held_in_and_corrected_by_the_checker():
+    import re
+
+    from examples.arithmetic.task import ArithmeticProblem
+
+    carriers = ["Return the number of items in the given container.", "The value is kept in a cache."]
+    rows = small.embedded_facts(200, seed=4, wrong_fraction=0.5, carriers=carriers)
+    assert len(rows) == 200 and rows == small.embedded_facts(200, seed=4, wrong_fraction=0.5, carriers=carriers)
+    for r in rows:
+        assert r["correction"] == check_arithmetic_precise("", "", r["last"])
+        a, op, b = re.search(r"(\d+) ?([-+*×x/÷]) ?(\d+) =", r["last"]).groups()
+        op = {"×": "*", "x": "*", "÷": "/"}.get(op, op)
+        assert ArithmeticProblem(int(a), op, int(b), "").split == "train" and not involves_probe(r["last"])
+    changed = sum(r["correction"] != r["last"] for r in rows)
+    assert 60 < changed < 140  # about half wrong, each one corrected
+    assert any(r["last"].startswith(("Return", "The")) for r in rows)  # claims inside other text
+
+
 def test_records_mix_weights_and_leave_out_the_probe():
     on_policy = [
         {"question": "What is 12 + 5?", "prefix": "", "last": "12 + 5 = 18.", "correction": "12 + 5 = 17."},
