@@ -309,6 +309,11 @@ def test_train_with_copy_bias_saves_an_aligner_that_runs_with_it(tiny_base, tmp_
     assert aligner.correct([AlignmentRequest(RECORD["question"], RECORD["prefix"], RECORD["last"])]) == [
         RECORD["correction"]
     ]
+    # the CLI flags come from the config dataclass
+    code = cli_main(["train", "--base-model", str(tiny_base), "--train-file", str(data), "--output-dir",
+                     str(tmp_path / "cli"), "--num-train-epochs", "1", "--copy-bias", "2", "--copy-bias-plain-weight",
+                     "0.5", "--no-progress"])  # fmt: skip
+    assert code == 0 and StreamAligner.from_pretrained(tmp_path / "cli").config.copy_bias == 2.0
     with pytest.raises(ValueError, match="copy_bias must be a finite number >= 0"):
         AlignerTrainingConfig(output_dir=str(tmp_path / "x"), copy_bias=-1.0)
     with pytest.raises(ValueError, match="copy_bias_plain_weight must be"):

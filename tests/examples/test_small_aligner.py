@@ -72,7 +72,7 @@ def test_build_end_to_end_makes_a_loadable_float16_aligner(tmp_path):
     ]))  # fmt: skip
     out = tmp_path / "aligner"
     argv = ["--records", str(records), "--work-dir", str(tmp_path / "work"), "--output", str(out), "--claims", "20",
-            "--products", "4", "--prose", "10",
+            "--products", "4", "--facts", "20", "--epochs", "1", "--prose", "10",
             "--prose-files", "40", "--hidden-size", "32", "--layers", "1", "--vocab-size", "400", "--batch-size", "8",
             "--copy-bias", "2.5", "--no-progress"]  # fmt: skip
     assert small.main(argv) == 0
@@ -84,6 +84,15 @@ def test_build_end_to_end_makes_a_loadable_float16_aligner(tmp_path):
     assert aligner.config.instruction_template == small.PROMPT and aligner.config.copy_bias == 2.5
     [text] = aligner.correct([AlignmentRequest("What is 12 + 5?", "", "12 + 5 = 17.")])
     assert isinstance(text, str)
+    # the quick paired measure replays a report's sentences through it
+    from examples.arithmetic import replay
+
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"rows": [{"question": "What is 12 + 5?", "stream-trained": {"sentences": [
+        ["12 + 5 = 18.", "12 + 5 = 17."], ["Sleep well.", "Sleep well."]]}}]}))  # fmt: skip
+    assert replay.main(["--aligner", str(out), "--report", str(report), "--biases", "0,9", "--output", str(tmp_path / "r.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [r["copy_bias"] for r in rows] == [0.0, 9.0] and all(r["wrong"] == 1 and r["report_fixed"] == 1 for r in rows)
 
 
 def test_build_says_where_the_on_policy_records_come_from(tmp_path, capsys):
