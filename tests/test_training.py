@@ -306,6 +306,7 @@ def test_train_with_copy_bias_saves_an_aligner_that_runs_with_it(tiny_base, tmp_
     assert result.global_step == 20 and result.eval_loss is not None and result.eval_loss < 1.0
     aligner = StreamAligner.from_pretrained(out)
     assert aligner.config.copy_bias == 3.0
+    assert "| loss | copy bias 3 on the copy token's logit + 0.5 x plain cross-entropy |" in (out / "README.md").read_text()
     assert aligner.correct([AlignmentRequest(RECORD["question"], RECORD["prefix"], RECORD["last"])]) == [
         RECORD["correction"]
     ]

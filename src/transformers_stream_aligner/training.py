@@ -98,6 +98,8 @@ class TrainingResult:
 
 
 def _recipe(config: AlignerTrainingConfig, world_size: int) -> dict[str, Any]:
+    loss = {"loss": f"copy bias {config.copy_bias:g} on the copy token's logit"
+            + (f" + {config.copy_bias_plain_weight:g} x plain cross-entropy" if config.copy_bias_plain_weight else "")}
     return {
         "epochs": config.num_train_epochs if config.max_steps <= 0 else f"max_steps={config.max_steps}",
         "learning rate": config.learning_rate,
@@ -110,6 +112,7 @@ def _recipe(config: AlignerTrainingConfig, world_size: int) -> dict[str, Any]:
         "max length": config.max_length,
         "precision": "bf16" if config.bf16 else ("fp16" if config.fp16 else "float32"),
         "seed": config.seed,
+        **(loss if config.copy_bias else {}),
     }
 
 
