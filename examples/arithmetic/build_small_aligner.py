@@ -114,20 +114,14 @@ def embedded_facts(n: int, *, seed: int, wrong_fraction: float, carriers: list[s
     >>> all(x["correction"] != x["last"] for x in r), len(r)
     (True, 3)
     """
-    from .task import PROBES, ArithmeticProblem, _near_miss, check_arithmetic_precise
+    from .task import PROBES, ArithmeticProblem, _near_miss, check_arithmetic_precise, draw_operands
 
     rng = random.Random(seed)
     syms = {"+": ["+", " + "], "-": ["-", " - "], "*": ["*", " * ", " × ", "×", " x "], "/": ["/", " / ", " ÷ "]}
     out: list[dict[str, str]] = []
     while len(out) < n:
         op = "+-*/"[len(out) % 4]
-        if op == "/":
-            b = rng.randint(2, 49)
-            a = b * rng.randint(2, 99 // b)
-        else:
-            a, b = rng.randint(2, 99), rng.randint(2, 99)
-            if op == "-" and a < b:
-                a, b = b, a
+        a, b = draw_operands(op, rng)
         if (a, op, b) in PROBES or ArithmeticProblem(a, op, b, "").split != "train":
             continue
         value = int(ArithmeticProblem(a, op, b, "").answer)

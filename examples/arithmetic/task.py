@@ -137,6 +137,20 @@ def _apply(a: Fraction, op: str, b: Fraction) -> Fraction:
     return a / b
 
 
+def draw_operands(op: str, rng: random.Random) -> tuple[int, int]:
+    """Operands of one problem as :func:`make_problems` draws them: 2-99; a division's dividend and divisor with a
+    whole quotient; a subtraction's result not negative. Advances ``rng``.
+
+    >>> a, b = draw_operands("/", random.Random(0)); a % b == 0 and 2 <= b <= 49 and a <= 99
+    True
+    """
+    if op == "/":
+        b = rng.randint(2, 49)
+        return b * rng.randint(2, 99 // b), b
+    a, b = rng.randint(2, 99), rng.randint(2, 99)
+    return (b, a) if op == "-" and a < b else (a, b)
+
+
 def make_problems(n: int, *, seed: int = 0, split: str = "train", word_fraction: float = 0.5) -> list[ArithmeticProblem]:
     """``n`` distinct problems of one split, seeded: operators equally often, operands 2-99 (a division's
     dividend and divisor too, with a whole quotient; a subtraction's result is not negative).
@@ -159,13 +173,7 @@ def make_problems(n: int, *, seed: int = 0, split: str = "train", word_fraction:
         if attempts > 200 * (n + 10):
             raise ValueError(f"could not draw {n} distinct {split} problems (about 60 divisions exist in 'test')")
         op = ops[len(out) % 4]
-        if op == "/":
-            b = rng.randint(2, 49)
-            a = b * rng.randint(2, 99 // b)
-        else:
-            a, b = rng.randint(2, 99), rng.randint(2, 99)
-            if op == "-" and a < b:
-                a, b = b, a
+        a, b = draw_operands(op, rng)
         key = (a, op, b)
         probe = ArithmeticProblem(a, op, b, "")
         if key in seen or probe.split != split:
