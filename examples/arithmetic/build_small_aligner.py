@@ -18,12 +18,17 @@ Steps (every one in this process; wall times printed and saved in ``build_report
    the precise recipe's greedy on-policy records (SmolLM2's answers to 320 held-in problems and the 88 held-in
    non-arithmetic questions, corrected by :func:`~.task.check_arithmetic_precise`; ``--records``, as
    ``make aligner-precise`` collects them) that the sentence alone shows (:func:`self_contained`), weighted twice;
-   claims in many written forms (:func:`~.claims.make_claims`, ``--wrong-fraction`` wrong); product claims (worked
-   out where wrong); prose to copy (:func:`prose_sentences`: sentences of the Python standard library's
-   docstrings, none with arithmetic).
+   claims in many written forms (:func:`~.claims.make_claims`, ``--wrong-fraction`` wrong); product claims; held-in
+   facts inside other text (:func:`embedded_facts`) and claims of every style put anywhere in other sentences
+   (:func:`carried_claims`); prose to copy (:func:`prose_sentences`: sentences of the Python standard library's
+   docstrings, none with arithmetic). With ``--direct`` (the default) every wrong result is corrected in place, no
+   worked form.
 2. A byte-level BPE tokenizer trained on those records (:func:`train_tokenizer`: every digit its own token).
-3. A Llama initialised from its config (:func:`init_model`, seeded).
-4. :func:`~transformers_stream_aligner.train_aligner` on all weights with ``copy_bias`` (:data:`SETTINGS`).
+3. A Llama initialised from its config (:func:`init_model`, seeded), then taught the digit arithmetic on bare
+   held-in equations (:func:`arithmetic_facts`, :func:`pretrain_arithmetic`; ``--pretrain-facts 0`` skips it);
+   its accuracy on held-out equations is measured (:func:`arithmetic_accuracy`) and reported.
+4. :func:`~transformers_stream_aligner.train_aligner` on all weights with ``copy_bias`` (:data:`SETTINGS`); the
+   held-out equations are measured again (does the arithmetic survive?).
 5. Stored in float16 (about 8 MiB) with ``stream_aligner_config.json`` (the prompt and the copy bias), the model
    card and ``build_report.json``.
 """
@@ -50,9 +55,10 @@ PROMPT = ">>> {last}\n<<< "
 
 #: Flag defaults (the build of 2026-11-24).
 SETTINGS: dict[str, Any] = {
-    "claims": 8000, "facts": 60000, "wrong_fraction": 0.4, "products": 4000, "prose": 6000, "prose_files": 3000,
-    "on_policy_weight": 2, "vocab_size": 2048, "hidden_size": 256, "layers": 4,
-    "epochs": 5.0, "learning_rate": 2e-3, "batch_size": 64, "max_length": 256, "max_correction_tokens": 160,
+    "claims": 8000, "facts": 30000, "carried": 30000, "wrong_fraction": 0.4, "products": 4000, "prose": 6000,
+    "prose_files": 3000, "on_policy_weight": 2, "direct": True, "vocab_size": 2048, "hidden_size": 256, "layers": 4,
+    "pretrain_facts": 256000, "pretrain_epochs": 3.0, "pretrain_learning_rate": 2e-3, "pretrain_batch_size": 256,
+    "epochs": 2.0, "learning_rate": 1e-3, "batch_size": 64, "max_length": 256, "max_correction_tokens": 160,
     "copy_bias": 5.0, "plain_weight": 0.1,
 }  # fmt: skip
 
@@ -139,12 +145,70 @@ def embedded_facts(n: int, *, seed: int, wrong_fraction: float, carriers: list[s
     return out
 
 
+def carried_claims(n: int, *, seed: int, wrong_fraction: float, carriers: list[str]) -> list[dict[str, str]]:
+    """``n`` records whose sentence is a ``carriers`` sentence with a held-in claim (:mod:`.claims` styles: plain,
+    spacing, currency, thousands, decimal, chain, words; operands of the ``"train"`` split) put in at the start, in
+    the middle or at the end, a ``wrong_fraction`` share with a near-miss result. The correction is the same sentence
+    with the right result written directly (no worked form); records the exact judge (:func:`~.task.judge_sentence`)
+    would not see that way (a form it misreads, a change in words it cannot check) are skipped. Many frames, so the aligner learns to read a claim
+    wherever it stands rather than the few frames :func:`~.claims.make_claims` writes. Pure, seeded.
+
+    >>> r = carried_claims(14, seed=0, wrong_fraction=0.5, carriers=["The value of a thing is kept here."])
+    >>> len(r), any(x["last"] != x["correction"] for x in r), any("thing" in x["last"] for x in r)
+    (14, True, True)
+    """
+    from fractions import Fraction
+
+    from .claims import _OPS, _WORD, STYLES, _apply, _claim_text, _fmt, _near, _operands, _split_of
+    from .task import PROBES, judge_sentence
+
+    rng = random.Random(seed)
+    out: list[dict[str, str]] = []
+    while len(out) < n:
+        style, op = STYLES[len(out) % len(STYLES)], _OPS[(len(out) // len(STYLES)) % len(_OPS)]
+        if style == "chain" and op == "/":
+            op = "+"
+        a, b = _operands(op, style, rng)
+        if (int(a), op, int(b)) in PROBES or _split_of(f"{a}{op}{b}") != "train":
+            continue
+        third = Fraction(rng.randint(2, 99)) if style == "chain" else None
+        value = _apply(a, op, b) + (third or 0)
+        stated = _near(value, style, rng) if rng.random() < wrong_fraction else value
+        if value < 0 or stated < 0:
+            continue
+        sym_seed = rng.random()
+        claim, right = (_claim_text(a, op, b, v, style, random.Random(sym_seed), third) for v in (stated, value))
+        words = rng.choice(carriers).rstrip(".").split() if carriers else []
+        where = rng.randrange(3) if words else 0
+        if where == 0:
+            frame = ("", rng.choice([".", ", " + " ".join(words[:6]).lower() + ".", " " + rng.choice(["in all.", "so far.", ""])]))
+        elif where == 1:
+            k = rng.randint(1, len(words))
+            opening, closing = rng.choice([(" ", " "), (": ", ", "), (", ", ", "), (" (", ") "), (" as ", " ")])
+            frame = (" ".join(words[:k]) + opening, (closing + " ".join(words[k:]) if k < len(words) else "").rstrip() + ".")
+        else:
+            frame = (" ".join(words) + rng.choice([", so ", ": ", "; ", " since ", ", and "]), rng.choice([".", "!", " here."]))
+        last, correction = ((frame[0] + c + frame[1]).strip() for c in (claim, right))
+        if judge_sentence("", correction) == "wrong" or (last != correction and judge_sentence("", last) != "wrong"):
+            continue  # the judge must see what the record teaches (a misread form, or a change it cannot check)
+        question = f"What is {_fmt(a, style)} {_WORD[op]} {_fmt(b, style)}?"
+        out.append({"question": question, "prefix": "", "last": last, "correction": correction})
+    return out
+
+
 def records(on_policy: list[dict[str, str]], *, seed: int, claims: int, wrong_fraction: float, products: int,
-            prose: int, on_policy_weight: int, prose_files: int = 3000, facts: int = 0) -> tuple[list[dict[str, str]], dict[str, int]]:  # fmt: skip
+            prose: int, on_policy_weight: int, prose_files: int = 3000, facts: int = 0, carried: int = 0,
+            direct: bool = False) -> tuple[list[dict[str, str]], dict[str, int]]:  # fmt: skip
     """The training records (step 1 of the module docstring), shuffled, and their counts. On-policy records that are
     not :func:`self_contained` and records writing a probe (17*23) are left out. Does not modify ``on_policy``."""
     from .claims import make_claims, other_questions, precise_correction
-    from .task import check_arithmetic, check_arithmetic_precise, involves_probe, synthetic_product_claims
+    from .task import (
+        check_arithmetic,
+        check_arithmetic_precise,
+        involves_probe,
+        judge_sentence,
+        synthetic_product_claims,
+    )
 
     rng = random.Random(seed)
     made = [{"question": c.question, "prefix": "", "last": c.last, "correction": precise_correction(c)}
@@ -155,14 +219,120 @@ def records(on_policy: list[dict[str, str]], *, seed: int, claims: int, wrong_fr
     copies = [{"question": rng.choice(questions), "prefix": "", "last": s, "correction": s}
               for s in sentences if check_arithmetic("", "", s) == s]  # fmt: skip
     made += embedded_facts(facts, seed=seed, wrong_fraction=wrong_fraction, carriers=sentences)
+    made += carried_claims(carried, seed=seed + 1, wrong_fraction=wrong_fraction, carriers=sentences)
     usable = [dict(r) for r in on_policy if self_contained(r)]
     everything = usable * on_policy_weight + made + copies
+    if direct:  # every wrong result corrected in place, no worked form
+        for r in everything:
+            if r["last"].strip() != r["correction"].strip():
+                r["correction"] = check_arithmetic("", "", r["last"])
+        everything = [r for r in everything if judge_sentence("", r["correction"]) != "wrong"]
     kept = [r for r in everything if not any(involves_probe(r[k]) for k in ("prefix", "last", "correction"))]
     rng.shuffle(kept)
     counts = {"on_policy": len(on_policy), "on_policy_self_contained": len(usable), "synthetic": len(made),
               "prose": len(copies), "dropped_probes": len(everything) - len(kept), "trained_on": len(kept),
               "trained_changed": sum(r["last"].strip() != r["correction"].strip() for r in kept)}  # fmt: skip
     return kept, counts
+
+
+def arithmetic_facts(n: int, *, seed: int) -> list[tuple[str, str]]:
+    """``n`` bare equations ``(left, result)`` such as ``("58 - 37 = ", "21")`` for :func:`pretrain_arithmetic`:
+    operands as the problems draw them (2-99) seven times in ten, else wider (sums and differences up to 999, a
+    product or quotient of up to three digits by one), every operator sign and spacing the records use; never a
+    held-out triple (``split == "test"``) nor a probe. Pure, seeded.
+
+    >>> facts = arithmetic_facts(4, seed=0)
+    >>> all(eval(left.replace("×", "*").replace("÷", "/").replace(" x ", "*").rstrip("= ")) == int(r) for left, r in facts)
+    True
+    """
+    from .task import PROBES, ArithmeticProblem, draw_operands
+
+    syms = {"+": ["+", " + "], "-": ["-", " - ", " -"], "*": ["*", " * ", " × ", "×", " x "], "/": ["/", " / ", " ÷ "]}
+    rng = random.Random(seed)
+    out: list[tuple[str, str]] = []
+    while len(out) < n:
+        op = rng.choice("+-*/")
+        if rng.random() < 0.7:
+            a, b = draw_operands(op, rng)
+        elif op in "+-":
+            a, b = rng.randint(1, 999), rng.randint(1, 999)
+            a, b = (b, a) if op == "-" and a < b else (a, b)
+        elif op == "*":
+            a, b = rng.randint(2, 999), rng.randint(2, 9)
+            a, b = (b, a) if rng.random() < 0.5 else (a, b)
+        else:
+            b = rng.randint(2, 9)
+            a = b * rng.randint(2, 999 // b)
+        problem = ArithmeticProblem(a, op, b, "")
+        if (a, op, b) in PROBES or problem.split == "test":
+            continue
+        out.append((f"{a}{rng.choice(syms[op])}{b} = ", str(int(problem.answer))))
+    return out
+
+
+def pretrain_arithmetic(model: Any, tokenizer: Any, facts: list[tuple[str, str]], *, output_dir: str, epochs: float,
+                        batch_size: int, learning_rate: float, seed: int, progress: bool = True) -> Any:  # fmt: skip
+    """Teach ``model`` the digit arithmetic before it learns to correct (step 3b of the module docstring): a causal-LM
+    pass with ``transformers.Trainer`` over ``facts``, the loss on the result tokens and EOS only (the operands are
+    random and not worth predicting). Short sequences, so thousands of steps cost minutes where the correction
+    records would cost hours. Trains ``model`` in place and returns Trainer's ``TrainOutput``."""
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    class Facts:  # a map-style dataset, tokenized once
+        def __init__(self) -> None:
+            lefts = tokenizer([left for left, _ in facts], add_special_tokens=False)["input_ids"]
+            results = tokenizer([r for _, r in facts], add_special_tokens=False)["input_ids"]
+            self.items = [{"input_ids": a + b + [tokenizer.eos_token_id], "labels": [-100] * len(a) + b + [tokenizer.eos_token_id]}
+                          for a, b in zip(lefts, results, strict=True)]  # fmt: skip
+
+        def __len__(self) -> int:
+            return len(self.items)
+
+        def __getitem__(self, i: int) -> dict[str, list[int]]:
+            return self.items[i]
+
+    args = TrainingArguments(output_dir=output_dir, num_train_epochs=epochs, per_device_train_batch_size=batch_size,
+                             learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05,
+                             weight_decay=0.01, adam_beta2=0.98, max_grad_norm=1.0, logging_steps=100,
+                             save_strategy="no", report_to=[], seed=seed, disable_tqdm=not progress,
+                             dataloader_num_workers=0, dataloader_pin_memory=False)  # fmt: skip
+    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    return Trainer(model=model, args=args, train_dataset=Facts(), data_collator=collator).train()
+
+
+def arithmetic_accuracy(model: Any, tokenizer: Any, *, n: int = 400, seed: int = 7) -> dict[str, float]:
+    """The share of ``n`` held-out bare equations (``split == "test"`` triples as the problems draw them, operators in
+    turn) that ``model`` completes right, greedy, per operator: what :func:`pretrain_arithmetic` taught, and whether
+    training on the correction records kept it. Reads ``model`` (evaluation mode for the call) and leaves
+    ``tokenizer.padding_side`` as it was."""
+    import torch
+
+    from .task import ArithmeticProblem, draw_operands
+
+    rng, triples = random.Random(seed), []
+    while len(triples) < n:
+        op = "+-*/"[len(triples) % 4]
+        a, b = draw_operands(op, rng)
+        if ArithmeticProblem(a, op, b, "").split == "test":
+            triples.append((a, op, b))
+    side, was_training = tokenizer.padding_side, model.training
+    tokenizer.padding_side = "left"
+    model.eval()
+    right = dict.fromkeys("+-*/", 0)
+    try:
+        for i in range(0, n, 100):
+            chunk = triples[i : i + 100]
+            enc = tokenizer([f"{a} {op} {b} = " for a, op, b in chunk], return_tensors="pt", padding=True,
+                            add_special_tokens=False)  # fmt: skip
+            with torch.no_grad():
+                out = model.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            for (a, op, b), text in zip(chunk, texts, strict=True):
+                right[op] += text.strip() == str(int(ArithmeticProblem(a, op, b, "").answer))
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return {op: round(k / (n // 4), 3) for op, k in right.items()}
 
 
 def train_tokenizer(texts: list[str], *, vocab_size: int) -> Any:
@@ -205,7 +375,11 @@ def main(argv: list[str] | None = None) -> int:
                              "collected by make aligner-precise)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     for name, value in SETTINGS.items():
-        parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value, help=f"(default {value})")
+        if isinstance(value, bool):
+            parser.add_argument("--" + name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=value,
+                                help=f"(default {value})")  # fmt: skip
+        else:
+            parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value, help=f"(default {value})")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
@@ -231,13 +405,21 @@ def main(argv: list[str] | None = None) -> int:
     train_records, report["records"] = step(
         "records", records, on_policy, seed=args.seed, claims=args.claims, wrong_fraction=args.wrong_fraction,
         products=args.products, prose=args.prose, on_policy_weight=args.on_policy_weight, prose_files=args.prose_files,
-        facts=args.facts)  # fmt: skip
+        facts=args.facts, carried=args.carried, direct=args.direct)  # fmt: skip
     (work / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_records))
     print(f"[aligner] records: {report['records']}", flush=True)
     texts = [r[k] for r in train_records for k in ("last", "correction")] + [PROMPT]
     tokenizer = step("tokenizer", train_tokenizer, texts, vocab_size=args.vocab_size)
     model = init_model(tokenizer, hidden_size=args.hidden_size, layers=args.layers, seed=args.seed)
     report["parameters"] = sum(p.numel() for p in model.parameters())
+    if args.pretrain_facts:
+        facts = arithmetic_facts(args.pretrain_facts, seed=args.seed + 2)
+        result = step("pretraining", pretrain_arithmetic, model, tokenizer, facts, output_dir=str(work / "pretraining"),
+                      epochs=args.pretrain_epochs, batch_size=args.pretrain_batch_size,
+                      learning_rate=args.pretrain_learning_rate, seed=args.seed, progress=not args.no_progress)  # fmt: skip
+        report["pretraining"] = {"steps": result.global_step, "loss": round(result.training_loss, 4),
+                                 "held_out_accuracy": arithmetic_accuracy(model, tokenizer)}  # fmt: skip
+        print(f"[aligner] pretraining: {report['pretraining']}", flush=True)
     base = work / "base"
     tokenizer.save_pretrained(base)
     model.save_pretrained(base)
@@ -254,6 +436,10 @@ def main(argv: list[str] | None = None) -> int:
     result = step("training", train_aligner, base, work / "train.jsonl", config, aligner_config=aligner_config)
     report["training"] = {"steps": result.global_step, "loss": round(result.train_loss, 4),
                           "peak_rss_mib": round(result.peak_rss_mib)}  # fmt: skip
+    from transformers import AutoModelForCausalLM
+
+    # the same bare equations after training on the records: kept, or forgotten (docs/results.md)
+    report["training"]["held_out_accuracy"] = arithmetic_accuracy(AutoModelForCausalLM.from_pretrained(trained), tokenizer)
     to_float16(trained, "model.safetensors")
     report["total_s"] = round(time.perf_counter() - t_all, 1)
     install(trained, Path(args.output), report)

@@ -32,6 +32,48 @@ def test_embedded_facts_are_held_in_and_corrected_by_the_checker():
     assert any(r["last"].startswith(("Return", "The")) for r in rows)  # claims inside other text
 
 
+def test_carried_claims_are_held_in_inside_other_text_and_judged_as_taught():
+    from examples.arithmetic.claims import STYLES
+    from examples.arithmetic.task import judge_sentence
+
+    carriers = ["Return the number of items in the given container.", "The value is kept in a cache."]
+    rows = small.carried_claims(140, seed=3, wrong_fraction=0.5, carriers=carriers)
+    assert len(rows) == 140 and rows == small.carried_claims(140, seed=3, wrong_fraction=0.5, carriers=carriers)
+    changed = [r for r in rows if r["last"] != r["correction"]]
+    assert 30 < len(changed) < 110
+    for r in rows:
+        assert judge_sentence("", r["correction"]) != "wrong" and not involves_probe(r["last"])
+    for r in changed:  # a wrong result, corrected in place: the rest of the sentence as it was, no worked form
+        assert judge_sentence("", r["last"]) == "wrong" and r["correction"].count("=") == r["last"].count("=")
+    starts = {r["last"].split()[0] for r in rows}
+    assert {"Return", "The"} <= starts and any(s[0].isdigit() or s[0] == "$" for s in starts)  # start, middle, end
+    assert any("," in r["last"] and "=" in r["last"] for r in rows) and len(STYLES) == 7
+
+
+def test_arithmetic_facts_are_right_and_held_in():
+    from examples.arithmetic.task import ArithmeticProblem
+
+    facts = small.arithmetic_facts(400, seed=5)
+    assert facts == small.arithmetic_facts(400, seed=5)
+    ops = {"+": "+", "-": "-", "*": "*", "×": "*", "x": "*", "/": "/", "÷": "/"}
+    for left, result in facts:
+        a, sym, b = left.replace(" ", "")[:-1].partition(next(c for c in left[1:] if c in ops and c != " "))
+        problem = ArithmeticProblem(int(a), ops[sym], int(b), "")
+        assert problem.answer == int(result) and problem.split == "train" and not involves_probe(left + result)
+    assert {ops[c] for left, _ in facts for c in left if c in ops} == {"+", "-", "*", "/"}
+    assert any(len(left.split()[0]) == 3 for left, _ in facts)  # wider operands too
+
+
+def test_direct_records_correct_in_place():
+    rows, _ = small.records([], seed=0, claims=28, wrong_fraction=0.5, products=8, prose=10, on_policy_weight=1,
+                            prose_files=40, facts=20, carried=20, direct=True)  # fmt: skip
+    changed = [r for r in rows if r["last"] != r["correction"]]
+    assert changed and all(r["correction"].count("=") == r["last"].count("=") for r in changed)
+    worked, _ = small.records([], seed=0, claims=28, wrong_fraction=0.5, products=8, prose=10, on_policy_weight=1,
+                              prose_files=40)  # fmt: skip
+    assert any(r["correction"].count("=") > r["last"].count("=") for r in worked)  # the default of old: worked forms
+
+
 def test_records_mix_weights_and_leave_out_the_probe():
     on_policy = [
         {"question": "What is 12 + 5?", "prefix": "", "last": "12 + 5 = 18.", "correction": "12 + 5 = 17."},
@@ -74,12 +116,17 @@ def test_build_end_to_end_makes_a_loadable_float16_aligner(tmp_path):
     argv = ["--records", str(records), "--work-dir", str(tmp_path / "work"), "--output", str(out), "--claims", "20",
             "--products", "4", "--facts", "20", "--epochs", "1", "--prose", "10",
             "--prose-files", "40", "--hidden-size", "32", "--layers", "1", "--vocab-size", "400", "--batch-size", "8",
-            "--copy-bias", "2.5", "--no-progress"]  # fmt: skip
+            "--copy-bias", "2.5", "--carried", "20", "--pretrain-facts", "64", "--pretrain-epochs", "1",
+            "--pretrain-batch-size", "16", "--no-progress"]  # fmt: skip
     assert small.main(argv) == 0
     with safe_open(out / "model.safetensors", "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
     report = json.loads((out / "build_report.json").read_text())
     assert report["records"]["on_policy"] == 2 and report["training"]["steps"] > 0
+    assert report["pretraining"]["steps"] == 4  # 64 facts, batches of 16, one epoch
+    for measured in (report["pretraining"], report["training"]):  # held-out bare equations, per operator
+        assert set(measured["held_out_accuracy"]) == set("+-*/")
+        assert all(0 <= v <= 1 for v in measured["held_out_accuracy"].values())
     aligner = StreamAligner.from_pretrained(out, local_files_only=True)
     assert aligner.config.instruction_template == small.PROMPT and aligner.config.copy_bias == 2.5
     [text] = aligner.correct([AlignmentRequest("What is 12 + 5?", "", "12 + 5 = 17.")])
