@@ -172,3 +172,16 @@ def test_competence_probe_counts_smollm2s_own_answers(smollm2):
         assert len(r["answers"]) == 2 and 0 <= r["right_when_stated"] <= r["stated"] <= 2
         recount = sum(read_number(ans) == str(eval(q)) for q, ans in r["answers"])  # noqa: S307
         assert r["right"] == recount
+
+
+def test_arithmetic_pretraining_benchmark_reports_held_out_accuracy(tmp_path, capsys):
+    from benchmarks import arithmetic_pretraining
+
+    tokenizer = small.train_tokenizer(["12 + 34 = 46", "7 × 8 = 56", "90 ÷ 3 = 30", "The end."] * 20, vocab_size=300)
+    tokenizer.save_pretrained(tmp_path / "tok")
+    argv = ["--tokenizer", str(tmp_path / "tok"), "--output", str(tmp_path / "m"), "--steps", "2", "--batch-size", "8",
+            "--eval-every", "2", "--hidden-size", "32", "--layers", "1"]  # fmt: skip
+    assert arithmetic_pretraining.main(argv) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert [x["step"] for x in lines] == [0, 2] and set(lines[-1]["held_out_accuracy"]) == set("+-*/")
+    assert (tmp_path / "m" / "model.safetensors").is_file()
