@@ -53,7 +53,7 @@ from . import ARITHMETIC_ALIGNER
 #: the question (``So, the answer is 100.``) is left as written.
 PROMPT = ">>> {last}\n<<< "
 
-#: Flag defaults (the build of 2026-11-24).
+#: Flag defaults (run D of 2026-11-25, docs/results.md: the arithmetic is learned, then forgotten).
 SETTINGS: dict[str, Any] = {
     "claims": 8000, "facts": 30000, "carried": 30000, "wrong_fraction": 0.4, "products": 4000, "prose": 6000,
     "prose_files": 3000, "on_policy_weight": 2, "direct": True, "vocab_size": 2048, "hidden_size": 256, "layers": 4,
@@ -150,8 +150,9 @@ def carried_claims(n: int, *, seed: int, wrong_fraction: float, carriers: list[s
     spacing, currency, thousands, decimal, chain, words; operands of the ``"train"`` split) put in at the start, in
     the middle or at the end, a ``wrong_fraction`` share with a near-miss result. The correction is the same sentence
     with the right result written directly (no worked form); records the exact judge (:func:`~.task.judge_sentence`)
-    would not see that way (a form it misreads, a change in words it cannot check) are skipped. Many frames, so the aligner learns to read a claim
-    wherever it stands rather than the few frames :func:`~.claims.make_claims` writes. Pure, seeded.
+    would not see that way (a form it misreads, a change in words it cannot check) are skipped. Many frames, so the
+    aligner learns to read a claim wherever it stands rather than the few frames :func:`~.claims.make_claims` writes.
+    Pure, seeded.
 
     >>> r = carried_claims(14, seed=0, wrong_fraction=0.5, carriers=["The value of a thing is kept here."])
     >>> len(r), any(x["last"] != x["correction"] for x in r), any("thing" in x["last"] for x in r)
