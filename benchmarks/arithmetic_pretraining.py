@@ -35,29 +35,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import torch
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, DataCollatorForSeq2Seq
 
-    from examples.arithmetic.build_small_aligner import arithmetic_accuracy, arithmetic_facts, init_model
+    from examples.arithmetic.build_small_aligner import arithmetic_accuracy, arithmetic_facts, encode_facts, init_model
 
     tok = AutoTokenizer.from_pretrained(args.tokenizer)
     model = init_model(tok, hidden_size=args.hidden_size, layers=args.layers, seed=0)
+    collate = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100, return_tensors="pt")
     opt = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.01, betas=(0.9, 0.98))
     schedule = lambda s: min(1, (s + 1) / 200) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))  # noqa: E731
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     rng = random.Random(args.seed)
     t0 = time.perf_counter()
     for step in range(args.steps + 1):
-        facts = arithmetic_facts(args.batch_size, seed=rng.randrange(2**31))
-        lefts = tok([left for left, _ in facts], add_special_tokens=False)["input_ids"]
-        results = tok([r for _, r in facts], add_special_tokens=False)["input_ids"]
-        rows = [(a + b + [tok.eos_token_id], [-100] * len(a) + b + [tok.eos_token_id]) for a, b in zip(lefts, results, strict=True)]
-        width = max(len(ids) for ids, _ in rows)
-        x = torch.full((len(rows), width), tok.pad_token_id)
-        y = torch.full((len(rows), width), -100)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, (ids, labels) in enumerate(rows):
-            x[i, : len(ids)], y[i, : len(ids)], mask[i, : len(ids)] = torch.tensor(ids), torch.tensor(labels), 1
-        loss = model(input_ids=x, attention_mask=mask, labels=y).loss
+        batch = collate(encode_facts(tok, arithmetic_facts(args.batch_size, seed=rng.randrange(2**31))))
+        loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

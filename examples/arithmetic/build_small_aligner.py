@@ -53,6 +53,9 @@ from . import ARITHMETIC_ALIGNER
 #: the question (``So, the answer is 100.``) is left as written.
 PROMPT = ">>> {last}\n<<< "
 
+#: How a bare fact writes each operator (with its spacing): :func:`embedded_facts` and :func:`arithmetic_facts`.
+SIGNS = {"+": ["+", " + "], "-": ["-", " - "], "*": ["*", " * ", " × ", "×", " x "], "/": ["/", " / ", " ÷ "]}
+
 #: Flag defaults (run D of 2026-11-25, docs/results.md: the arithmetic is learned, then forgotten).
 SETTINGS: dict[str, Any] = {
     "claims": 8000, "facts": 30000, "carried": 30000, "wrong_fraction": 0.4, "products": 4000, "prose": 6000,
@@ -123,7 +126,6 @@ def embedded_facts(n: int, *, seed: int, wrong_fraction: float, carriers: list[s
     from .task import PROBES, ArithmeticProblem, _near_miss, check_arithmetic_precise, draw_operands
 
     rng = random.Random(seed)
-    syms = {"+": ["+", " + "], "-": ["-", " - "], "*": ["*", " * ", " × ", "×", " x "], "/": ["/", " / ", " ÷ "]}
     out: list[dict[str, str]] = []
     while len(out) < n:
         op = "+-*/"[len(out) % 4]
@@ -132,7 +134,7 @@ def embedded_facts(n: int, *, seed: int, wrong_fraction: float, carriers: list[s
             continue
         value = int(ArithmeticProblem(a, op, b, "").answer)
         c = _near_miss(value, rng) if rng.random() < wrong_fraction else value
-        claim = f"{a}{rng.choice(syms[op])}{b} = {c}"
+        claim = f"{a}{rng.choice(SIGNS[op])}{b} = {c}"
         if rng.random() < 0.3 or not carriers:
             last = claim + rng.choice([".", "", ",", " in total."])
         else:
@@ -248,7 +250,6 @@ def arithmetic_facts(n: int, *, seed: int) -> list[tuple[str, str]]:
     """
     from .task import PROBES, ArithmeticProblem, draw_operands
 
-    syms = {"+": ["+", " + "], "-": ["-", " - ", " -"], "*": ["*", " * ", " × ", "×", " x "], "/": ["/", " / ", " ÷ "]}
     rng = random.Random(seed)
     out: list[tuple[str, str]] = []
     while len(out) < n:
@@ -267,8 +268,17 @@ def arithmetic_facts(n: int, *, seed: int) -> list[tuple[str, str]]:
         problem = ArithmeticProblem(a, op, b, "")
         if (a, op, b) in PROBES or problem.split == "test":
             continue
-        out.append((f"{a}{rng.choice(syms[op])}{b} = ", str(int(problem.answer))))
+        out.append((f"{a}{rng.choice(SIGNS[op])}{b} = ", str(int(problem.answer))))
     return out
+
+
+def encode_facts(tokenizer: Any, facts: list[tuple[str, str]]) -> list[dict[str, list[int]]]:
+    """``facts`` as causal-LM examples: ``input_ids`` of left, result and EOS, ``labels`` -100 over the left (the
+    operands are random and not worth predicting). Pad them with ``DataCollatorForSeq2Seq``. Pure."""
+    lefts = tokenizer([left for left, _ in facts], add_special_tokens=False)["input_ids"]
+    results = tokenizer([r for _, r in facts], add_special_tokens=False)["input_ids"]
+    eos = [tokenizer.eos_token_id]
+    return [{"input_ids": a + b + eos, "labels": [-100] * len(a) + b + eos} for a, b in zip(lefts, results, strict=True)]
 
 
 def pretrain_arithmetic(model: Any, tokenizer: Any, facts: list[tuple[str, str]], *, output_dir: str, epochs: float,
@@ -279,26 +289,13 @@ def pretrain_arithmetic(model: Any, tokenizer: Any, facts: list[tuple[str, str]]
     records would cost hours. Trains ``model`` in place and returns Trainer's ``TrainOutput``."""
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    class Facts:  # a map-style dataset, tokenized once
-        def __init__(self) -> None:
-            lefts = tokenizer([left for left, _ in facts], add_special_tokens=False)["input_ids"]
-            results = tokenizer([r for _, r in facts], add_special_tokens=False)["input_ids"]
-            self.items = [{"input_ids": a + b + [tokenizer.eos_token_id], "labels": [-100] * len(a) + b + [tokenizer.eos_token_id]}
-                          for a, b in zip(lefts, results, strict=True)]  # fmt: skip
-
-        def __len__(self) -> int:
-            return len(self.items)
-
-        def __getitem__(self, i: int) -> dict[str, list[int]]:
-            return self.items[i]
-
     args = TrainingArguments(output_dir=output_dir, num_train_epochs=epochs, per_device_train_batch_size=batch_size,
                              learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05,
                              weight_decay=0.01, adam_beta2=0.98, max_grad_norm=1.0, logging_steps=100,
                              save_strategy="no", report_to=[], seed=seed, disable_tqdm=not progress,
                              dataloader_num_workers=0, dataloader_pin_memory=False)  # fmt: skip
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
-    return Trainer(model=model, args=args, train_dataset=Facts(), data_collator=collator).train()
+    return Trainer(model=model, args=args, train_dataset=encode_facts(tokenizer, facts), data_collator=collator).train()
 
 
 def arithmetic_accuracy(model: Any, tokenizer: Any, *, n: int = 400, seed: int = 7) -> dict[str, float]:
@@ -333,7 +330,7 @@ def arithmetic_accuracy(model: Any, tokenizer: Any, *, n: int = 400, seed: int =
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
-    return {op: round(k / (n // 4), 3) for op, k in right.items()}
+    return {op: round(k / sum(t[1] == op for t in triples), 3) for op, k in right.items()}
 
 
 def train_tokenizer(texts: list[str], *, vocab_size: int) -> Any:

@@ -64,6 +64,49 @@ def test_arithmetic_facts_are_right_and_held_in():
     assert any(len(left.split()[0]) == 3 for left, _ in facts)  # wider operands too
 
 
+def test_facts_are_encoded_with_the_loss_on_the_result_only():
+    tokenizer = small.train_tokenizer(["12 + 34 = 46", "The end."] * 20, vocab_size=300)
+    [row] = small.encode_facts(tokenizer, [("12 + 34 = ", "46")])
+    assert tokenizer.decode(row["input_ids"]) == "12 + 34 = 46<|endoftext|>"
+    kept = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100]
+    assert tokenizer.decode(kept) == "46<|endoftext|>" and row["labels"][-3:] == kept
+
+
+class _Calculator:
+    """Stands in for a model in ``arithmetic_accuracy``: completes each prompt with its result plus ``off``."""
+
+    def __init__(self, tokenizer, off):
+        self.tokenizer, self.off, self.training = tokenizer, off, True
+
+    def eval(self):
+        self.training = False
+
+    def train(self, mode=True):
+        self.training = mode
+
+    def generate(self, input_ids, attention_mask, **kwargs):
+        import torch
+
+        from examples.arithmetic.task import ArithmeticProblem
+
+        rows = []
+        for ids in input_ids:
+            a, op, b, _ = self.tokenizer.decode(ids, skip_special_tokens=True).split()
+            answer = int(ArithmeticProblem(int(a), op, int(b), "").answer) + self.off
+            rows.append(self.tokenizer(str(answer), add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id] * 4)
+        width = min(len(r) for r in rows)
+        return torch.cat([input_ids, torch.tensor([r[:width] for r in rows])], dim=1)
+
+
+def test_arithmetic_accuracy_counts_right_completions_per_operator():
+    tokenizer = small.train_tokenizer(["12 + 34 = 46", "7 * 8 = 56", "90 / 3 = 30", "5 - 2 = 3"] * 20, vocab_size=300)
+    tokenizer.padding_side = "right"
+    right, wrong = _Calculator(tokenizer, 0), _Calculator(tokenizer, 1)
+    assert small.arithmetic_accuracy(right, tokenizer, n=40) == {"+": 1.0, "-": 1.0, "*": 1.0, "/": 1.0}
+    assert small.arithmetic_accuracy(wrong, tokenizer, n=40) == {"+": 0.0, "-": 0.0, "*": 0.0, "/": 0.0}
+    assert tokenizer.padding_side == "right" and right.training  # both left as they were
+
+
 def test_direct_records_correct_in_place():
     rows, _ = small.records([], seed=0, claims=28, wrong_fraction=0.5, products=8, prose=10, on_policy_weight=1,
                             prose_files=40, facts=20, carried=20, direct=True)  # fmt: skip
