@@ -1,63 +1,48 @@
-"""How fast a small model trained from scratch learns the digit arithmetic on bare equations, and whether that
-survives training on the correction records (docs/results.md, "Arithmetic pretraining").
+"""How fast a small model trained from scratch learns the digit arithmetic, on bare equations and then in
+sentences as the aligner reads them (docs/results.md, "Arithmetic pretraining").
 
     python -m benchmarks.arithmetic_pretraining --tokenizer DIR --output DIR [--steps 3000] [--batch-size 256]
+    python -m benchmarks.arithmetic_pretraining --base DIR --output DIR --steps 1000 --learning-rate 1e-3 --inline-share 0.75
 
-Every ``--eval-every`` steps the model completes 400 held-out bare equations (``split == "test"`` triples,
-:func:`examples.arithmetic.build_small_aligner.arithmetic_accuracy`, greedy) and the share right per operator is
-printed as one JSON line. Training data: equations drawn afresh each step as
-:func:`~examples.arithmetic.build_small_aligner.arithmetic_facts` draws them (held-in triples only), loss on the
-result and EOS; AdamW (betas 0.9/0.98, weight decay 0.01), 200 warm-up steps, cosine, gradient norm clipped at 1
-(the settings of ``pretrain_arithmetic``, which runs the same on ``transformers.Trainer`` over a fixed pool). The
-model (a Llama of ``--hidden-size`` x ``--layers``, as ``init_model`` builds it) is saved to ``--output``.
+Runs :func:`examples.arithmetic.build_small_aligner.pretrain_arithmetic` (batches drawn afresh each step, held-in
+triples only, loss on the results) on a new Llama of ``--hidden-size`` x ``--layers`` (as ``init_model`` builds it)
+or on ``--base``. Every ``--eval-every`` steps the model completes 400 held-out bare equations and 400 held-out wrong
+claims in sentences (``split == "test"`` triples, greedy; ``arithmetic_accuracy``, ``inline_accuracy``) and the
+share right per operator is printed as one JSON line. The model is saved to ``--output``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import random
-import time
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokenizer", required=True, help="a tokenizer directory (make aligner-small's work-dir/base)")
+    parser.add_argument("--tokenizer", help="a tokenizer directory (make aligner-small's work-dir/base)")
+    parser.add_argument("--base", help="continue from this model (and its tokenizer) instead of a new one")
     parser.add_argument("--output", required=True)
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--inline-share", type=float, default=0.0, help="share of each batch that is claims in sentences")
+    parser.add_argument("--context", type=float, default=0.0, help="share of bare equations that come after other text")
     parser.add_argument("--hidden-size", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
+    if not (args.tokenizer or args.base):
+        parser.error("give --tokenizer (a new model) or --base (continue one)")
 
-    import torch
-    from transformers import AutoTokenizer, DataCollatorForSeq2Seq
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from examples.arithmetic.build_small_aligner import arithmetic_accuracy, arithmetic_facts, encode_facts, init_model
+    from examples.arithmetic.build_small_aligner import init_model, pretrain_arithmetic
 
-    tok = AutoTokenizer.from_pretrained(args.tokenizer)
-    model = init_model(tok, hidden_size=args.hidden_size, layers=args.layers, seed=0)
-    collate = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100, return_tensors="pt")
-    opt = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.01, betas=(0.9, 0.98))
-    schedule = lambda s: min(1, (s + 1) / 200) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))  # noqa: E731
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    rng = random.Random(args.seed)
-    t0 = time.perf_counter()
-    for step in range(args.steps + 1):
-        batch = collate(encode_facts(tok, arithmetic_facts(args.batch_size, seed=rng.randrange(2**31))))
-        loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-        if step % args.eval_every == 0:
-            print(json.dumps({"step": step, "loss": round(loss.item(), 3), "held_out_accuracy": arithmetic_accuracy(model, tok),
-                              "seconds": round(time.perf_counter() - t0)}), flush=True)  # fmt: skip
+    tok = AutoTokenizer.from_pretrained(args.base or args.tokenizer)
+    model = (AutoModelForCausalLM.from_pretrained(args.base) if args.base
+             else init_model(tok, hidden_size=args.hidden_size, layers=args.layers, seed=0))  # fmt: skip
+    pretrain_arithmetic(model, tok, steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                        inline_share=args.inline_share, context=args.context, seed=args.seed, eval_every=args.eval_every, progress=False)  # fmt: skip
     model.save_pretrained(args.output)
     tok.save_pretrained(args.output)
     return 0

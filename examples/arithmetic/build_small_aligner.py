@@ -14,21 +14,25 @@ where a sentence is wrong and what to write there, which a model trained from sc
 
 Steps (every one in this process; wall times printed and saved in ``build_report.json``):
 
-1. Records (:func:`records`), all held-in (``split="train"``; none is ever evaluated):
-   the precise recipe's greedy on-policy records (SmolLM2's answers to 320 held-in problems and the 88 held-in
-   non-arithmetic questions, corrected by :func:`~.task.check_arithmetic_precise`; ``--records``, as
-   ``make aligner-precise`` collects them) that the sentence alone shows (:func:`self_contained`), weighted twice;
+1. Records (:func:`records`), all held-in (``split="train"``; none is ever evaluated): with
+   ``--on-policy-weight`` above 0, the precise recipe's greedy on-policy records (SmolLM2's answers to 320 held-in
+   problems and the 88 held-in non-arithmetic questions, corrected by :func:`~.task.check_arithmetic_precise`;
+   ``--records``, as ``make aligner-precise`` collects them) that the sentence alone shows (:func:`self_contained`);
    claims in many written forms (:func:`~.claims.make_claims`, ``--wrong-fraction`` wrong); product claims; held-in
-   facts inside other text (:func:`embedded_facts`) and claims of every style put anywhere in other sentences
-   (:func:`carried_claims`); prose to copy (:func:`prose_sentences`: sentences of the Python standard library's
-   docstrings, none with arithmetic). With ``--direct`` (the default) every wrong result is corrected in place, no
-   worked form.
+   facts inside other text (:func:`embedded_facts`), claims of every style put anywhere in other sentences
+   (:func:`carried_claims`) and claims in the wordings the checker reads (:func:`inline_claims`); text to copy:
+   sentences of the Python standard library's docstrings (:func:`prose_sentences`), the Markdown of the installed
+   packages (:func:`markdown_sentences`) and chat-style list items (:func:`list_items`), none with arithmetic. With
+   ``--direct`` (the default) every wrong result is corrected in place, no worked form.
 2. A byte-level BPE tokenizer trained on those records (:func:`train_tokenizer`: every digit its own token).
-3. A Llama initialised from its config (:func:`init_model`, seeded), then taught the digit arithmetic on bare
-   held-in equations (:func:`arithmetic_facts`, :func:`pretrain_arithmetic`; ``--pretrain-facts 0`` skips it);
-   its accuracy on held-out equations is measured (:func:`arithmetic_accuracy`) and reported.
+3. A Llama initialised from its config (:func:`init_model`, seeded), then taught the digit arithmetic
+   (:func:`pretrain_arithmetic`, batches drawn afresh): ``--pretrain-steps`` on bare held-in equations
+   (:func:`arithmetic_facts`, a ``--pretrain-context`` share of them after other text), then ``--inline-steps`` with an ``--inline-share`` of each batch claims in sentences
+   as the aligner reads and writes them (:func:`inline_claims`), so the arithmetic is learned in the format it is
+   used in; ``0`` skips a stage. Held-out accuracies, bare and in sentences (:func:`arithmetic_accuracy`,
+   :func:`inline_accuracy`), are reported after each stage.
 4. :func:`~transformers_stream_aligner.train_aligner` on all weights with ``copy_bias`` (:data:`SETTINGS`); the
-   held-out equations are measured again (does the arithmetic survive?).
+   held-out accuracies are measured again (does the arithmetic survive?).
 5. Stored in float16 (about 8 MiB) with ``stream_aligner_config.json`` (the prompt and the copy bias), the model
    card and ``build_report.json``.
 """
@@ -56,13 +60,16 @@ PROMPT = ">>> {last}\n<<< "
 #: How a bare fact writes each operator (with its spacing): :func:`embedded_facts` and :func:`arithmetic_facts`.
 SIGNS = {"+": ["+", " + "], "-": ["-", " - "], "*": ["*", " * ", " × ", "×", " x "], "/": ["/", " / ", " ÷ "]}
 
-#: Flag defaults (run D of 2026-11-25, docs/results.md: the arithmetic is learned, then forgotten).
+#: Flag defaults: the records of 2026-11-25 (no on-policy collection needed) and the bare arithmetic stage as measured
+#: (docs/results.md, "Arithmetic in the sentence"); the stage in sentences and the context share are off by default:
+#: measured, they did not carry the arithmetic into the sentence within a session.
 SETTINGS: dict[str, Any] = {
-    "claims": 8000, "facts": 30000, "carried": 30000, "wrong_fraction": 0.4, "products": 4000, "prose": 6000,
-    "prose_files": 3000, "on_policy_weight": 2, "direct": True, "vocab_size": 2048, "hidden_size": 256, "layers": 4,
-    "pretrain_facts": 256000, "pretrain_epochs": 3.0, "pretrain_learning_rate": 2e-3, "pretrain_batch_size": 256,
-    "epochs": 2.0, "learning_rate": 1e-3, "batch_size": 64, "max_length": 256, "max_correction_tokens": 160,
-    "copy_bias": 5.0, "plain_weight": 0.1,
+    "claims": 8000, "facts": 20000, "carried": 30000, "inline": 30000, "wrong_fraction": 0.4, "products": 4000,
+    "prose": 6000, "markdown": 7000, "items": 4000, "prose_files": 3000, "on_policy_weight": 0, "direct": True,
+    "vocab_size": 2048, "hidden_size": 256, "layers": 4, "pretrain_steps": 3000, "pretrain_context": 0.0,
+    "pretrain_learning_rate": 2e-3, "pretrain_batch_size": 256, "inline_steps": 0, "inline_learning_rate": 5e-4,
+    "inline_share": 0.75, "epochs": 1.0, "learning_rate": 5e-4, "batch_size": 64, "max_length": 256,
+    "max_correction_tokens": 160, "copy_bias": 5.0, "plain_weight": 0.1,
 }  # fmt: skip
 
 
@@ -111,6 +118,67 @@ def prose_sentences(n: int, *, seed: int, max_files: int = 3000) -> list[str]:
     sentences = sorted(found)
     random.Random(seed).shuffle(sentences)
     return sentences[:n]
+
+
+def markdown_sentences(n: int, *, seed: int) -> list[str]:
+    """Up to ``n`` sentences and fragments (3-220 characters, no arithmetic, no links) of the Markdown and
+    reStructuredText the installed Python packages ship (their ``METADATA`` descriptions and ``.md`` files): list
+    items, bold, headings and code spans, the markup chat answers are written in, for the aligner to copy. Seeded;
+    depends on what is installed.
+
+    >>> s = markdown_sentences(5, seed=0)
+    >>> len(s), all(3 <= len(x) <= 220 for x in s)
+    (5, True)
+    """
+    import importlib.metadata
+
+    from transformers_stream_aligner import split_sentences
+
+    from .task import check_arithmetic
+
+    texts = []
+    for dist in importlib.metadata.distributions():
+        meta = dist.read_text("METADATA") or ""
+        texts.append(meta.split("\n\n", 1)[-1])
+        texts += [Path(p.locate()).read_text(encoding="utf-8", errors="replace") for p in dist.files or []
+                  if str(p).endswith(".md") and Path(p.locate()).is_file()]  # fmt: skip
+    found: set[str] = set()
+    for text in texts:
+        for s in split_sentences(text):
+            s = s.strip()
+            if 3 <= len(s) <= 220 and "http" not in s and not re.search(r"\d\s*[-+*/x×÷=]\s*\d", s) and check_arithmetic("", "", s) == s:
+                found.add(s)
+    sentences = sorted(found)
+    random.Random(seed).shuffle(sentences)
+    return sentences[:n]
+
+
+def list_items(sentences: list[str], *, seed: int) -> list[str]:
+    """``sentences`` made into the list items of a chat answer (``3. **Keep A Schedule**: ...``, ``- **Title**: ...``,
+    ``**Title** - ...``) or the fragments a sentence splitter cuts from them (``2. **2.``, ``**4.``), one each, for
+    the aligner to copy. Pure, seeded.
+
+    >>> list_items(["Keep a regular schedule."], seed=2)
+    ['2. **Keep**: Keep a regular schedule.']
+    """
+    rng, out = random.Random(seed), []
+    for s in sentences:
+        title = " ".join(w.capitalize() for w in s.rstrip(".").split()[: rng.randint(1, 4)])
+        k = rng.randint(1, 9)
+        form = rng.randrange(6)
+        if form == 0:
+            out.append(f"{k}. **{title}**: {s}")
+        elif form == 1:
+            out.append(f"{k}. **{title}:** {s}")
+        elif form == 2:
+            out.append(f"- **{title}**: {s}")
+        elif form == 3:
+            out.append(rng.choice([f"{k}. **{k}.", f"**{k}.", f"{k}.", f"{k}. **{title}", f"**{title}**"]))
+        elif form == 4:
+            out.append(f"{k}. {s}")
+        else:
+            out.append(f"**{title}** - {s}")
+    return out
 
 
 def embedded_facts(n: int, *, seed: int, wrong_fraction: float, carriers: list[str]) -> list[dict[str, str]]:
@@ -201,7 +269,8 @@ def carried_claims(n: int, *, seed: int, wrong_fraction: float, carriers: list[s
 
 def records(on_policy: list[dict[str, str]], *, seed: int, claims: int, wrong_fraction: float, products: int,
             prose: int, on_policy_weight: int, prose_files: int = 3000, facts: int = 0, carried: int = 0,
-            direct: bool = False) -> tuple[list[dict[str, str]], dict[str, int]]:  # fmt: skip
+            direct: bool = False, inline: int = 0, markdown: int = 0,
+            items: int = 0) -> tuple[list[dict[str, str]], dict[str, int]]:  # fmt: skip
     """The training records (step 1 of the module docstring), shuffled, and their counts. On-policy records that are
     not :func:`self_contained` and records writing a probe (17*23) are left out. Does not modify ``on_policy``."""
     from .claims import make_claims, other_questions, precise_correction
@@ -223,6 +292,10 @@ def records(on_policy: list[dict[str, str]], *, seed: int, claims: int, wrong_fr
               for s in sentences if check_arithmetic("", "", s) == s]  # fmt: skip
     made += embedded_facts(facts, seed=seed, wrong_fraction=wrong_fraction, carriers=sentences)
     made += carried_claims(carried, seed=seed + 1, wrong_fraction=wrong_fraction, carriers=sentences)
+    made += [{"question": "What is it?", "prefix": "", "last": sentence, "correction": correction}
+             for sentence, correction, _, _ in inline_claims(inline, seed=seed + 11, wrong_fraction=wrong_fraction)]  # fmt: skip
+    marked = markdown_sentences(markdown, seed=seed) + list_items(prose_sentences(items, seed=seed + 7, max_files=prose_files), seed=seed + 5)
+    copies += [{"question": rng.choice(questions), "prefix": "", "last": s, "correction": s} for s in marked]
     usable = [dict(r) for r in on_policy if self_contained(r)]
     everything = usable * on_policy_weight + made + copies
     if direct:  # every wrong result corrected in place, no worked form
@@ -233,42 +306,131 @@ def records(on_policy: list[dict[str, str]], *, seed: int, claims: int, wrong_fr
     kept = [r for r in everything if not any(involves_probe(r[k]) for k in ("prefix", "last", "correction"))]
     rng.shuffle(kept)
     counts = {"on_policy": len(on_policy), "on_policy_self_contained": len(usable), "synthetic": len(made),
-              "prose": len(copies), "dropped_probes": len(everything) - len(kept), "trained_on": len(kept),
+              "prose": len(copies) - len(marked), "markdown": len(marked), "dropped_probes": len(everything) - len(kept), "trained_on": len(kept),
               "trained_changed": sum(r["last"].strip() != r["correction"].strip() for r in kept)}  # fmt: skip
     return kept, counts
 
 
-def arithmetic_facts(n: int, *, seed: int) -> list[tuple[str, str]]:
+def wide_operands(op: str, rng: random.Random) -> tuple[int, int]:
+    """Operands of one pretraining equation: as the problems draw them (2-99) seven times in ten, else wider (sums
+    and differences up to 999, a product or quotient of up to three digits by one). Advances ``rng``."""
+    from .task import draw_operands
+
+    if rng.random() < 0.7:
+        return draw_operands(op, rng)
+    if op in "+-":
+        a, b = rng.randint(1, 999), rng.randint(1, 999)
+        return (b, a) if op == "-" and a < b else (a, b)
+    if op == "*":
+        a, b = rng.randint(2, 999), rng.randint(2, 9)
+        return (b, a) if rng.random() < 0.5 else (a, b)
+    b = rng.randint(2, 9)
+    return b * rng.randint(2, 999 // b), b
+
+
+def arithmetic_facts(n: int, *, seed: int, context: float = 0.0) -> list[tuple[str, str]]:
     """``n`` bare equations ``(left, result)`` such as ``("58 - 37 = ", "21")`` for :func:`pretrain_arithmetic`:
-    operands as the problems draw them (2-99) seven times in ten, else wider (sums and differences up to 999, a
-    product or quotient of up to three digits by one), every operator sign and spacing the records use; never a
-    held-out triple (``split == "test"``) nor a probe. Pure, seeded.
+    operands as :func:`wide_operands` draws them, every operator sign and spacing the records use; never a held-out
+    triple (``split == "test"``) nor a probe. A ``context`` share of them comes after other text (an opening of
+    :data:`INLINE_OPENINGS`, half the time after an earlier equation of its own), so the skill is not tied to the
+    start of the sequence. Pure, seeded.
 
     >>> facts = arithmetic_facts(4, seed=0)
     >>> all(eval(left.replace("×", "*").replace("÷", "/").replace(" x ", "*").rstrip("= ")) == int(r) for left, r in facts)
     True
     """
-    from .task import PROBES, ArithmeticProblem, draw_operands
+    from .task import PROBES, ArithmeticProblem
 
     rng = random.Random(seed)
     out: list[tuple[str, str]] = []
     while len(out) < n:
         op = rng.choice("+-*/")
-        if rng.random() < 0.7:
-            a, b = draw_operands(op, rng)
-        elif op in "+-":
-            a, b = rng.randint(1, 999), rng.randint(1, 999)
-            a, b = (b, a) if op == "-" and a < b else (a, b)
-        elif op == "*":
-            a, b = rng.randint(2, 999), rng.randint(2, 9)
-            a, b = (b, a) if rng.random() < 0.5 else (a, b)
-        else:
-            b = rng.randint(2, 9)
-            a = b * rng.randint(2, 999 // b)
+        a, b = wide_operands(op, rng)
         problem = ArithmeticProblem(a, op, b, "")
         if (a, op, b) in PROBES or problem.split == "test":
             continue
-        out.append((f"{a}{rng.choice(SIGNS[op])}{b} = ", str(int(problem.answer))))
+        left = f"{a}{rng.choice(SIGNS[op])}{b} = "
+        if context and rng.random() < context:
+            opening = rng.choice(INLINE_OPENINGS)
+            x, y = wide_operands("+", rng)
+            if rng.random() < 0.5 and ArithmeticProblem(x, "+", y, "").split == "train" and (x, "+", y) not in PROBES:
+                opening = f"{x} + {y} = {x + y}. " + opening
+            left = opening + left
+        out.append((left, str(int(problem.answer))))
+    return out
+
+
+#: How :func:`inline_claims` opens and closes a sentence around its claim, and the claim's wordings besides
+#: ``a op b = c``: the forms the exact checker reads (symbols with a verb, operator words, "the sum of", verbs).
+INLINE_OPENINGS = ["", "", "So, ", "Then, ", "First, ", "Now, ", "We know that ", "This means ", "Next, we find that ",
+                   "There are ", "So there are ", "The total is ", "Therefore, ", "Step 2: ", "- ", "1. ", "2. ",
+                   "That is, ", "We can calculate this as ", "In total, "]  # fmt: skip
+INLINE_CLOSINGS = ["", ".", ".", ".", " apples.", " coins in total.", " left.", " marbles.", ", so the answer is clear.",
+                   " pencils now.", " cards.", "!", " in all.", " books altogether.", ", which is the total."]  # fmt: skip
+_OP_WORDS = {"+": ["plus", "added to"], "-": ["minus"], "*": ["times", "multiplied by"], "/": ["divided by"]}
+_OP_NAMES = {"+": "sum", "-": "difference", "*": "product", "/": "quotient"}
+_OP_VERBS = {
+    "+": ["add {a} and {b} to get ", "adding {a} and {b}, which gives us ", "add {b} to {a} to get ",
+          "adding {a} and {b} gives ", "add {a} and {b}, we get "],
+    "-": ["subtract {b} from {a} to get ", "subtracting {b} from {a} gives ", "subtract {b} from {a}, which gives us ",
+          "subtracting {b} from {a}, we get "],
+    "*": ["multiply {a} by {b} to get ", "multiplying {a} by {b} gives us ", "multiply {a} and {b} to get ",
+          "multiply {a} by {b}, which gives us "],
+    "/": ["divide {a} by {b} to get ", "dividing {a} by {b}, which gives us ", "dividing {a} by {b} gives "],
+}  # fmt: skip
+
+
+def inline_claims(n: int, *, seed: int, split: str = "train", wrong_fraction: float = 0.5) -> list[tuple[str, str, int, int]]:
+    """``n`` claims as the aligner reads and writes them, for teaching the arithmetic *in the correction format*:
+    ``(sentence, correction, start, end)`` where ``correction[start:end]`` is the right result. The claim (operands
+    as :func:`wide_operands` draws them, of ``split``'s triples, never a probe) is written in one of the forms the
+    exact checker reads (``58 - 37 = 21``, ``58 minus 37 is 21``, ``the difference of 58 and 37 is 21``,
+    ``subtract 37 from 58 to get 21``, ...) between an opening and a closing; a ``wrong_fraction`` share states a
+    wrong result (near misses, far misses, a decimal quotient). Only claims the checker corrects to exactly
+    ``correction`` are kept. Pure, seeded.
+
+    >>> [(sentence, correction, start, end)] = inline_claims(1, seed=3, wrong_fraction=1.0)
+    >>> sentence != correction, correction[start:end].isdigit()
+    (True, True)
+    """
+    from .task import PROBES, ArithmeticProblem, _near_miss, check_arithmetic
+
+    rng = random.Random(seed)
+    out: list[tuple[str, str, int, int]] = []
+    while len(out) < n:
+        op = rng.choice("+-*/")
+        a, b = wide_operands(op, rng)
+        if (a, op, b) in PROBES or ArithmeticProblem(a, op, b, "").split != split:
+            continue
+        value = str(int(ArithmeticProblem(a, op, b, "").answer))
+        stated = value
+        if rng.random() < wrong_fraction:
+            if op == "/" and rng.random() < 0.15:
+                stated = f"{a / b + rng.choice([0.25, 0.5, 0.75, -0.5, 1.25]):.2f}".rstrip("0").rstrip(".")
+            elif rng.random() < 0.15:
+                stated = str(max(0, int(value) + rng.randint(-60, 60)))
+            else:
+                stated = str(_near_miss(int(value), rng))
+            if stated == value:
+                continue
+        kind = rng.random()
+        if kind < 0.45:
+            left = f"{a}{rng.choice(SIGNS[op])}{b} = "
+        elif kind < 0.6:
+            left = f"{a}{rng.choice(SIGNS[op])}{b} {rng.choice(['is', 'equals', 'is equal to'])} "
+        elif kind < 0.7:
+            left = f"{a} {rng.choice(_OP_WORDS[op])} {b} is "
+        elif kind < 0.78:
+            left = f"the {_OP_NAMES[op]} of {a} and {b} is "
+        else:
+            left = rng.choice(_OP_VERBS[op]).format(a=a, b=b)
+        head = rng.choice(INLINE_OPENINGS) + left
+        head = head[0].upper() + head[1:]
+        closing = rng.choice(INLINE_CLOSINGS)
+        sentence, correction = head + stated + closing, head + value + closing
+        if check_arithmetic("", "", sentence).strip() != correction.strip():
+            continue  # a form the checker reads otherwise: no record
+        out.append((sentence, correction, len(head), len(head) + len(value)))
     return out
 
 
@@ -281,21 +443,71 @@ def encode_facts(tokenizer: Any, facts: list[tuple[str, str]]) -> list[dict[str,
     return [{"input_ids": a + b + eos, "labels": [-100] * len(a) + b + eos} for a, b in zip(lefts, results, strict=True)]
 
 
-def pretrain_arithmetic(model: Any, tokenizer: Any, facts: list[tuple[str, str]], *, output_dir: str, epochs: float,
-                        batch_size: int, learning_rate: float, seed: int, progress: bool = True) -> Any:  # fmt: skip
-    """Teach ``model`` the digit arithmetic before it learns to correct (step 3b of the module docstring): a causal-LM
-    pass with ``transformers.Trainer`` over ``facts``, the loss on the result tokens and EOS only (the operands are
-    random and not worth predicting). Short sequences, so thousands of steps cost minutes where the correction
-    records would cost hours. Trains ``model`` in place and returns Trainer's ``TrainOutput``."""
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+def encode_inline(tokenizer: Any, claims: list[tuple[str, str, int, int]]) -> list[dict[str, list[int]]]:
+    """:func:`inline_claims` as causal-LM examples in the aligner's prompt (:data:`PROMPT`): the sentence, then the
+    correction up to the end of its result (EOS if the result ends it), ``labels`` on the result only. Examples
+    whose tokens do not split at the result are skipped. Pure."""
+    out = []
+    for sentence, correction, start, end in claims:
+        prompt = PROMPT.format(last=sentence)
+        head = tokenizer(prompt + correction[:start], add_special_tokens=False)["input_ids"]
+        ids = tokenizer(prompt + correction[:end], add_special_tokens=False)["input_ids"]
+        if ids[: len(head)] != head:
+            continue
+        ids += [tokenizer.eos_token_id] if end == len(correction) else []
+        out.append({"input_ids": ids, "labels": [-100] * len(head) + ids[len(head) :]})
+    return out
 
-    args = TrainingArguments(output_dir=output_dir, num_train_epochs=epochs, per_device_train_batch_size=batch_size,
-                             learning_rate=learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05,
-                             weight_decay=0.01, adam_beta2=0.98, max_grad_norm=1.0, logging_steps=100,
-                             save_strategy="no", report_to=[], seed=seed, disable_tqdm=not progress,
-                             dataloader_num_workers=0, dataloader_pin_memory=False)  # fmt: skip
-    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
-    return Trainer(model=model, args=args, train_dataset=encode_facts(tokenizer, facts), data_collator=collator).train()
+
+def pretrain_arithmetic(model: Any, tokenizer: Any, *, steps: int, batch_size: int, learning_rate: float,
+                        inline_share: float = 0.0, context: float = 0.0, seed: int = 0, eval_every: int = 0,
+                        progress: bool = True, log: Any = None) -> dict[str, Any]:  # fmt: skip
+    """Teach ``model`` the digit arithmetic before it learns to correct (step 3 of the module docstring): ``steps``
+    optimizer steps, each on a batch drawn afresh, an ``inline_share`` of it claims in sentences in the aligner's
+    prompt (:func:`inline_claims`, :func:`encode_inline`), every stated result wrong (with right ones among them the
+    model learns to copy the stated result, measured 2026-11-25), the rest bare equations (:func:`arithmetic_facts`,
+    :func:`encode_facts`; a ``context`` share of them after other text); the loss on the results only. AdamW (betas 0.9/0.98, weight decay 0.01), 5% warm-up
+    (at least 50 steps), cosine, gradient norm clipped at 1. Every ``eval_every`` steps (and at the end) the held-out
+    accuracies (:func:`arithmetic_accuracy`, :func:`inline_accuracy`) are measured and passed to ``log`` (default:
+    printed as a JSON line). Trains ``model`` in place; returns the last measure with the final loss.
+
+    A plain loop rather than ``Trainer`` because every batch is new data (an endless supply of equations): measured
+    2026-11-25, ``Trainer`` over a fixed pool of 768,000 mixed examples grouped by length stayed at a loss of 2.1 (the
+    same digit for every question) for 1,000 steps, where this loop on bare equations learns division by step 250.
+    """
+    import math
+
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import DataCollatorForSeq2Seq
+
+    collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01, betas=(0.9, 0.98))
+    warmup = max(50, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    )
+    log = log or (lambda row: print(json.dumps(row), flush=True))
+    rng, n_inline = random.Random(seed), round(batch_size * inline_share)
+    t0, loss, measured = time.perf_counter(), None, {}
+    model.train()
+    for step in tqdm(range(1, steps + 1), desc="arithmetic", disable=not progress):
+        claims = inline_claims(n_inline, seed=rng.randrange(2**31), wrong_fraction=1.0) if n_inline else []
+        examples = encode_inline(tokenizer, claims)
+        facts = arithmetic_facts(batch_size - n_inline, seed=rng.randrange(2**31), context=context)
+        examples += encode_facts(tokenizer, facts)
+        loss = model(**collate(examples)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        if step == steps or (eval_every and step % eval_every == 0):
+            measured = {"step": step, "loss": round(loss.item(), 4), "seconds": round(time.perf_counter() - t0),
+                        "held_out_accuracy": arithmetic_accuracy(model, tokenizer),
+                        "held_out_inline_accuracy": inline_accuracy(model, tokenizer)}  # fmt: skip
+            log(measured)
+    return measured
 
 
 def arithmetic_accuracy(model: Any, tokenizer: Any, *, n: int = 400, seed: int = 7) -> dict[str, float]:
@@ -331,6 +543,46 @@ def arithmetic_accuracy(model: Any, tokenizer: Any, *, n: int = 400, seed: int =
         tokenizer.padding_side = side
         model.train(was_training)
     return {op: round(k / sum(t[1] == op for t in triples), 3) for op, k in right.items()}
+
+
+def inline_accuracy(model: Any, tokenizer: Any, *, n: int = 400, seed: int = 99) -> dict[str, float]:
+    """The share of ``n`` held-out wrong claims in sentences (:func:`inline_claims` of the ``"test"`` split, all wrong)
+    whose right result ``model`` writes, greedy and with no copy bias, when its correction has reached the result: the
+    arithmetic in the format the aligner uses it in. Per operator; reads ``model`` (evaluation mode for the call) and
+    leaves ``tokenizer.padding_side`` as it was."""
+    import torch
+
+    claims = inline_claims(n, seed=seed, split="test", wrong_fraction=1.0)
+    side, was_training = tokenizer.padding_side, model.training
+    tokenizer.padding_side = "left"
+    model.eval()
+    right: dict[str, list[int]] = {op: [0, 0] for op in "+-*/"}
+    try:
+        for i in range(0, n, 100):
+            chunk = claims[i : i + 100]
+            prompts = [PROMPT.format(last=sentence) + correction[:start] for sentence, correction, start, _ in chunk]
+            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.no_grad():
+                out = model.generate(**enc, max_new_tokens=7, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            for (_, correction, start, end), text in zip(chunk, texts, strict=True):
+                op = _operator_of(correction[:start])
+                written = re.match(r"\d*", text).group()
+                right[op][0] += written == correction[start:end]
+                right[op][1] += 1
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return {op: round(k / max(total, 1), 3) for op, (k, total) in right.items()}
+
+
+def _operator_of(left: str) -> str:
+    """The operator of an :func:`inline_claims` claim, from the text before its result."""
+    for op, pattern in (("+", r"[+]|plus|added|sum|add"), ("-", r"\d\s*-|minus|difference|subtract"),
+                        ("*", r"[*×]| x |times|multipl|product")):  # fmt: skip
+        if re.search(pattern, left, re.IGNORECASE):
+            return op
+    return "/"
 
 
 def train_tokenizer(texts: list[str], *, vocab_size: int) -> Any:
@@ -389,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = default_cache_dir()
     work = Path(args.work_dir) if args.work_dir else cache / "arithmetic-aligner-work-small"
     work.mkdir(parents=True, exist_ok=True)
-    sources = args.records or [str(cache / "arithmetic-aligner-work-precise" / "greedy.jsonl")]
+    sources = args.records or ([str(cache / "arithmetic-aligner-work-precise" / "greedy.jsonl")] if args.on_policy_weight else [])
     missing = [s for s in sources if not Path(s).is_file()]
     if missing:
         print(f"[aligner] on-policy records not found: {', '.join(missing)} (collect them with make aligner-precise, "
@@ -403,21 +655,25 @@ def main(argv: list[str] | None = None) -> int:
     train_records, report["records"] = step(
         "records", records, on_policy, seed=args.seed, claims=args.claims, wrong_fraction=args.wrong_fraction,
         products=args.products, prose=args.prose, on_policy_weight=args.on_policy_weight, prose_files=args.prose_files,
-        facts=args.facts, carried=args.carried, direct=args.direct)  # fmt: skip
+        facts=args.facts, carried=args.carried, direct=args.direct, inline=args.inline, markdown=args.markdown,
+        items=args.items)  # fmt: skip
     (work / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_records))
     print(f"[aligner] records: {report['records']}", flush=True)
     texts = [r[k] for r in train_records for k in ("last", "correction")] + [PROMPT]
     tokenizer = step("tokenizer", train_tokenizer, texts, vocab_size=args.vocab_size)
     model = init_model(tokenizer, hidden_size=args.hidden_size, layers=args.layers, seed=args.seed)
     report["parameters"] = sum(p.numel() for p in model.parameters())
-    if args.pretrain_facts:
-        facts = arithmetic_facts(args.pretrain_facts, seed=args.seed + 2)
-        result = step("pretraining", pretrain_arithmetic, model, tokenizer, facts, output_dir=str(work / "pretraining"),
-                      epochs=args.pretrain_epochs, batch_size=args.pretrain_batch_size,
-                      learning_rate=args.pretrain_learning_rate, seed=args.seed, progress=not args.no_progress)  # fmt: skip
-        report["pretraining"] = {"steps": result.global_step, "loss": round(result.training_loss, 4),
-                                 "held_out_accuracy": arithmetic_accuracy(model, tokenizer)}  # fmt: skip
+    if args.pretrain_steps:  # bare equations first, then claims in sentences (docs/results.md, "Arithmetic in the sentence")
+        report["pretraining"] = step("pretraining", pretrain_arithmetic, model, tokenizer, steps=args.pretrain_steps,
+                                     batch_size=args.pretrain_batch_size, learning_rate=args.pretrain_learning_rate,
+                                     context=args.pretrain_context, seed=args.seed + 2, progress=not args.no_progress)  # fmt: skip
         print(f"[aligner] pretraining: {report['pretraining']}", flush=True)
+    if args.inline_steps:
+        report["inline_pretraining"] = step("inline_pretraining", pretrain_arithmetic, model, tokenizer,
+                                            steps=args.inline_steps, batch_size=args.pretrain_batch_size,
+                                            learning_rate=args.inline_learning_rate, inline_share=args.inline_share,
+                                            seed=args.seed + 21, progress=not args.no_progress)  # fmt: skip
+        print(f"[aligner] pretraining in sentences: {report['inline_pretraining']}", flush=True)
     base = work / "base"
     tokenizer.save_pretrained(base)
     model.save_pretrained(base)
@@ -437,7 +693,9 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM
 
     # the same bare equations after training on the records: kept, or forgotten (docs/results.md)
-    report["training"]["held_out_accuracy"] = arithmetic_accuracy(AutoModelForCausalLM.from_pretrained(trained), tokenizer)
+    trained_model = AutoModelForCausalLM.from_pretrained(trained)
+    report["training"]["held_out_accuracy"] = arithmetic_accuracy(trained_model, tokenizer)
+    report["training"]["held_out_inline_accuracy"] = inline_accuracy(trained_model, tokenizer)
     to_float16(trained, "model.safetensors")
     report["total_s"] = round(time.perf_counter() - t_all, 1)
     install(trained, Path(args.output), report)
