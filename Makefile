@@ -68,9 +68,9 @@ aligner: $(STAMP)
 aligner-precise: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m examples.arithmetic.build_aligner --recipe precise --output .cache/precise_aligner
 
-# aligner-small: a 4M-parameter aligner trained from scratch (arithmetic first, then with the copy bias it runs with),
-# reading the sentence alone (examples/arithmetic/build_small_aligner.py; needs aligner-precise's greedy.jsonl; about
-# 70 minutes alone on 2 cores), into .cache/small_aligner, not shipped. Compare aligners quickly: python -m examples.arithmetic.replay.
+# aligner-small: a 4M-parameter aligner trained from scratch (arithmetic first, bare and then in sentences, then the
+# corrections with the copy bias it runs with), reading the sentence alone (examples/arithmetic/build_small_aligner.py;
+# about 70 minutes alone on 2 cores), into .cache/small_aligner, not shipped. Compare aligners quickly: python -m examples.arithmetic.replay.
 aligner-small: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m examples.arithmetic.build_small_aligner --output .cache/small_aligner
 
