@@ -27,8 +27,8 @@ Steps (every one in this process; wall times printed and saved in ``build_report
 2. A byte-level BPE tokenizer trained on those records (:func:`train_tokenizer`: every digit its own token).
 3. A Llama initialised from its config (:func:`init_model`, seeded), then taught the digit arithmetic
    (:func:`pretrain_arithmetic`, batches drawn afresh): ``--pretrain-steps`` on bare held-in equations
-   (:func:`arithmetic_facts`, a ``--pretrain-context`` share of them after other text), then ``--inline-steps`` with an ``--inline-share`` of each batch claims in sentences
-   as the aligner reads and writes them (:func:`inline_claims`), so the arithmetic is learned in the format it is
+   (:func:`arithmetic_facts`, a ``--pretrain-context`` share of them after other text), then ``--inline-steps``
+   with an ``--inline-share`` of each batch claims in sentences as the aligner reads and writes them (:func:`inline_claims`), so the arithmetic is learned in the format it is
    used in; ``0`` skips a stage. Held-out accuracies, bare and in sentences (:func:`arithmetic_accuracy`,
    :func:`inline_accuracy`), are reported after each stage.
 4. :func:`~transformers_stream_aligner.train_aligner` on all weights with ``copy_bias`` (:data:`SETTINGS`); the
@@ -56,6 +56,9 @@ from . import ARITHMETIC_ALIGNER
 #: The aligner fixes what the sentence itself shows wrong (``58 - 37 = 15``); a result that is wrong only given
 #: the question (``So, the answer is 100.``) is left as written.
 PROMPT = ">>> {last}\n<<< "
+
+#: Text that looks like arithmetic (a digit, an operator or ``=``, a digit): never in text to copy.
+_ARITHMETIC = re.compile(r"\d\s*[-+*/x×÷=]\s*\d")
 
 #: How a bare fact writes each operator (with its spacing): :func:`embedded_facts` and :func:`arithmetic_facts`.
 SIGNS = {"+": ["+", " + "], "-": ["-", " - "], "*": ["*", " * ", " × ", "×", " x "], "/": ["/", " / ", " ÷ "]}
@@ -113,7 +116,7 @@ def prose_sentences(n: int, *, seed: int, max_files: int = 3000) -> list[str]:
                 doc = ast.get_docstring(node)
                 for s in split_sentences(" ".join(doc.split())) if doc else []:
                     s = s.strip()
-                    if 25 <= len(s) <= 220 and s[0].isupper() and not re.search(r"\d\s*[-+*/x×÷=]\s*\d", s):
+                    if 25 <= len(s) <= 220 and s[0].isupper() and not _ARITHMETIC.search(s):
                         found.add(s)
     sentences = sorted(found)
     random.Random(seed).shuffle(sentences)
@@ -136,6 +139,8 @@ def markdown_sentences(n: int, *, seed: int) -> list[str]:
 
     from .task import check_arithmetic
 
+    if n <= 0:
+        return []
     texts = []
     for dist in importlib.metadata.distributions():
         meta = dist.read_text("METADATA") or ""
@@ -146,7 +151,7 @@ def markdown_sentences(n: int, *, seed: int) -> list[str]:
     for text in texts:
         for s in split_sentences(text):
             s = s.strip()
-            if 3 <= len(s) <= 220 and "http" not in s and not re.search(r"\d\s*[-+*/x×÷=]\s*\d", s) and check_arithmetic("", "", s) == s:
+            if 3 <= len(s) <= 220 and "http" not in s and not _ARITHMETIC.search(s) and check_arithmetic("", "", s) == s:
                 found.add(s)
     sentences = sorted(found)
     random.Random(seed).shuffle(sentences)
@@ -294,7 +299,9 @@ def records(on_policy: list[dict[str, str]], *, seed: int, claims: int, wrong_fr
     made += carried_claims(carried, seed=seed + 1, wrong_fraction=wrong_fraction, carriers=sentences)
     made += [{"question": "What is it?", "prefix": "", "last": sentence, "correction": correction}
              for sentence, correction, _, _ in inline_claims(inline, seed=seed + 11, wrong_fraction=wrong_fraction)]  # fmt: skip
-    marked = markdown_sentences(markdown, seed=seed) + list_items(prose_sentences(items, seed=seed + 7, max_files=prose_files), seed=seed + 5)
+    marked = markdown_sentences(markdown, seed=seed)
+    if items:  # prose_sentences reads the standard library: only when asked
+        marked += list_items(prose_sentences(items, seed=seed + 7, max_files=prose_files), seed=seed + 5)
     copies += [{"question": rng.choice(questions), "prefix": "", "last": s, "correction": s} for s in marked]
     usable = [dict(r) for r in on_policy if self_contained(r)]
     everything = usable * on_policy_weight + made + copies
@@ -393,10 +400,15 @@ def inline_claims(n: int, *, seed: int, split: str = "train", wrong_fraction: fl
     >>> sentence != correction, correction[start:end].isdigit()
     (True, True)
     """
+    return [claim for _, claim in _inline_claims_by_operator(n, seed=seed, split=split, wrong_fraction=wrong_fraction)]
+
+
+def _inline_claims_by_operator(n: int, *, seed: int, split: str, wrong_fraction: float) -> list[tuple[str, tuple[str, str, int, int]]]:
+    """:func:`inline_claims` with each claim's operator: ``(op, claim)``."""
     from .task import PROBES, ArithmeticProblem, _near_miss, check_arithmetic
 
     rng = random.Random(seed)
-    out: list[tuple[str, str, int, int]] = []
+    out: list[tuple[str, tuple[str, str, int, int]]] = []
     while len(out) < n:
         op = rng.choice("+-*/")
         a, b = wide_operands(op, rng)
@@ -430,7 +442,7 @@ def inline_claims(n: int, *, seed: int, split: str = "train", wrong_fraction: fl
         sentence, correction = head + stated + closing, head + value + closing
         if check_arithmetic("", "", sentence).strip() != correction.strip():
             continue  # a form the checker reads otherwise: no record
-        out.append((sentence, correction, len(head), len(head) + len(value)))
+        out.append((op, (sentence, correction, len(head), len(head) + len(value))))
     return out
 
 
@@ -466,8 +478,8 @@ def pretrain_arithmetic(model: Any, tokenizer: Any, *, steps: int, batch_size: i
     optimizer steps, each on a batch drawn afresh, an ``inline_share`` of it claims in sentences in the aligner's
     prompt (:func:`inline_claims`, :func:`encode_inline`), every stated result wrong (with right ones among them the
     model learns to copy the stated result, measured 2026-11-25), the rest bare equations (:func:`arithmetic_facts`,
-    :func:`encode_facts`; a ``context`` share of them after other text); the loss on the results only. AdamW (betas 0.9/0.98, weight decay 0.01), 5% warm-up
-    (at least 50 steps), cosine, gradient norm clipped at 1. Every ``eval_every`` steps (and at the end) the held-out
+    :func:`encode_facts`; a ``context`` share of them after other text); the loss on the results only. AdamW (betas
+    0.9/0.98, weight decay 0.01), 5% warm-up (at least 50 steps), cosine, gradient norm clipped at 1. Every ``eval_every`` steps (and at the end) the held-out
     accuracies (:func:`arithmetic_accuracy`, :func:`inline_accuracy`) are measured and passed to ``log`` (default:
     printed as a JSON line). Trains ``model`` in place; returns the last measure with the final loss.
 
@@ -489,7 +501,7 @@ def pretrain_arithmetic(model: Any, tokenizer: Any, *, steps: int, batch_size: i
     )
     log = log or (lambda row: print(json.dumps(row), flush=True))
     rng, n_inline = random.Random(seed), round(batch_size * inline_share)
-    t0, loss, measured = time.perf_counter(), None, {}
+    t0, measured = time.perf_counter(), {}
     model.train()
     for step in tqdm(range(1, steps + 1), desc="arithmetic", disable=not progress):
         claims = inline_claims(n_inline, seed=rng.randrange(2**31), wrong_fraction=1.0) if n_inline else []
@@ -552,7 +564,7 @@ def inline_accuracy(model: Any, tokenizer: Any, *, n: int = 400, seed: int = 99)
     leaves ``tokenizer.padding_side`` as it was."""
     import torch
 
-    claims = inline_claims(n, seed=seed, split="test", wrong_fraction=1.0)
+    claims = _inline_claims_by_operator(n, seed=seed, split="test", wrong_fraction=1.0)
     side, was_training = tokenizer.padding_side, model.training
     tokenizer.padding_side = "left"
     model.eval()
@@ -560,13 +572,12 @@ def inline_accuracy(model: Any, tokenizer: Any, *, n: int = 400, seed: int = 99)
     try:
         for i in range(0, n, 100):
             chunk = claims[i : i + 100]
-            prompts = [PROMPT.format(last=sentence) + correction[:start] for sentence, correction, start, _ in chunk]
+            prompts = [PROMPT.format(last=sentence) + correction[:start] for _, (sentence, correction, start, _) in chunk]
             enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
             with torch.no_grad():
                 out = model.generate(**enc, max_new_tokens=7, do_sample=False, pad_token_id=tokenizer.pad_token_id)
             texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-            for (_, correction, start, end), text in zip(chunk, texts, strict=True):
-                op = _operator_of(correction[:start])
+            for (op, (_, correction, start, end)), text in zip(chunk, texts, strict=True):
                 written = re.match(r"\d*", text).group()
                 right[op][0] += written == correction[start:end]
                 right[op][1] += 1
@@ -574,15 +585,6 @@ def inline_accuracy(model: Any, tokenizer: Any, *, n: int = 400, seed: int = 99)
         tokenizer.padding_side = side
         model.train(was_training)
     return {op: round(k / max(total, 1), 3) for op, (k, total) in right.items()}
-
-
-def _operator_of(left: str) -> str:
-    """The operator of an :func:`inline_claims` claim, from the text before its result."""
-    for op, pattern in (("+", r"[+]|plus|added|sum|add"), ("-", r"\d\s*-|minus|difference|subtract"),
-                        ("*", r"[*×]| x |times|multipl|product")):  # fmt: skip
-        if re.search(pattern, left, re.IGNORECASE):
-            return op
-    return "/"
 
 
 def train_tokenizer(texts: list[str], *, vocab_size: int) -> Any:
