@@ -1,6 +1,7 @@
 """Training an aligner: data checks, label masking, truncation, train -> infer (full and LoRA), atomic output."""
 
 import copy
+import dataclasses
 import json
 import os
 import subprocess
@@ -221,6 +222,27 @@ def test_cli_train_then_infer_full_fine_tune(tiny_base, tmp_path, capsys):
     assert aligner.correct([AlignmentRequest(RECORD["question"], RECORD["prefix"], RECORD["last"])]) == [
         RECORD["correction"]
     ]
+
+
+def test_cli_train_with_the_calculator_then_infer(tiny_base, tmp_path):
+    """--calculator: the records write results as calculations; the trained aligner writes them too, and its
+    corrections come out evaluated (a wrong stated result replaced, a right one kept as written)."""
+    records = [{"question": "What is 17*23?", "prefix": "", "last": "So 17*23 = 381.", "correction": "So 17*23 = <<17*23=381>>."}]
+    data = _write_jsonl(tmp_path / "calc.jsonl", records * 16)
+    out = tmp_path / "aligner"
+    code = cli_main(
+        [
+            "train", "--base-model", str(tiny_base), "--train-file", str(data), "--output-dir", str(out),
+            "--num-train-epochs", "20", "--learning-rate", "3e-3", "--per-device-train-batch-size", "8",
+            "--max-length", "256", "--calculator", "--no-progress",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    aligner = StreamAligner.from_pretrained(out)
+    assert aligner.config.calculator and "Calculator: on (`calculator: true`)" in (out / "README.md").read_text()
+    assert aligner.correct([AlignmentRequest("What is 17*23?", "", "So 17*23 = 381.")]) == ["So 17*23 = 391."]
+    raw = StreamAligner(aligner.model, aligner.tokenizer, dataclasses.replace(aligner.config, calculator=False))
+    assert raw.correct([AlignmentRequest("What is 17*23?", "", "So 17*23 = 381.")]) == ["So 17*23 = <<17*23=381>>."]
 
 
 def test_train_then_infer_lora_adapter(tiny_base, tmp_path):

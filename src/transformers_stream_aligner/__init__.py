@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 _LAZY = {
     "AlignmentRequest": "aligner", "StreamAligner": "aligner", "SupportsCorrect": "aligner",
     "UnfinishedCorrection": "aligner", "as_correction_fn": "aligner",
+    "CalculationError": "aligner_calculator", "expand_calculations": "aligner_calculator",
     "MIN_TRANSFORMERS_VERSION": "custom_generate", "export_custom_generate": "custom_generate",
     "stream_aligned_decoding": "custom_generate",
     "StreamAlignedGenerationMixin": "generation", "enable_stream_alignment": "generation",
@@ -44,6 +45,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from .aligner import AlignmentRequest, StreamAligner, SupportsCorrect, UnfinishedCorrection, as_correction_fn
+    from .aligner_calculator import CalculationError, expand_calculations
     from .custom_generate import MIN_TRANSFORMERS_VERSION, export_custom_generate, stream_aligned_decoding
     from .generation import StreamAlignedGenerationMixin, enable_stream_alignment, stream_aligned_generate
     from .logits_process import HoldCompletedRowsLogitsProcessor
@@ -98,6 +100,7 @@ __all__ = [
     "AlignmentRequest",
     "AlignmentStats",
     "AlignmentStreamerHooks",
+    "CalculationError",
     "HoldCompletedRowsLogitsProcessor",
     "LoraArguments",
     "SentenceBoundaryCriteria",
@@ -118,6 +121,7 @@ __all__ = [
     "UnfinishedCorrection",
     "__version__",
     "as_correction_fn",
+    "expand_calculations",
     "export_custom_generate",
     "enable_stream_alignment",
     "encode_records",

@@ -31,6 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from transformers.utils import PushToHubMixin
 
+from .aligner_calculator import calculate
 from .stream_aligner_config import CONFIG_NAME, StreamAlignerConfig
 from .tokens import token_id_list, tokenize_plain_text
 
@@ -512,6 +513,8 @@ class StreamAligner(PushToHubMixin):
                     limit,
                 )
                 texts[i] = UnfinishedCorrection(texts[i])
+            elif self.config.calculator:
+                texts[i] = calculate(texts[i], request.last)
         return texts
 
     def _generate_batch(self, requests: list[AlignmentRequest]) -> list[list[int]]:

@@ -30,7 +30,7 @@ Instruction template:
 ```
 
 Wrapper: {wrapper}
-
+{calculator}
 ## Usage
 
 ```python
@@ -48,6 +48,13 @@ inputs = tokenizer.apply_chat_template(
 out = model.generate(**inputs, aligner=aligner, max_new_tokens=200)
 print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 ```
+"""
+
+
+_CALCULATOR = """
+Calculator: on (`calculator: true`). The aligner writes each result it checks as `<<expression=stated>>`; the
+library evaluates it (`transformers_stream_aligner.aligner_calculator`): a right stated result is kept as written, a
+wrong one is replaced by the value.
 """
 
 
@@ -100,6 +107,7 @@ def build_model_card(aligner: Any, repo_id: str | None = None) -> Any:
         training=_training_section(getattr(aligner, "training_facts", None)),
         instruction_template=config.instruction_template,
         wrapper=wrapper,
+        calculator=_CALCULATOR if config.calculator else "",
         repo_id=repo_id or "path/to/this/checkpoint",
     )
     return ModelCard(text)

@@ -106,6 +106,10 @@ class StreamAlignerConfig(PushToHubMixin):
             greedy or sampled. ``0.0`` (default) changes nothing; a positive bias makes the aligner change a sentence
             only where it is confident, trading corrections for precision (the "confidence bias" of GECToR's KEEP
             tag). Tune it on held-in data; a checkpoint's ``stream_aligner_config.json`` stores the one it is decoded with.
+        calculator: the aligner writes the results it checks as calculations, ``<<expression=stated>>``, and
+            :mod:`.aligner_calculator` evaluates them: a right stated result is kept as written, a wrong one is
+            replaced by the value (for aligners trained on such corrections; a correction with a calculation that
+            cannot be evaluated keeps the original sentence). ``False`` (default): the aligner's text is used as is.
         terminators: characters that end a sentence.
         max_sentence_tokens: an upstream sentence that reaches this many tokens without ending is cut there
             and aligned as it is (text that never ends a sentence cannot stall alignment).
@@ -123,6 +127,7 @@ class StreamAlignerConfig(PushToHubMixin):
     copy_draft_tokens: int = 32
     reuse_kv_cache: bool = True
     copy_bias: float = 0.0
+    calculator: bool = False
     terminators: str = DEFAULT_TERMINATORS
     max_sentence_tokens: int = 256
     base_model: str | None = None

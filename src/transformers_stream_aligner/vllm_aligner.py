@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .aligner import AlignmentRequest, UnfinishedCorrection
+from .aligner_calculator import calculate
 from .stream_aligner_config import StreamAlignerConfig
 from .tokens import token_id_list
 
@@ -224,11 +225,15 @@ class VLLMAligner:
         if len(choices) != len(requests):
             raise VLLMUpstreamError(f"the aligner server answered {len(choices)} choices for {len(requests)} prompts")
         texts: list[str] = []
-        for choice in choices:
+        for choice, request in zip(choices, requests, strict=True):
             ids = list(choice.get("token_ids") or [])
             text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
             ended = choice.get("finish_reason") == "stop" or any(t in self.eos_token_ids for t in ids)
-            texts.append(text if ended else UnfinishedCorrection(text))
+            if not ended:
+                text = UnfinishedCorrection(text)
+            elif config.calculator:
+                text = calculate(text, request.last)
+            texts.append(text)
         return texts
 
     def __repr__(self) -> str:

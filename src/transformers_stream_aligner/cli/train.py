@@ -51,6 +51,11 @@ class TrainScriptArguments:
         default=None, metadata={"help": "Raw prompt wrapper with {instruction} instead of the tokenizer's chat template."}
     )
     system_prompt: str | None = field(default=None, metadata={"help": "System message when the chat template is used."})
+    calculator: bool = field(
+        default=False,
+        metadata={"help": "The records' corrections write results as <<expression=stated>> calculations: the saved "
+                  "aligner evaluates them (StreamAlignerConfig.calculator)."},
+    )
 
 
 def add_parser(subparsers: Any, name: str) -> argparse.ArgumentParser:
@@ -100,7 +105,9 @@ def run(args: argparse.Namespace) -> int:
     config = from_namespace(args, AlignerTrainingConfig, **overrides)
     lora = from_namespace(args, LoraArguments)
     aligner_config = StreamAlignerConfig.from_json_file(script.aligner_config) if script.aligner_config else None
-    prompt = {k: v for k, v in (("prompt_wrapper", script.prompt_wrapper), ("system_prompt", script.system_prompt)) if v is not None}
+    prompt: dict[str, Any] = {k: v for k, v in (("prompt_wrapper", script.prompt_wrapper), ("system_prompt", script.system_prompt)) if v is not None}
+    if script.calculator:
+        prompt["calculator"] = True
     if prompt:
         base = aligner_config or StreamAlignerConfig.from_pretrained(script.base_model) or StreamAlignerConfig()
         aligner_config = dataclasses.replace(base, **prompt)
