@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 # Models are converted once into the shared cache: $STREAM_ALIGNER_CACHE or ~/.cache/transformers-stream-aligner (examples/smollm2.py).
 
-.PHONY: install demo test test-fast test-vllm lint eval aligner aligner-precise aligner-small copy-bias-sweep bench bench-compare bench-batch bench-batch-floor bench-one-copy bench-train bench-vllm soak clean
+.PHONY: install demo test test-fast test-vllm lint eval aligner aligner-v2 aligner-precise aligner-small copy-bias-sweep bench bench-compare bench-batch bench-batch-floor bench-one-copy bench-train bench-vllm soak clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,13 +57,18 @@ eval: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m examples.arithmetic.evaluation --output benchmarks/results/arithmetic_eval.json \
 		--plot docs/img/arithmetic_eval.png $(EVAL_ARGS)
 
-# Rebuild the shipped arithmetic aligner (examples/arithmetic/trained_aligner) from scratch, seeded (recipe v2: on-policy
-# data, held-in product claims, LoRA training; ~45 min). aligner-precise: the precise recipe in development (claims in
-# many forms, half wrong; non-arithmetic answers) into .cache/precise_aligner, not shipped. copy-bias-sweep: how
-# copy_bias trades fixes for precision on held-in data, for ALIGNER (default: the shipped one; needs aligner-precise's
-# greedy.jsonl).
+# Rebuild the shipped arithmetic aligner (examples/arithmetic/trained_aligner) from scratch, seeded: on-policy sentences,
+# held-in claims in many forms and text to copy, every checked result written as a calculation for the library's
+# calculator; LoRA training (examples/arithmetic/build_calculator_aligner.py; ~40 min). aligner-v2: the aligner shipped
+# before (worked products, no calculator; ~45 min) into .cache/v2_aligner. aligner-precise: a precise recipe without the
+# calculator (claims in many forms, half wrong; non-arithmetic answers) into .cache/precise_aligner, not shipped.
+# copy-bias-sweep: how copy_bias trades fixes for precision on held-in data, for ALIGNER (default: the shipped one;
+# needs aligner-precise's greedy.jsonl).
 aligner: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m examples.arithmetic.build_aligner --recipe v2
+	HF_HUB_OFFLINE=1 $(PY) -m examples.arithmetic.build_calculator_aligner
+
+aligner-v2: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m examples.arithmetic.build_aligner --recipe v2 --output .cache/v2_aligner
 
 aligner-precise: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m examples.arithmetic.build_aligner --recipe precise --output .cache/precise_aligner

@@ -36,7 +36,7 @@ def child(mode: str, max_new_tokens: int, cache_dir: str | None) -> dict[str, An
     import torch
 
     from examples.arithmetic import load_arithmetic_aligner
-    from examples.arithmetic.demo import DEFAULT_QUESTIONS
+    from examples.arithmetic.demo import default_questions
     from examples.smollm2 import load_smollm2
     from transformers_stream_aligner import enable_stream_alignment
 
@@ -54,7 +54,7 @@ def child(mode: str, max_new_tokens: int, cache_dir: str | None) -> dict[str, An
     t1 = time.perf_counter()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for question in DEFAULT_QUESTIONS:
+        for question in default_questions(0):  # make demo's questions (--seed 0)
             inputs = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
                                              return_tensors="pt", return_dict=True)  # fmt: skip
             options = {"max_new_tokens": max_new_tokens, "do_sample": False}

@@ -146,10 +146,10 @@ def install(trained: Path, out: Path, report: dict[str, Any]) -> None:
     print(f"[aligner] saved to {out} ({size:.1f} MiB); total {report.get('total_s')} s", flush=True)
 
 
-def portable(directory: Path, *, copy_bias: float = 0.0) -> None:
+def portable(directory: Path, *, copy_bias: float = 0.0, max_correction_tokens: int = 128) -> None:
     """Name the base by its Hub id instead of this machine's cache path (configs and model card), bound a
-    correction at 128 tokens (a sentence with a worked product is about 80; a runaway stops early) and store the
-    ``copy_bias`` the aligner is decoded with."""
+    correction at ``max_correction_tokens`` (128: a sentence with a worked product is about 80; a runaway stops early)
+    and store the ``copy_bias`` the aligner is decoded with."""
     from transformers_stream_aligner import StreamAlignerConfig
 
     from ..smollm2 import smollm2_checkpoint
@@ -161,7 +161,7 @@ def portable(directory: Path, *, copy_bias: float = 0.0) -> None:
             path.write_text(path.read_text().replace(local, SMOLLM2_HUB_ID))
     config = StreamAlignerConfig.from_pretrained(directory)
     config.base_model = SMOLLM2_HUB_ID
-    config.max_correction_tokens = 128
+    config.max_correction_tokens = max_correction_tokens
     config.copy_bias = copy_bias
     config.save_pretrained(directory)
 

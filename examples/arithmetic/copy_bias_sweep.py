@@ -5,7 +5,8 @@ evaluation's figures stay honest) and the exact checker judges the outputs:
 
 * on-policy sentences the precise recipe collected (``--records``, the ``greedy.jsonl`` of ``make aligner-precise``)
   that the checker kept and that the precise recipe's assembly did not pick for training (seed 0, 1.5 copies per
-  change): prose and right arithmetic, each must come out unchanged;
+  change), or with ``--all-unseen`` every kept sentence of records no build trained on (the calculator recipe's
+  ``tune.jsonl``): prose and right arithmetic, each must come out unchanged;
 * held-in claims in many written forms (:func:`~.claims.make_claims`, ``split="train"``, a seed other than the
   training one), judged by construction: right ones broken, wrong ones fixed.
 
@@ -24,13 +25,15 @@ from pathlib import Path
 from typing import Any
 
 
-def held_in_sets(records_path: str, *, n_records: int, n_claims: int, claims_seed: int) -> tuple[list[dict], list[Any]]:
-    """The unseen kept on-policy records and the held-in claims (both seeded)."""
+def held_in_sets(records_path: str, *, n_records: int, n_claims: int, claims_seed: int,
+                 all_unseen: bool = False) -> tuple[list[dict], list[Any]]:  # fmt: skip
+    """The unseen kept on-policy records and the held-in claims (both seeded). ``all_unseen``: no record of
+    ``records_path`` was trained on (the calculator recipe's ``tune.jsonl``), so none is set aside."""
     from .build_aligner import balance
     from .claims import make_claims
 
     records = [json.loads(line) for line in Path(records_path).read_text().splitlines() if line.strip()]
-    picked = {id(r) for r in balance(records, copies_per_change=1.5, seed=0)}
+    picked = set() if all_unseen else {id(r) for r in balance(records, copies_per_change=1.5, seed=0)}
     unseen = [r for r in records if id(r) not in picked and r["correction"].strip() == r["last"].strip()]
     random.Random(0).shuffle(unseen)
     return unseen[:n_records], make_claims(n_claims, seed=claims_seed, split="train")
@@ -82,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--biases", default="0,1,2,3,4", help="comma-separated copy_bias values (default 0,1,2,3,4)")
     parser.add_argument("--records", default=str(default_cache_dir() / "arithmetic-aligner-work-precise" / "greedy.jsonl"),
                         help="the precise recipe's on-policy records (greedy.jsonl)")
+    parser.add_argument("--all-unseen", action="store_true",
+                        help="no record of --records was trained on (the calculator recipe's tune.jsonl)")
     parser.add_argument("--n-records", type=int, default=240)
     parser.add_argument("--n-claims", type=int, default=240)
     parser.add_argument("--claims-seed", type=int, default=5, help="held-in claims' seed (training used 0)")
@@ -93,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..smollm2 import load_smollm2
 
     records, claims = held_in_sets(args.records, n_records=args.n_records, n_claims=args.n_claims,
-                                   claims_seed=args.claims_seed)  # fmt: skip
+                                   claims_seed=args.claims_seed, all_unseen=args.all_unseen)  # fmt: skip
     model, _ = load_smollm2()
     aligner = StreamAligner.from_pretrained(args.aligner, base_model=model, local_files_only=True)
     out = Path(args.output)

@@ -118,7 +118,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         "reference prompt); default: this example's trained arithmetic aligner")
     parser.add_argument("--max-new-tokens", type=int, default=160, help="bound on each answer (default 160)")
     parser.add_argument("--max-correction-tokens", type=int, default=None,
-                        help="bound on one correction (default: the aligner's own, 128 for the trained one; 64 untrained)")
+                        help="bound on one correction (default: the aligner's own, 256 for the trained one; 64 untrained)")
     parser.add_argument("--two-copies", action="store_true",
                         help="load the trained aligner on a second copy of SmolLM2 (default: on the upstream itself)")
     parser.add_argument("--cache-dir", help="where the converted SmolLM2 checkpoint is kept (default: "

@@ -38,6 +38,7 @@ from typing import Any
 
 __all__ = [
     "PROBES",
+    "annotate_calculations",
     "ArithmeticProblem",
     "check_arithmetic",
     "check_arithmetic_precise",
@@ -55,7 +56,7 @@ __all__ = [
 
 _OP_CANON = {"+": "+", "-": "-", "−": "-", "–": "-", "*": "*", "x": "*", "×": "*", "/": "/", "÷": "/"}
 _OP = r"[+\-−–*x×/÷]"
-_NUM = r"\d{1,3}(?:,\d{3})+(?![\d,])|\d+(?:\.\d+)?"
+_NUM = r"\d{1,3}(?:,\d{3})+(?!\d|,\d)|\d+(?:\.\d+)?"
 _EXPR = rf"-?(?:{_NUM})(?:\s*{_OP}\s*(?:{_NUM}))*"
 # A chain "expr = expr (= expr)*", not glued to a word, a decimal point or another operator.
 _CHAIN = re.compile(rf"(?<![\w.,]){_EXPR}(?:\s*=\s*{_EXPR})+(?![\d]|\.\d)")
@@ -310,10 +311,9 @@ def _claim_edits(text: str) -> list[tuple[int, int, str]]:
     return edits
 
 
-def _result_edits(text: str, problem: ArithmeticProblem, taken: Sequence[tuple[int, int]]) -> list[tuple[int, int, str]]:
-    """Edits of final-result statements: a number after a result word (up to the end of its clause) or right
-    before the problem's unit, that is not an operand, not inside a checked claim, and not the answer."""
-    answer = problem.answer
+def _result_spans(text: str, problem: ArithmeticProblem, taken: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Spans of final-result statements: a number after a result word (up to the end of its clause) or right before
+    the problem's unit, that is not an operand and not inside a checked claim."""
     operands = {Fraction(problem.a), Fraction(problem.b)}
     candidates: list[re.Match[str]] = []
     for w in _RESULT_WORDS.finditer(text):
@@ -325,18 +325,23 @@ def _result_edits(text: str, problem: ArithmeticProblem, taken: Sequence[tuple[i
     candidates += list(_IS_ANSWER.finditer(text))
     if problem.unit:
         candidates += list(re.finditer(rf"(-?(?:{_NUM}))\s+{re.escape(problem.unit)}\b", text))
-    edits, done = [], set()
+    spans, done = [], set()
     for m in candidates:
         start, end = m.span(1) if m.re.groups else m.span()
         if start in done or any(s <= start < e for s, e in taken):
             continue
         done.add(start)
-        written = text[start:end]
-        if text[max(0, start - 1) : start].isalnum() or _to_fraction(written) in operands:
+        if text[max(0, start - 1) : start].isalnum() or _to_fraction(text[start:end]) in operands:
             continue
-        if not _agrees(written, answer):
-            edits.append((start, end, _format(answer)))
-    return edits
+        spans.append((start, end))
+    return spans
+
+
+def _result_edits(text: str, problem: ArithmeticProblem, taken: Sequence[tuple[int, int]]) -> list[tuple[int, int, str]]:
+    """Edits of the final-result statements (:func:`_result_spans`) that are not the answer."""
+    answer = problem.answer
+    return [(start, end, _format(answer)) for start, end in _result_spans(text, problem, taken)
+            if not _agrees(text[start:end], answer)]  # fmt: skip
 
 
 def check_arithmetic(question: str, prefix: str, last: str) -> str:
@@ -365,6 +370,79 @@ def check_arithmetic(question: str, prefix: str, last: str) -> str:
         pos = end
     return "".join(out) + last[pos:]
 
+
+
+def _calculation_spans(text: str) -> list[tuple[int, int, str]]:
+    """``(start, end, expression)`` of every stated result :func:`check_arithmetic` verifies in ``text`` (claims, not
+    final-result statements): the span of the result as written and the expression it claims to be the value of."""
+    spans: list[tuple[int, int, str]] = []
+    for m in _CHAIN.finditer(text):
+        sides, pos = [], m.start()
+        for part in re.split(r"(\s*=\s*)", m.group()):
+            if part.strip() and part.strip() != "=":
+                start = pos + (len(part) - len(part.lstrip()))
+                sides.append((start, start + len(part.strip()), part.strip()))
+            pos += len(part)
+        first = next((side for _, _, side in sides if not _is_bare(side)), None)
+        if first is None or _evaluate(first) is None:
+            continue
+        seen_expression = False
+        for start, end, side in sides:
+            if not _is_bare(side):
+                seen_expression = True
+            elif seen_expression:
+                spans.append((start, end, first))
+    for m in _WORD_CLAIM.finditer(text):
+        spans.append((m.start(4), m.end(4), f"{m.group(1)} {_WORD_OPS[m.group(2).lower()]} {m.group(3)}"))
+    for m in _NAMED_CLAIM.finditer(text):
+        spans.append((m.start(4), m.end(4), f"{m.group(2)} {_NAMED_OPS[m.group(1).lower()]} {m.group(3)}"))
+    for m in _VERB_CLAIM.finditer(text):
+        verb, x, y, how = m.group(1).lower(), m.group(2), m.group(4), m.group(3).lower()
+        if verb.startswith("subtract"):
+            spans.append((m.start(5), m.end(5), f"{y} - {x}" if how == "from" else f"{x} - {y}"))
+        elif how in ("by", "and") and not verb.startswith("add"):
+            spans.append((m.start(5), m.end(5), f"{x} {'*' if verb.startswith('multipl') else '/'} {y}"))
+        elif verb.startswith("add") and how in ("to", "and"):
+            spans.append((m.start(5), m.end(5), f"{x} + {y}"))
+    for m in _VERBAL_CHAIN.finditer(text):
+        if _evaluate(m.group(1)) is not None:
+            spans.append((m.start(2), m.end(2), m.group(1)))
+    return spans
+
+
+def annotate_calculations(question: str, prefix: str, last: str) -> str:
+    """``last`` with every result :func:`check_arithmetic` would verify written as a calculation,
+    ``<<expression=stated>>`` (right or wrong; ``$`` signs read past; a statement of the final result as the
+    question's own ``a op b``), for an aligner that calls the library's
+    calculator (``StreamAlignerConfig(calculator=True)``, :mod:`transformers_stream_aligner.aligner_calculator`):
+    the corrector behind the calculator aligner's data. Everything else is kept as written; expanding the
+    calculations gives :func:`check_arithmetic`'s claim corrections.
+
+    >>> annotate_calculations("", "", "So, 58 - 37 = 15 left, and 45 plus 19 is 64.")
+    'So, 58 - 37 = <<58 - 37=15>> left, and 45 plus 19 is <<45 + 19=64>>.'
+    >>> annotate_calculations("", "", "That is $24 + $40 = $68, then subtract 37 from 58 to get 21.")
+    'That is $24 + $40 = $<<24 + 40=68>>, then subtract 37 from 58 to get <<58 - 37=21>>.'
+    >>> annotate_calculations("Sam had 85 coins and gave away 41. How many coins are left?", "", "So Sam has 21 coins left.")
+    'So Sam has <<85 - 41=21>> coins left.'
+    >>> annotate_calculations("", "", "2. Keep a regular schedule.")
+    '2. Keep a regular schedule.'
+    """
+    kept = [i for i, ch in enumerate(last) if ch != "$"]  # positions in ``last`` of the characters of ``bare``
+    bare = "".join(last[i] for i in kept)
+    spans = _calculation_spans(bare)
+    problem = parse_problem(question)
+    if problem is not None:
+        taken = [(s, e) for s, e, _ in spans] + [(m.start(), m.end()) for m in _CHAIN.finditer(bare)]
+        sym = {"+": "+", "-": "-", "*": "*", "/": "/"}[problem.op]
+        spans += [(s, e, f"{problem.a} {sym} {problem.b}") for s, e in _result_spans(bare, problem, taken)]
+    out, pos = [], 0
+    for start, end, expression in sorted(set(spans)):
+        begin, stop = kept[start], kept[end - 1] + 1
+        if begin < pos:
+            continue  # overlapping claims: the first one wins
+        out.append(last[pos:begin] + f"<<{expression}={last[begin:stop]}>>")
+        pos = stop
+    return "".join(out) + last[pos:]
 
 # ------------------------------------------------------------------------------------- worked products
 # The issue's example; kept out of every training record so that the test on it measures generalisation.

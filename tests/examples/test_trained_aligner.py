@@ -23,17 +23,19 @@ def test_shipped_artefact_is_small_safetensors_and_portable():
     files = {p.name: p.stat().st_size for p in ARITHMETIC_ALIGNER.iterdir()}
     assert "adapter_model.safetensors" in files and "stream_aligner_config.json" in files
     assert not any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in files)
-    assert sum(files.values()) < 12 * 2**20
+    assert sum(files.values()) < 16 * 2**20  # a rank-16 adapter in float16 and the tokenizer
     adapter = json.loads((ARITHMETIC_ALIGNER / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"  # no machine path
     report = json.loads((ARITHMETIC_ALIGNER / "build_report.json").read_text())
-    assert report["records"]["changed"] > 0 and report["total_s"] > 0
-    assert report["synthetic_products"] > 0 and "dropped_probes" in report["records"]  # the recipe that ships
+    assert report["recipe"] == "calculator" and report["total_s"] > 0  # the recipe that ships
+    assert report["records"]["with_calculations"] > 0 and "dropped_probes" in report["records"]
+    config = json.loads((ARITHMETIC_ALIGNER / "stream_aligner_config.json").read_text())
+    assert config["calculator"] is True and config["max_correction_tokens"] == 256
 
 
 def test_shipped_aligner_loads_offline_and_answers(shipped):
     assert getattr(shipped.model, "_hf_peft_config_loaded", False)  # the adapter is on the embedded SmolLM2
-    assert shipped.config.max_correction_tokens == 128
+    assert shipped.config.max_correction_tokens == 256 and shipped.config.calculator
     (fixed,) = shipped.correct(
         [AlignmentRequest("Tom has 45 apples and gets 19 more. How many apples does Tom have now?", "",
                           "Tom has 45 + 19 = 54 apples now.")]
@@ -41,18 +43,27 @@ def test_shipped_aligner_loads_offline_and_answers(shipped):
     assert fixed == "Tom has 45 + 19 = 64 apples now."
 
 
-# The aligner trained on worked products breaks this right addition (docs/results.md, "broke"); the aligner
-# shipped before kept it. Strict: a rebuild that keeps it again turns this into a failure to un-mark.
-@pytest.mark.xfail(strict=True, reason="the shipped aligner rewrites 45+19 = 64 into 54 (docs/results.md)")
-def test_shipped_aligner_keeps_a_right_addition(shipped):
-    assert shipped.correct([AlignmentRequest("What is 45+19?", "", "45+19 = 64.")]) == ["45+19 = 64."]
+# The sentences issue 19 names: the aligner shipped before (v2) broke the right ones (45+19 = 64 -> 54 was a strict
+# xfail) and renumbered list items; this one keeps every right sentence and fixes the wrong ones.
+KEPT = [("What is 45+19?", "45+19 = 64."), ("q", "2+1=3"), ("q", "3*20=60"), ("q", "24 + 40 = $64"), ("q", "180-135=45"),
+        ("What is 170*23?", "170*23 = 3910."), ("How much is 64 * 8?", "64 * 8 = 512."),
+        ("Give me three tips for sleeping better.", "2. Keep a regular schedule."),
+        ("Give me three tips for sleeping better.", "3. **Avoid screens**: turn off your phone an hour before bed.")]  # fmt: skip
+FIXED = [("Mia has 58 marbles and gets 37 more. How many marbles does Mia have now?", "58 - 37 = 15.", "58 - 37 = 21."),
+         ("How much is 64 * 8?", "64 * 8 = 502.", "64 * 8 = 512."), ("q", "So 45 -40 = 6 left.", "So 45 -40 = 5 left."),
+         ("q", "The total cost is $1,250 + $2,500 = $3,700.", "The total cost is $1,250 + $2,500 = $3,750."),
+         ("q", "The product of 12 and 13 is 146.", "The product of 12 and 13 is 156.")]  # fmt: skip
+
+
+def test_shipped_aligner_keeps_right_sentences_and_fixes_wrong_ones(shipped):
+    requests = [AlignmentRequest(q, "", s) for q, s in KEPT] + [AlignmentRequest(q, "", s) for q, s, _ in FIXED]
+    assert shipped.correct(requests, batch_size=4) == [s for _, s in KEPT] + [f for _, _, f in FIXED]
 
 
 def test_shipped_aligner_fixes_17_times_23(shipped):
-    # 17*23 is in no training record (PROBES): the aligner has to work it out, by place value.
+    # 17*23 is in no training record (PROBES): the aligner writes the calculation, the library's calculator does it.
     (fixed,) = shipped.correct([AlignmentRequest("What is 17*23?", "", "17*23 = 381.")])
-    assert fixed.startswith("17*23 = ") and final_answer(fixed) == 391
-    assert every_step_right("What is 17*23?", fixed)  # every step of the worked product, too
+    assert fixed == "17*23 = 391." and final_answer(fixed) == 391 and every_step_right("What is 17*23?", fixed)
 
 
 def test_shipped_aligner_corrects_in_context(smollm2, shipped):
@@ -110,8 +121,8 @@ def test_demo_uses_the_shipped_aligner_and_judges_plain_and_aligned_side_by_side
     captured = capsys.readouterr()
     out = captured.out
     assert "the shipped arithmetic aligner" in out and "on the upstream itself, one copy of the weights" in out
-    assert "plain:          17*23 = 381." in out and "stream-aligned: 17*23 = 17*20 + 17*3 = " in out
-    assert "[WRONG] 17*23 = 381." in out and "[FIXED] 17*23 = 17*20 + 17*3 = " in out  # the judged columns
+    assert "plain:          17*23 = 381." in out and "stream-aligned: 17*23 = 391." in out
+    assert "[WRONG] 17*23 = 381." in out and "[FIXED] 17*23 = 391.  (was: 17*23 = 381.)" in out  # the judged columns
     assert "final answer (right: 391): plain WRONG (381), stream-aligned right (391)" in out
     assert "the aligner FIXED 1, BROKE 0" in out and "final answers right: plain 0/1, stream-aligned 1/1" in out
     assert "Loading weights" not in captured.out + captured.err  # quiet: no per-load progress bars
