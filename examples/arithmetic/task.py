@@ -264,50 +264,14 @@ def _is_bare(expr: str) -> bool:
 
 
 def _claim_edits(text: str) -> list[tuple[int, int, str]]:
-    """Edits ``(start, end, new)`` of the written and worded claims in ``text``; spans of checked claims
-    are returned with ``new`` equal to the old text when they were right."""
-    edits: list[tuple[int, int, str]] = []
-    for m in _CHAIN.finditer(text):
-        sides, pos = [], m.start()
-        for part in re.split(r"(\s*=\s*)", m.group()):
-            if part.strip() and part.strip() != "=":
-                start = pos + (len(part) - len(part.lstrip()))
-                sides.append((start, start + len(part.strip()), part.strip()))
-            pos += len(part)
-        # A chain claims that every side equals its first expression (unverifiable if that divides by zero).
-        first = next((side for _, _, side in sides if not _is_bare(side)), None)
-        value = _evaluate(first) if first is not None else None
-        seen_expression = False
-        for start, end, side in sides:
-            if not _is_bare(side):
-                seen_expression = True
-            elif seen_expression and value is not None:
-                edits.append((start, end, side if _agrees(side, value) else _format(value)))
-    claims: list[tuple[int, str, int, re.Match[str], int]] = []  # a, op, b, match, group of the result
-    for m in _WORD_CLAIM.finditer(text):
-        claims.append((int(m.group(1)), _WORD_OPS[m.group(2).lower()], int(m.group(3)), m, 4))
-    for m in _NAMED_CLAIM.finditer(text):
-        claims.append((int(m.group(2)), _NAMED_OPS[m.group(1).lower()], int(m.group(3)), m, 4))
-    for m in _VERB_CLAIM.finditer(text):
-        verb, x, y = m.group(1).lower(), int(m.group(2)), int(m.group(4))
-        if verb.startswith("subtract"):
-            if m.group(3).lower() == "from":
-                x, y = y, x  # "subtract 48 from 81" = 81 - 48
-            claims.append((x, "-", y, m, 5))
-        elif m.group(3).lower() in ("by", "and") and not verb.startswith("add"):
-            claims.append((x, "*" if verb.startswith("multipl") else "/", y, m, 5))
-        elif verb.startswith("add") and m.group(3).lower() in ("to", "and"):
-            claims.append((x, "+", y, m, 5))
-    for a, op, b, m, group in claims:
-        if op == "/" and b == 0:
-            continue
-        value = _apply(Fraction(a), op, Fraction(b))
-        written = m.group(group)
-        edits.append((m.start(group), m.end(group), written if _agrees(written, value) else _format(value)))
-    for m in _VERBAL_CHAIN.finditer(text):
-        value = _evaluate(m.group(1))
-        if value is not None:
-            edits.append((m.start(2), m.end(2), m.group(2) if _agrees(m.group(2), value) else _format(value)))
+    """Edits ``(start, end, new)`` of the written and worded claims in ``text`` (:func:`_calculation_spans`); spans of
+    checked claims are returned with ``new`` equal to the old text when they were right."""
+    edits = []
+    for start, end, expression in _calculation_spans(text):
+        value = _evaluate(expression)
+        if value is not None:  # unverifiable: a division by zero
+            written = text[start:end]
+            edits.append((start, end, written if _agrees(written, value) else _format(value)))
     return edits
 
 
