@@ -105,7 +105,7 @@ class _FixedDecoder:
     def __init__(self, ids):
         self.ids = ids
 
-    def generate(self, prompts, *, sources, max_new_tokens):
+    def generate(self, prompts, *, sources, max_new_tokens, stop_rules=None):
         return [list(self.ids) for _ in prompts]
 
 

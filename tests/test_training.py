@@ -234,12 +234,14 @@ def test_cli_train_with_the_calculator_then_infer(tiny_base, tmp_path):
         [
             "train", "--base-model", str(tiny_base), "--train-file", str(data), "--output-dir", str(out),
             "--num-train-epochs", "20", "--learning-rate", "3e-3", "--per-device-train-batch-size", "8",
-            "--max-length", "256", "--calculator", "--no-progress",
+            "--max-length", "256", "--calculator", "--edits", "numbers", "--no-progress",
         ]
     )  # fmt: skip
     assert code == 0
     aligner = StreamAligner.from_pretrained(out)
-    assert aligner.config.calculator and "Calculator: on (`calculator: true`)" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert aligner.config.calculator and "Calculator: on (`calculator: true`)" in card
+    assert aligner.config.edits == "numbers" and 'Edits: numbers only (`edits: "numbers"`)' in card
     assert aligner.correct([AlignmentRequest("What is 17*23?", "", "So 17*23 = 381.")]) == ["So 17*23 = 391."]
     raw = StreamAligner(aligner.model, aligner.tokenizer, dataclasses.replace(aligner.config, calculator=False))
     assert raw.correct([AlignmentRequest("What is 17*23?", "", "So 17*23 = 381.")]) == ["So 17*23 = <<17*23=381>>."]

@@ -53,3 +53,37 @@ def test_a_copy_bias_is_refused_unless_overridden(tiny_llama, tmp_path):
         VLLMAligner.from_pretrained(tmp_path, base_url="http://127.0.0.1:9", model="aligner")
     aligner = VLLMAligner.from_pretrained(tmp_path, base_url="http://127.0.0.1:9", model="aligner", copy_bias=0.0)
     assert aligner.config.copy_bias == 0.0
+
+
+def test_the_edit_rule_applies_to_served_corrections_and_kept_sentences_are_not_sent(tiny_llama):
+    """edits="numbers": a served correction that changes words keeps the sentence; a sentence without a digit is not
+    sent; one with a number changed comes through (through the calculator too)."""
+    from transformers_stream_aligner import RejectedCorrection, StreamAlignerConfig
+
+    _, tok = tiny_llama
+    served = {"So 2 + 2 = 5.": "So 2 + 2 = <<2 + 2=5>>.", "It is 3 pm.": "It was 3 pm."}
+    sent = []
+
+    def server(request):
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json=MODELS)
+        if request.url.path == "/metrics":
+            return httpx.Response(200, text='vllm:lora_requests_info{max_lora="2",running_lora_adapters=""} 1.0\n')
+        import json
+
+        prompts = json.loads(request.content)["prompt"]
+        sent.extend(tok.decode(p) for p in prompts)
+        lasts = [next(k for k in served if k in tok.decode(p)) for p in prompts]
+        return httpx.Response(200, json={"choices": [
+            {"index": i, "token_ids": tok(served[last], add_special_tokens=False).input_ids + [tok.eos_token_id],
+             "finish_reason": "stop"} for i, last in enumerate(lasts)]})  # fmt: skip
+
+    config = StreamAlignerConfig(instruction_template="S: {last}\nC: ", prompt_wrapper="{instruction}", calculator=True,
+                                 edits="numbers")  # fmt: skip
+    aligner = VLLMAligner("http://127.0.0.1:9", model="aligner", tokenizer=tok, config=config)
+    aligner._client = httpx.Client(base_url=aligner.base_url, transport=httpx.MockTransport(server))
+    out = aligner.correct([AlignmentRequest("q", "", s) for s in ("So 2 + 2 = 5.", "Rest well.", "It is 3 pm.")])
+    assert out == ["So 2 + 2 = 4.", "Rest well.", "It is 3 pm."]
+    assert isinstance(out[2], RejectedCorrection) and out[2].correction == "It was 3 pm."
+    assert len(sent) == 2 and not any("Rest well." in p for p in sent)
+    assert aligner.correct([AlignmentRequest("q", "", "Rest well.")]) == ["Rest well."] and len(sent) == 2

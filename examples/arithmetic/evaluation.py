@@ -152,6 +152,7 @@ def evaluate_arithmetic(
     sentences: dict[str, list[list[list[str]]]] = {}  # per condition, question: [original, corrected] per sentence
     seconds: dict[str, float] = {}
     unfinished: dict[str, int] = {}
+    rejected: dict[str, int] = {}
     run_plain = "plain" in conditions or "posthoc-trained" in conditions
     order = (["plain"] if run_plain else []) + [c for c in conditions if c != "plain"]
     reusable = set()
@@ -185,7 +186,7 @@ def evaluate_arithmetic(
             sentences[condition] = [[[r.original_text.strip(), r.corrected_text.strip()] for r in t if r.aligned] for t in traces]
             changed[condition] = [sum(o != c for o, c in pairs) for pairs in sentences[condition]]
             if isinstance(fn, CountingAligner):
-                unfinished[condition] = fn.unfinished
+                unfinished[condition], rejected[condition] = fn.unfinished, fn.rejected
         seconds[condition] = round(time.perf_counter() - t0, 1)
     scored = {c: [is_correct(p, a) for p, a in zip(problems, answers[c], strict=True)] for c in conditions}
     summary: dict[str, Any] = {}
@@ -196,6 +197,7 @@ def evaluate_arithmetic(
             entry["answers_changed"] = sum(x > 0 for x in changed[c])
         if c in unfinished:
             entry["unfinished_corrections"] = unfinished[c]
+            entry["rejected_corrections"] = rejected[c]
         if c != "plain" and "plain" in scored:
             diff, lo, hi = paired_bootstrap(scored[c], scored["plain"])
             entry["minus_plain"] = {"difference": diff, "ci95": (lo, hi)}
@@ -249,19 +251,23 @@ def product_claim_probe(aligner: Any, *, n: int = 100, seed: int = 0, batch_size
 
 class CountingAligner:
     """Wraps an aligner and counts its answers that are :class:`~transformers_stream_aligner.UnfinishedCorrection`
-    (a correction that hit ``max_correction_tokens`` without an end). Forwards ``reset_cache``."""
+    (a correction that hit ``max_correction_tokens`` without an end) and
+    :class:`~transformers_stream_aligner.RejectedCorrection` (a copy error the edit rule caught: the sentence kept).
+    Forwards ``reset_cache``."""
 
     def __init__(self, aligner: Any) -> None:
         from transformers_stream_aligner import as_correction_fn
 
         self.aligner, self.fn = aligner, as_correction_fn(aligner)
         self.unfinished = 0
+        self.rejected = 0
 
     def correct(self, requests: list[Any]) -> list[Any]:
-        from transformers_stream_aligner import UnfinishedCorrection
+        from transformers_stream_aligner import RejectedCorrection, UnfinishedCorrection
 
         out = self.fn(requests)
         self.unfinished += sum(isinstance(x, UnfinishedCorrection) for x in out)
+        self.rejected += sum(isinstance(x, RejectedCorrection) for x in out)
         return out
 
     def reset_cache(self) -> None:
@@ -322,7 +328,7 @@ def claims_probe(aligner: Any, *, n: int = 420, seed: int = 0, batch_size: int =
         "n": n, "right_broken": _rate(right.count("broken"), len(right)),
         "right_changed": _rate(len(right) - right.count("kept"), len(right)),
         "wrong_fixed": _rate(wrong.count("fixed"), len(wrong)), "unfinished": counting.unfinished,
-        "by_style": {k: dict(v) for k, v in by_style.items()},
+        "rejected": counting.rejected, "by_style": {k: dict(v) for k, v in by_style.items()},
         "examples": [[c.last, o, v] for c, o, v in zip(claims, outputs, verdicts, strict=True) if v in ("broken", "still_wrong")][:12],
     }  # fmt: skip
 
@@ -352,7 +358,7 @@ def other_text_probe(model: Any, tokenizer: Any, aligner: Any, *, batch_size: in
                 changed += 1
                 examples.append([q, original, r.corrected_text.strip()])
     return {"questions": len(questions), "sentences_changed": _rate(changed, total), "unfinished": counting.unfinished,
-            "examples": examples[:12]}  # fmt: skip
+            "rejected": counting.rejected, "examples": examples[:12]}  # fmt: skip
 
 
 def precision_table(reports: dict[str, dict[str, Any]]) -> str:
@@ -380,6 +386,7 @@ def precision_table(reports: dict[str, dict[str, Any]]) -> str:
         ("claims in other forms: wrong ones made right", lambda rep: cell(rep.get("claims", {}).get("wrong_fixed"))),
         ("non-arithmetic sentences changed (long-form answers)", lambda rep: cell(rep.get("other_text", {}).get("sentences_changed"))),
         ("corrections that hit the token limit", lambda rep: str(rep.get("unfinished", "-"))),
+        ("copy errors caught by the edit rule (sentence kept)", lambda rep: str(rep.get("rejected", "-"))),
     ]  # fmt: skip
     names = list(reports)
     lines = ["| measure (95% Wilson CI) | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
@@ -563,6 +570,8 @@ def run(args: argparse.Namespace) -> int:
                                                 max_new_tokens=args.max_new_tokens, progress=not args.no_progress)  # fmt: skip
         report["unfinished"] = (report["summary"].get("stream-trained", {}).get("unfinished_corrections", 0)
                                 + report["claims"]["unfinished"] + report["other_text"]["unfinished"])  # fmt: skip
+        report["rejected"] = (report["summary"].get("stream-trained", {}).get("rejected_corrections", 0)
+                              + report["claims"]["rejected"] + report["other_text"]["rejected"])  # fmt: skip
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")

@@ -49,11 +49,17 @@ def replay(report: dict[str, Any], aligner: Any, *, condition: str = "stream-tra
         outputs += aligner.correct([AlignmentRequest(q, p, o) for q, p, o, _ in items[i : i + batch_size]])
     counts: dict[str, Any] = dict.fromkeys(
         ("sentences", "wrong", "fixed", "report_fixed", "right", "broken", "changed_right", "unchecked",
-         "changed_unchecked", "unfinished"), 0)  # fmt: skip
-    shown: dict[str, list[list[str]]] = {"fixed": [], "still_wrong": [], "broken": [], "changed": []}
+         "changed_unchecked", "unfinished", "rejected"), 0)  # fmt: skip
+    shown: dict[str, list[list[str]]] = {"fixed": [], "still_wrong": [], "broken": [], "changed": [], "unfinished": [],
+                                         "rejected": []}  # fmt: skip
     for (question, _, original, theirs), output in zip(items, outputs, strict=True):
         counts["sentences"] += 1
-        counts["unfinished"] += type(output).__name__ == "UnfinishedCorrection"
+        if type(output).__name__ == "UnfinishedCorrection":
+            counts["unfinished"] += 1
+            shown["unfinished"].append([original, output])
+        elif type(output).__name__ == "RejectedCorrection":
+            counts["rejected"] += 1
+            shown["rejected"].append([original, output.correction])
         changed = output.strip() != original.strip()
         before, after = judge_sentence(question, original), judge_sentence(question, output)
         if before == "wrong":

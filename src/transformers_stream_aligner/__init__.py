@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 # that needs them is first touched.
 _LAZY = {
     "AlignmentRequest": "aligner", "StreamAligner": "aligner", "SupportsCorrect": "aligner",
-    "UnfinishedCorrection": "aligner", "as_correction_fn": "aligner",
+    "UnfinishedCorrection": "aligner", "RejectedCorrection": "aligner", "as_correction_fn": "aligner",
     "CalculationError": "aligner_calculator", "expand_calculations": "aligner_calculator",
     "MIN_TRANSFORMERS_VERSION": "custom_generate", "export_custom_generate": "custom_generate",
     "stream_aligned_decoding": "custom_generate",
@@ -44,7 +44,14 @@ _LAZY = {
 }  # fmt: skip
 
 if TYPE_CHECKING:
-    from .aligner import AlignmentRequest, StreamAligner, SupportsCorrect, UnfinishedCorrection, as_correction_fn
+    from .aligner import (
+        AlignmentRequest,
+        RejectedCorrection,
+        StreamAligner,
+        SupportsCorrect,
+        UnfinishedCorrection,
+        as_correction_fn,
+    )
     from .aligner_calculator import CalculationError, expand_calculations
     from .custom_generate import MIN_TRANSFORMERS_VERSION, export_custom_generate, stream_aligned_decoding
     from .generation import StreamAlignedGenerationMixin, enable_stream_alignment, stream_aligned_generate
@@ -103,6 +110,7 @@ __all__ = [
     "CalculationError",
     "HoldCompletedRowsLogitsProcessor",
     "LoraArguments",
+    "RejectedCorrection",
     "SentenceBoundaryCriteria",
     "ServingConfig",
     "StreamAlignedGenerateOutput",

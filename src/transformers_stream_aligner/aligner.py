@@ -32,6 +32,7 @@ import torch
 from transformers.utils import PushToHubMixin
 
 from .aligner_calculator import calculate
+from .aligner_edits import EditRuleStoppingCriteria, edits_numbers_only, kept_by_rule, numbers_only_stop_rule
 from .stream_aligner_config import CONFIG_NAME, StreamAlignerConfig
 from .tokens import token_id_list, tokenize_plain_text
 
@@ -40,10 +41,12 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "AlignmentRequest",
     "CorrectionFn",
+    "RejectedCorrection",
     "StreamAligner",
     "SupportsCorrect",
     "UnfinishedCorrection",
     "as_correction_fn",
+    "finish_correction",
     "load_aligner",
 ]
 
@@ -76,6 +79,51 @@ class UnfinishedCorrection(str):
     """
 
     __slots__ = ()
+
+
+class RejectedCorrection(str):
+    """The sentence, kept because the aligner's correction broke its config's edit rule (``StreamAlignerConfig.edits``,
+    :mod:`.aligner_edits`: a word miscopied by an aligner that may only change numbers, say).
+
+    It is the original sentence (a ``str``, so generation goes on as if the aligner had copied it), marked for
+    counting; ``correction`` holds what the aligner wrote, up to where its decoding was stopped.
+
+    >>> kept = RejectedCorrection("Memorizing names is fun.", correction="Membrance is fun.")
+    >>> kept, kept.correction
+    ('Memorizing names is fun.', 'Membrance is fun.')
+    """
+
+    __slots__ = ("correction",)
+
+    def __new__(cls, sentence: str, *, correction: str) -> RejectedCorrection:
+        obj = super().__new__(cls, sentence)
+        obj.correction = correction
+        return obj
+
+
+def finish_correction(text: str, sentence: str, config: StreamAlignerConfig, *, unfinished: bool) -> str:
+    """The aligner stage's last steps for one decoded correction (``text``, of ``sentence``), for every aligner that
+    decodes a model (:class:`StreamAligner`, :class:`~.vllm_aligner.VLLMAligner`): the token limit
+    (:class:`UnfinishedCorrection`), ``config.edits`` (:class:`RejectedCorrection`, :mod:`.aligner_edits`), then
+    ``config.calculator`` (:mod:`.aligner_calculator`). Pure.
+
+    >>> config = StreamAlignerConfig(calculator=True, edits="numbers")
+    >>> finish_correction("So 45+19 = <<45+19=54>>.", "So 45+19 = 54.", config, unfinished=False)
+    'So 45+19 = 64.'
+    >>> type(finish_correction("Thus 45+19 = <<45+19=54>>.", "So 45+19 = 54.", config, unfinished=False)).__name__
+    'RejectedCorrection'
+    """
+    if unfinished:
+        logger.warning("aligner correction of %r reached max_correction_tokens=%d without an EOS; it is cut there",
+                       sentence[:80], config.max_correction_tokens)  # fmt: skip
+        return UnfinishedCorrection(text)
+    if config.edits == "numbers" and not edits_numbers_only(text, sentence):
+        logger.warning("aligner correction of %r changes more than numbers (edits='numbers'): %r; keeping the sentence",
+                       sentence[:80], text[:120])  # fmt: skip
+        return RejectedCorrection(sentence, correction=text)
+    if config.calculator:
+        return calculate(text, sentence)
+    return text
 
 
 @runtime_checkable
@@ -426,6 +474,10 @@ class StreamAligner(PushToHubMixin):
         Greedy decoding drafts from the sentence being corrected and keeps the KV cache between calls
         (``copy_draft_tokens``, ``reuse_kv_cache``; see :mod:`.aligner_decoding`), with exactly the
         tokens the stock ``generate`` would give; sampling and unsupported models use ``generate``.
+
+        A sentence the config's edit rule can only keep (``edits="numbers"`` and no digit in it,
+        :func:`~.aligner_edits.kept_by_rule`) is answered without the model: it is what the model's
+        correction would come to anyway.
         """
         requests = list(requests)
         if not requests:
@@ -433,11 +485,14 @@ class StreamAligner(PushToHubMixin):
         for i, r in enumerate(requests):
             if not isinstance(r, AlignmentRequest):
                 raise TypeError(f"requests[{i}] must be an AlignmentRequest, got {type(r).__name__}")
-        step = batch_size or len(requests)
-        results: list[str] = []
-        for begin in range(0, len(requests), step):
-            results.extend(self._correct_batch(requests[begin : begin + step]))
-        return results
+        results: list[str | None] = [r.last.strip() if kept_by_rule(self.config.edits, r.last) else None for r in requests]
+        todo = [r for r, out in zip(requests, results, strict=True) if out is None]
+        step = batch_size or len(todo) or 1
+        corrected: list[str] = []
+        for begin in range(0, len(todo), step):
+            corrected.extend(self._correct_batch(todo[begin : begin + step]))
+        answers = iter(corrected)
+        return [next(answers) if out is None else out for out in results]
 
     def reset_cache(self) -> None:
         """Drop the KV cache kept between :meth:`correct` calls (see ``StreamAlignerConfig.reuse_kv_cache``)."""
@@ -495,30 +550,25 @@ class StreamAligner(PushToHubMixin):
         decoder = self._fast_decoder()
         # A one-copy aligner: its adapter on for these forwards only (other threads' forwards wait).
         adapter_on = self._adapter.enabled() if self._adapter is not None else contextlib.nullcontext()
+        rules = [numbers_only_stop_rule(tok, r.last) for r in requests] if self.config.edits == "numbers" else None
         with adapter_on:
             if decoder is not None:
                 prompts = [self._encode_prompt(r) for r in requests]
                 sources = [self._source_ids(r.last) for r in requests]
                 with self._decoder_lock:
-                    outputs = decoder.generate(prompts, sources=sources, max_new_tokens=limit)
+                    outputs = decoder.generate(prompts, sources=sources, max_new_tokens=limit, stop_rules=rules)
             else:
-                outputs = self._generate_batch(requests)
+                outputs = self._generate_batch(requests, stop_rules=rules)
         eos = set(self._eos_token_ids)
         texts = [t.strip() for t in tok.batch_decode(outputs, skip_special_tokens=True)]
         for i, (output, request) in enumerate(zip(outputs, requests, strict=True)):
-            if len(output) >= limit and not eos.intersection(output):
-                logger.warning(
-                    "aligner correction of %r reached max_correction_tokens=%d without an EOS; it is cut there",
-                    request.last[:80],
-                    limit,
-                )
-                texts[i] = UnfinishedCorrection(texts[i])
-            elif self.config.calculator:
-                texts[i] = calculate(texts[i], request.last)
+            texts[i] = finish_correction(texts[i], request.last, self.config,
+                                         unfinished=len(output) >= limit and not eos.intersection(output))  # fmt: skip
         return texts
 
-    def _generate_batch(self, requests: list[AlignmentRequest]) -> list[list[int]]:
-        """Plain batched decoding with the stock ``generate`` (left-padded prompts); new tokens per row."""
+    def _generate_batch(self, requests: list[AlignmentRequest], *, stop_rules: list[Any] | None = None) -> list[list[int]]:
+        """Plain batched decoding with the stock ``generate`` (left-padded prompts); new tokens per row. ``stop_rules``
+        (the edit rule's, one per request) end a row early, as :class:`~.aligner_decoding.AlignerDecoder` does."""
         tok = self.tokenizer
         prompts = [self._encode_prompt(r) for r in requests]
         # padding_side per call: the tokenizer may be shared by other threads, so its attributes are never changed.
@@ -548,6 +598,12 @@ class StreamAligner(PushToHubMixin):
             sources = [self._source_ids(r.last) for r in requests]
             gen_kwargs["logits_processor"] = LogitsProcessorList(
                 [CopyBiasLogitsProcessor(sources, self.config.copy_bias, prompt_length=enc["input_ids"].shape[1])]
+            )
+        if stop_rules is not None:
+            from transformers import StoppingCriteriaList
+
+            gen_kwargs["stopping_criteria"] = StoppingCriteriaList(
+                [EditRuleStoppingCriteria(stop_rules, prompt_length=enc["input_ids"].shape[1])]
             )
         # The aligner may be the same model object as a stream-aligned upstream: call the stock generate.
         from transformers import GenerationMixin

@@ -46,7 +46,7 @@ Example (a plain copy of the source costs one forward):
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -97,6 +97,7 @@ class AlignerDecodingStats:
         output_tokens: tokens produced (EOS included).
         compactions: times the cache was compacted (holes squeezed out).
         row_drops: times the rows still decoding went on in a batch of their own (``drop_finished_rows``).
+        stopped_rows: outputs a stop rule ended before their EOS (``generate(stop_rules=...)``).
         forwards_last_call, fed_tokens_last_call: the same, for the newest call only.
     """
 
@@ -110,6 +111,7 @@ class AlignerDecodingStats:
     output_tokens: int = 0
     compactions: int = 0
     row_drops: int = 0
+    stopped_rows: int = 0
     forwards_last_call: int = 0
     fed_tokens_last_call: int = 0
 
@@ -397,29 +399,35 @@ class AlignerDecoder:
         self.layout.select(order)
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Sequence[int]], *, sources: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+    def generate(self, prompts: Sequence[Sequence[int]], *, sources: Sequence[Sequence[int]], max_new_tokens: int,
+                 stop_rules: Sequence[Callable[[list[int]], bool] | None] | None = None) -> list[list[int]]:  # fmt: skip
         """Greedy outputs for ``prompts`` (one list of new token ids per prompt, ending with an EOS
         unless ``max_new_tokens`` came first), drafting from ``sources`` (one token list per prompt).
 
         Exactly the tokens ``model.generate(prompt, do_sample=False, max_new_tokens=...)`` returns for
-        each prompt alone (up to floating-point ties). Mutates the decoder's cache; an exception (also
-        ``KeyboardInterrupt``) drops it, so the next call starts afresh with the same result.
+        each prompt alone (up to floating-point ties). ``stop_rules`` (one per prompt, or ``None``): after each
+        forward, a row whose rule says ``True`` for its output so far stops there, without an EOS (the edit rule,
+        :mod:`.aligner_edits`). Mutates the decoder's cache; an exception (also ``KeyboardInterrupt``) drops it,
+        so the next call starts afresh with the same result.
         """
         prompts = [list(p) for p in prompts]
         if len(sources) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(sources)} sources")
+        if stop_rules is not None and len(stop_rules) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(stop_rules)} stop rules")
         if any(not p for p in prompts):
             raise ValueError("every prompt needs at least one token")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         sources = [list(s) for s in sources]
         try:
-            return self._generate(prompts, sources, max_new_tokens)
+            return self._generate(prompts, sources, max_new_tokens, list(stop_rules or [None] * len(prompts)))
         except BaseException:  # an interrupted forward leaves the cache out of step with its bookkeeping: drop it
             self.reset()
             raise
 
-    def _generate(self, prompts: list[list[int]], sources: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    def _generate(self, prompts: list[list[int]], sources: list[list[int]], max_new_tokens: int,
+                  stop_rules: list[Callable[[list[int]], bool] | None]) -> list[list[int]]:  # fmt: skip
         self.stats.calls += 1
         self.stats.forwards_last_call = 0
         self.stats.fed_tokens_last_call = 0
@@ -491,6 +499,9 @@ class AlignerDecoder:
                         trackers[b].push(token)
                 if len(outputs[b]) >= max_new_tokens:
                     done[b] = True
+                elif not done[b] and stop_rules[b] is not None and stop_rules[b](outputs[b]):
+                    done[b] = True
+                    self.stats.stopped_rows += 1
                 todo[b] = [outputs[b][-1]]
             active.crop_trailing()
         self.stats.output_tokens += sum(len(o) for o in outputs)

@@ -57,6 +57,11 @@ library evaluates it (`transformers_stream_aligner.aligner_calculator`): a right
 wrong one is replaced by the value.
 """
 
+_EDITS = """
+Edits: numbers only (`edits: "numbers"`). A correction that changes more than the sentence's numbers and calculations
+is a copy error: the sentence is kept (`transformers_stream_aligner.aligner_edits`).
+"""
+
 
 def _is_adapter(model: Any) -> bool:
     """True for a peft model or a transformers model with a loaded adapter (both save the adapter only)."""
@@ -107,7 +112,7 @@ def build_model_card(aligner: Any, repo_id: str | None = None) -> Any:
         training=_training_section(getattr(aligner, "training_facts", None)),
         instruction_template=config.instruction_template,
         wrapper=wrapper,
-        calculator=_CALCULATOR if config.calculator else "",
+        calculator=(_CALCULATOR if config.calculator else "") + (_EDITS if config.edits == "numbers" else ""),
         repo_id=repo_id or "path/to/this/checkpoint",
     )
     return ModelCard(text)

@@ -27,6 +27,7 @@ from typing import Any
 
 from transformers.utils import PushToHubMixin
 
+from .aligner_edits import EDITS
 from .sentence_splitter import DEFAULT_TERMINATORS
 
 logger = logging.getLogger(__name__)
@@ -110,6 +111,10 @@ class StreamAlignerConfig(PushToHubMixin):
             :mod:`.aligner_calculator` evaluates them: a right stated result is kept as written, a wrong one is
             replaced by the value (for aligners trained on such corrections; a correction with a calculation that
             cannot be evaluated keeps the original sentence). ``False`` (default): the aligner's text is used as is.
+        edits: which edits the aligner may make (:mod:`.aligner_edits`). ``"any"`` (default): any. ``"numbers"``:
+            only numbers (and calculations) may differ from the sentence; a correction that changes anything else is
+            a copy error, and the sentence is kept (a :class:`~.aligner.RejectedCorrection`); greedy decoding stops
+            such a correction as soon as it breaks the rule.
         terminators: characters that end a sentence.
         max_sentence_tokens: an upstream sentence that reaches this many tokens without ending is cut there
             and aligned as it is (text that never ends a sentence cannot stall alignment).
@@ -128,6 +133,7 @@ class StreamAlignerConfig(PushToHubMixin):
     reuse_kv_cache: bool = True
     copy_bias: float = 0.0
     calculator: bool = False
+    edits: str = "any"
     terminators: str = DEFAULT_TERMINATORS
     max_sentence_tokens: int = 256
     base_model: str | None = None
@@ -159,6 +165,8 @@ class StreamAlignerConfig(PushToHubMixin):
             raise ValueError(f"copy_draft_tokens must be >= 0, got {self.copy_draft_tokens}")
         if not 0 <= self.copy_bias < float("inf"):
             raise ValueError(f"copy_bias must be a finite number >= 0, got {self.copy_bias}")
+        if self.edits not in EDITS:
+            raise ValueError(f"edits must be one of {', '.join(map(repr, EDITS))}, got {self.edits!r}")
         if self.max_sentence_tokens < 2:
             raise ValueError(f"max_sentence_tokens must be >= 2, got {self.max_sentence_tokens}")
         if not self.terminators:

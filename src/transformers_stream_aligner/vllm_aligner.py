@@ -36,8 +36,8 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from .aligner import AlignmentRequest, UnfinishedCorrection
-from .aligner_calculator import calculate
+from .aligner import AlignmentRequest, finish_correction
+from .aligner_edits import kept_by_rule
 from .stream_aligner_config import StreamAlignerConfig
 from .tokens import token_id_list
 
@@ -193,13 +193,19 @@ class VLLMAligner:
 
         Greedy unless the config samples. A correction that reached ``max_correction_tokens`` without an end is an
         :class:`~.aligner.UnfinishedCorrection` (generation keeps the original sentence then). Raises
-        :class:`~.engines.vllm_engine.VLLMUpstreamError` if the server fails or answers with an error.
+        :class:`~.engines.vllm_engine.VLLMUpstreamError` if the server fails or answers with an error. A sentence
+        the config's edit rule can only keep (:func:`~.aligner_edits.kept_by_rule`) is not sent.
         """
+        requests = list(requests)
+        results: list[str | None] = [r.last.strip() if kept_by_rule(self.config.edits, r.last) else None for r in requests]
+        todo = [r for r, out in zip(requests, results, strict=True) if out is None]
+        answers = iter(self._complete(todo) if todo else [])
+        return [next(answers) if out is None else out for out in results]
+
+    def _complete(self, requests: list[AlignmentRequest]) -> list[str]:
+        """The corrections of ``requests`` (at least one), from one ``/v1/completions`` request."""
         from .engines.vllm_engine import VLLMUpstreamError
 
-        requests = list(requests)
-        if not requests:
-            return []
         if not self._server_checked:
             self.check_server()
         config = self.config
@@ -229,11 +235,7 @@ class VLLMAligner:
             ids = list(choice.get("token_ids") or [])
             text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
             ended = choice.get("finish_reason") == "stop" or any(t in self.eos_token_ids for t in ids)
-            if not ended:
-                text = UnfinishedCorrection(text)
-            elif config.calculator:
-                text = calculate(text, request.last)
-            texts.append(text)
+            texts.append(finish_correction(text, request.last, config, unfinished=not ended))
         return texts
 
     def __repr__(self) -> str:

@@ -56,6 +56,11 @@ class TrainScriptArguments:
         metadata={"help": "The records' corrections write results as <<expression=stated>> calculations: the saved "
                   "aligner evaluates them (StreamAlignerConfig.calculator)."},
     )
+    edits: str | None = field(
+        default=None,
+        metadata={"help": "Which edits the saved aligner may make: 'any' or 'numbers' (only numbers and calculations "
+                  "may differ from the sentence; StreamAlignerConfig.edits).", "choices": ["any", "numbers"]},
+    )
 
 
 def add_parser(subparsers: Any, name: str) -> argparse.ArgumentParser:
@@ -108,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
     prompt: dict[str, Any] = {k: v for k, v in (("prompt_wrapper", script.prompt_wrapper), ("system_prompt", script.system_prompt)) if v is not None}
     if script.calculator:
         prompt["calculator"] = True
+    if script.edits is not None:
+        prompt["edits"] = script.edits
     if prompt:
         base = aligner_config or StreamAlignerConfig.from_pretrained(script.base_model) or StreamAlignerConfig()
         aligner_config = dataclasses.replace(base, **prompt)
