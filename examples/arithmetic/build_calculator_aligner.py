@@ -57,11 +57,12 @@ MAX_CORRECTION_TOKENS = 256
 
 def calculator_config() -> Any:
     """The aligner's :class:`~transformers_stream_aligner.StreamAlignerConfig`: :data:`INSTRUCTION` as plain text,
-    the calculator on, corrections bounded at :data:`MAX_CORRECTION_TOKENS`."""
+    the calculator on, numbers the only edits (a copy error keeps the sentence), corrections bounded at
+    :data:`MAX_CORRECTION_TOKENS`."""
     from transformers_stream_aligner import StreamAlignerConfig
 
     return StreamAlignerConfig(instruction_template=INSTRUCTION, prompt_wrapper="{instruction}", calculator=True,
-                               max_correction_tokens=MAX_CORRECTION_TOKENS)  # fmt: skip
+                               edits="numbers", max_correction_tokens=MAX_CORRECTION_TOKENS)  # fmt: skip
 
 
 # Statements of a word problem's result, per operator and for all (held-in problems; {c} right or a near miss), verb
