@@ -46,7 +46,7 @@ UNTRAINED_SYSTEM_PROMPT = (
 )
 
 
-ALIGNERS = ("identity", "smollm2", "trained")
+ALIGNERS = ("identity", "smollm2", "trained-any", "trained")
 
 
 def identity(question: str, prefix: str, last: str) -> str:
@@ -129,19 +129,40 @@ def load(cache_dir: str | None) -> tuple[Any, Any]:
 def make_aligner(name: str, model: Any, tok: Any) -> Any:
     """``identity``; ``smollm2``: the untrained stand-in (SmolLM2 with the reference prompt, rewrites most
     sentences); ``trained``: the shipped arithmetic aligner, one copy (its adapter on the upstream itself; **mutates**
-    ``model``, so it comes last)."""
+    ``model``, so it comes last); ``trained-any``: the same aligner without its edit rule (``edits="any"``: every
+    sentence goes to the model, as shipped on 2026-12-01; it shares the adapter)."""
     if name == "identity":
         return identity
+    import copy
+    import dataclasses
+
     from transformers_stream_aligner import StreamAligner, StreamAlignerConfig
 
-    if name == "trained":
+    if name in ("trained", "trained-any"):
         from examples.arithmetic import load_arithmetic_aligner
 
-        return load_arithmetic_aligner(base_model=model)
+        if name not in _TRAINED:
+            _TRAINED.setdefault("trained", load_arithmetic_aligner(base_model=model))
+            shared = copy.copy(_TRAINED["trained"])  # same model, adapter and decoder; its own config
+            shared.config = dataclasses.replace(shared.config, edits="any")
+            _TRAINED["trained-any"] = shared
+        return _TRAINED[name]
 
     # SmolLM2 itself as an (untrained) model aligner with the reference prompt, as in `make demo`.
     config = StreamAlignerConfig(max_correction_tokens=64, system_prompt=UNTRAINED_SYSTEM_PROMPT)
     return StreamAligner(model, tok, config)
+
+
+_TRAINED: dict[str, Any] = {}
+
+
+def decoding_work(aligner: Any, before: dict[str, int] | None) -> dict[str, int] | None:
+    """The aligner decoder's counters now (``before=None``) or since ``before``."""
+    stats = getattr(aligner, "decoding_stats", None)
+    if stats is None:
+        return None
+    now = {k: v for k, v in stats.to_dict().items() if not k.endswith("_last_call")}
+    return now if before is None else {k: v - before.get(k, 0) for k, v in now.items()}
 
 
 def encode(tok: Any, questions: list[str]) -> dict[str, torch.Tensor]:
@@ -162,6 +183,7 @@ def run_batch(model: Any, tok: Any, aligner: Any, questions: list[str], max_new_
               completed_rows: str = "draft") -> dict[str, Any]:
     inputs = encode(tok, questions)
     timed = TimedAligner(aligner)
+    work = decoding_work(aligner, None)
     t0 = time.perf_counter()
     with warnings.catch_warnings(), PeakRSS(SAMPLE_MEMORY) as rss:
         warnings.simplefilter("ignore")
@@ -172,13 +194,14 @@ def run_batch(model: Any, tok: Any, aligner: Any, questions: list[str], max_new_
     rows = generated_rows(out.alignment_trace)
     stats = out.alignment_stats.to_dict()
     return {"seconds": seconds, "aligner_seconds": timed.seconds, "rows": rows, "stats": stats,
-            "peak_rss_over_start_mib": rss.mib,
+            "aligner_work": decoding_work(aligner, work) if work is not None else None, "peak_rss_over_start_mib": rss.mib,
             "kv_cache_peak_mib": kv_cache_mib(model, len(questions), stats["peak_cache_columns"])}
 
 
 def run_singles(model: Any, tok: Any, aligner: Any, questions: list[str], max_new_tokens: int) -> dict[str, Any]:
     rows, stats = [], []
     timed = TimedAligner(aligner)
+    work = decoding_work(aligner, None)
     t0 = time.perf_counter()
     rss = PeakRSS(SAMPLE_MEMORY).__enter__()
     for q in questions:
@@ -196,7 +219,7 @@ def run_singles(model: Any, tok: Any, aligner: Any, questions: list[str], max_ne
                                                      "upstream_columns", "upstream_slots", "upstream_real_tokens")}
     summed["peak_cache_columns"] = max(s["peak_cache_columns"] for s in stats)
     return {"seconds": seconds, "aligner_seconds": timed.seconds, "rows": rows, "stats": summed,
-            "peak_rss_over_start_mib": rss.mib, "kv_cache_peak_mib": kv_cache_mib(model, 1, summed["peak_cache_columns"])}
+            "aligner_work": decoding_work(aligner, work) if work is not None else None, "peak_rss_over_start_mib": rss.mib, "kv_cache_peak_mib": kv_cache_mib(model, 1, summed["peak_cache_columns"])}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -256,7 +279,7 @@ def main() -> None:
         "results": {},
     }
     modes = ("batch-draft", "batch-hold", "singles")
-    for name in sorted(set(args.aligner), key=ALIGNERS.index):  # trained last: it puts its adapter on the model
+    for name in sorted(set(args.aligner), key=ALIGNERS.index):  # trained ones last: they put the adapter on the model
         aligner = make_aligner(name, model, tok)
         run_batch(model, tok, aligner, questions[:2], 8)  # warm-up
         runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
@@ -282,6 +305,7 @@ def main() -> None:
                 "tokens_per_s": tokens / seconds,
                 "rows_identical_to_singles": sum(x == y for x, y in zip(last["rows"], singles_rows, strict=True)),
                 "stats": last["stats"],
+                "aligner_work": last["aligner_work"],
                 "kv_cache_peak_mib": last["kv_cache_peak_mib"],
             }
             if not args.no_memory:

@@ -161,4 +161,4 @@ def test_sentence_outcomes_and_the_before_after_table():
     assert out["wrong_fixed"]["k"] == 1 and out["wrong_fixed"]["n"] == 2
     assert out["right_broken"]["k"] == 1 and out["right_broken"]["n"] == 2 and out["right_changed"]["k"] == 1
     table = precision_table({"before": {"sentences": out}, "after": {"sentences": out, "unfinished": 0}})
-    assert "| held-out problems: right sentences broken | 1 / 2 = 50.0%" in table and table.count("\n") == 10
+    assert "| held-out problems: right sentences broken | 1 / 2 = 50.0%" in table and table.count("\n") == 11
