@@ -32,7 +32,7 @@ import torch
 from transformers.utils import PushToHubMixin
 
 from .aligner_calculator import calculate
-from .aligner_edits import EditRuleStoppingCriteria, edits_numbers_only, kept_by_rule, numbers_only_stop_rule
+from .aligner_edits import EditRuleStoppingCriteria, correct_with_rule, edits_numbers_only, numbers_only_stop_rule
 from .stream_aligner_config import CONFIG_NAME, StreamAlignerConfig
 from .tokens import token_id_list, tokenize_plain_text
 
@@ -469,7 +469,8 @@ class StreamAligner(PushToHubMixin):
         aligner's own EOS. Returned text has no special tokens and no surrounding whitespace.
 
         A correction that reached ``max_correction_tokens`` without an EOS is returned as an
-        :class:`UnfinishedCorrection` (generation keeps the original sentence then).
+        :class:`UnfinishedCorrection` (generation keeps the original sentence then); one that breaks the config's
+        edit rule, as a :class:`RejectedCorrection` (the sentence itself).
 
         Greedy decoding drafts from the sentence being corrected and keeps the KV cache between calls
         (``copy_draft_tokens``, ``reuse_kv_cache``; see :mod:`.aligner_decoding`), with exactly the
@@ -485,14 +486,12 @@ class StreamAligner(PushToHubMixin):
         for i, r in enumerate(requests):
             if not isinstance(r, AlignmentRequest):
                 raise TypeError(f"requests[{i}] must be an AlignmentRequest, got {type(r).__name__}")
-        results: list[str | None] = [r.last.strip() if kept_by_rule(self.config.edits, r.last) else None for r in requests]
-        todo = [r for r, out in zip(requests, results, strict=True) if out is None]
-        step = batch_size or len(todo) or 1
-        corrected: list[str] = []
-        for begin in range(0, len(todo), step):
-            corrected.extend(self._correct_batch(todo[begin : begin + step]))
-        answers = iter(corrected)
-        return [next(answers) if out is None else out for out in results]
+
+        def batches(todo: list[AlignmentRequest]) -> list[str]:
+            step = batch_size or len(todo)
+            return [out for begin in range(0, len(todo), step) for out in self._correct_batch(todo[begin : begin + step])]
+
+        return correct_with_rule(self.config.edits, requests, batches)
 
     def reset_cache(self) -> None:
         """Drop the KV cache kept between :meth:`correct` calls (see ``StreamAlignerConfig.reuse_kv_cache``)."""

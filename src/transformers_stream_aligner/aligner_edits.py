@@ -34,8 +34,10 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria
 
-__all__ = ["EDITS", "EditRuleStoppingCriteria", "edits_numbers_only", "kept_by_rule", "may_edit_numbers_only",
-           "number_skeleton", "numbers_only_stop_rule"]  # fmt: skip
+from .aligner_calculator import CALCULATION
+
+__all__ = ["EDITS", "EditRuleStoppingCriteria", "correct_with_rule", "edits_numbers_only", "kept_by_rule",
+           "may_edit_numbers_only", "number_skeleton", "numbers_only_stop_rule"]  # fmt: skip
 
 #: The values of ``StreamAlignerConfig.edits``.
 EDITS = ("any", "numbers")
@@ -43,10 +45,8 @@ EDITS = ("any", "numbers")
 # A number: digits with ``,`` or ``.`` groups, and a minus sign when it stands at the start, after a space, ``=``, ``(``
 # or ``$``.
 _NUMBER = re.compile(r"(?:(?<![^\s=($])-)?\d+(?:[.,]\d+)*")
-# A complete calculation (one ``=`` at most, no nested marks), as :data:`.aligner_calculator.CALCULATION` reads it.
-_CALCULATION = re.compile(r"<<[^<>=\n]*(?:=[^<>=\n]*)?>>")
-# What an unfinished calculation at the end of the text may hold so far.
 _MAX_GROWTH = 16  # digits a number may gain over the sentence's (the calculator's results have at most 15)
+# What an unfinished calculation at the end of the text may hold so far.
 _OPEN_CALCULATION = re.compile(r"<<[^<>=\n]*(?:=\s*\$?\s*-?[\d,]*(?:\.\d*)?\s*)?\Z")
 _MAX_OPEN = 160
 
@@ -57,12 +57,12 @@ def number_skeleton(text: str) -> str:
     >>> number_skeleton("Add 83 and 58 to get <<83 + 58=141>> (-2.5 left, 1,200 in all).")
     'Add # and # to get # (# left, # in all).'
     """
-    return _NUMBER.sub("#", _CALCULATION.sub("0", text))
+    return _NUMBER.sub("#", CALCULATION.sub("0", text))
 
 
 def _digits(text: str) -> list[int]:
     """The digit count of each number of ``text``, in order, a complete calculation counting as none."""
-    return [sum(c.isdigit() for c in m.group()) for m in _NUMBER.finditer(_CALCULATION.sub("0", text))]
+    return [sum(c.isdigit() for c in m.group()) for m in _NUMBER.finditer(CALCULATION.sub("0", text))]
 
 
 def _numbers_bounded(text: str, sentence: str) -> bool:
@@ -89,6 +89,21 @@ def kept_by_rule(edits: str, sentence: str) -> bool:
     return edits == "numbers" and "<<" not in sentence and not any(c.isdigit() or c == "#" for c in sentence)
 
 
+def correct_with_rule(edits: str, requests: Sequence[Any], correct: Callable[[list[Any]], list[str]]) -> list[str]:
+    """One correction per request (``AlignmentRequest`` s): each sentence the rule ``edits`` can only keep
+    (:func:`kept_by_rule`) is answered here, the others by one call of ``correct`` with them, in order (no call when
+    every sentence is kept). Calls ``correct``; mutates nothing.
+
+    >>> correct_with_rule("numbers", [type("R", (), {"last": s}) for s in ("Rest.", "2 + 2 = 5.")],
+    ...                   lambda todo: [r.last.replace("5", "4") for r in todo])
+    ['Rest.', '2 + 2 = 4.']
+    """
+    kept = [r.last.strip() if kept_by_rule(edits, r.last) else None for r in requests]
+    todo = [r for r, out in zip(requests, kept, strict=True) if out is None]
+    answers = iter(correct(todo) if todo else [])
+    return [next(answers) if out is None else out for out in kept]
+
+
 def may_edit_numbers_only(partial: str, sentence: str) -> bool:
     """Whether a correction that begins with ``partial`` can still end as one :func:`edits_numbers_only` allows:
     its skeleton is a beginning of the sentence's, once an unfinished calculation or number at its end is set aside.
@@ -109,7 +124,7 @@ def may_edit_numbers_only(partial: str, sentence: str) -> bool:
         text = text[:start] + "0"  # the calculation will stand for a number
     elif text.endswith("<"):
         text = text[:-1]  # the first half of a "<<"
-    elif re.search(r"(?<![^\s=(])-\Z", text):
+    elif re.search(r"(?<![^\s=($])-\Z", text):
         text = text[:-1]  # the sign of a number still to come
     if not _numbers_bounded(text, sentence.strip()):
         return False
@@ -136,13 +151,15 @@ def numbers_only_stop_rule(tokenizer: Any, sentence: str) -> Callable[[Sequence[
 class EditRuleStoppingCriteria(StoppingCriteria):
     """The same stop rules inside the stock ``generate`` (the aligner's fallback decoding): a row stops once its rule
     says so. ``rules``: one per row of the batch; ``prompt_length``: the padded prompt's width (the new tokens follow
-    it)."""
+    it). One instance per ``generate`` call: it remembers the rows it stopped and does not decode them again."""
 
     def __init__(self, rules: Sequence[Callable[[Sequence[int]], bool]], *, prompt_length: int) -> None:
         self.rules = list(rules)
         self.prompt_length = int(prompt_length)
+        self.stopped = [False] * len(self.rules)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         new = input_ids[:, self.prompt_length :].tolist()
-        return torch.tensor([rule(row) for rule, row in zip(self.rules, new, strict=True)], dtype=torch.bool,
-                            device=input_ids.device)  # fmt: skip
+        for b, (rule, row) in enumerate(zip(self.rules, new, strict=True)):
+            self.stopped[b] = self.stopped[b] or rule(row)
+        return torch.tensor(self.stopped, dtype=torch.bool, device=input_ids.device)

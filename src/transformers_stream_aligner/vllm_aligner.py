@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .aligner import AlignmentRequest, finish_correction
-from .aligner_edits import kept_by_rule
+from .aligner_edits import correct_with_rule
 from .stream_aligner_config import StreamAlignerConfig
 from .tokens import token_id_list
 
@@ -192,15 +192,12 @@ class VLLMAligner:
         """One corrected sentence per request, from one ``/v1/completions`` request with every prompt.
 
         Greedy unless the config samples. A correction that reached ``max_correction_tokens`` without an end is an
-        :class:`~.aligner.UnfinishedCorrection` (generation keeps the original sentence then). Raises
+        :class:`~.aligner.UnfinishedCorrection` (generation keeps the original sentence then); one that breaks the
+        config's edit rule, a :class:`~.aligner.RejectedCorrection` (checked once the completion is back). Raises
         :class:`~.engines.vllm_engine.VLLMUpstreamError` if the server fails or answers with an error. A sentence
         the config's edit rule can only keep (:func:`~.aligner_edits.kept_by_rule`) is not sent.
         """
-        requests = list(requests)
-        results: list[str | None] = [r.last.strip() if kept_by_rule(self.config.edits, r.last) else None for r in requests]
-        todo = [r for r, out in zip(requests, results, strict=True) if out is None]
-        answers = iter(self._complete(todo) if todo else [])
-        return [next(answers) if out is None else out for out in results]
+        return correct_with_rule(self.config.edits, list(requests), self._complete)
 
     def _complete(self, requests: list[AlignmentRequest]) -> list[str]:
         """The corrections of ``requests`` (at least one), from one ``/v1/completions`` request."""
