@@ -6,7 +6,7 @@ memory is measured in a fresh child process per mode, after a warm-up: the resid
 during the run minus the resident memory at its start; the KV cache's own peak is computed from the
 widest layout the run reached.
 
-    python -m benchmarks.batch_vs_single                 # the three aligners, 3 repetitions
+    python -m benchmarks.batch_vs_single                 # plain generate and every aligner, 3 repetitions
     python -m benchmarks.batch_vs_single --aligner trained --repeats 1
     python -m benchmarks.batch_vs_single --aligner identity --repeats 1 --max-new-tokens 64
 
@@ -46,7 +46,9 @@ UNTRAINED_SYSTEM_PROMPT = (
 )
 
 
-ALIGNERS = ("identity", "smollm2", "trained-any", "trained")
+ALIGNERS = ("plain", "identity", "smollm2", "trained-any", "trained")
+# ``plain`` is no aligner at all: the stock ``generate`` batched and one prompt at a time, the upstream's own
+# batching ceiling on this machine, measured in the same run as the aligners.
 
 
 def identity(question: str, prefix: str, last: str) -> str:
@@ -127,10 +129,12 @@ def load(cache_dir: str | None) -> tuple[Any, Any]:
 
 
 def make_aligner(name: str, model: Any, tok: Any) -> Any:
-    """``identity``; ``smollm2``: the untrained stand-in (SmolLM2 with the reference prompt, rewrites most
+    """``plain``: no aligner (``None``: the stock ``generate``); ``identity``; ``smollm2``: the untrained stand-in (SmolLM2 with the reference prompt, rewrites most
     sentences); ``trained``: the shipped arithmetic aligner, one copy (its adapter on the upstream itself; **mutates**
     ``model``, so it comes last); ``trained-any``: the same aligner without its edit rule (``edits="any"``: every
     sentence goes to the model, as shipped on 2026-12-01; it shares the adapter)."""
+    if name == "plain":
+        return None
     if name == "identity":
         return identity
     import copy
@@ -179,8 +183,32 @@ def generated_rows(traces: list[list[Any]]) -> list[list[int]]:
 SAMPLE_MEMORY = False
 
 
+def run_plain(model: Any, tok: Any, questions: list[str], max_new_tokens: int, batched: bool) -> dict[str, Any]:
+    """The stock ``generate`` without an aligner: all ``questions`` in one batch, or one at a time."""
+    from transformers_stream_aligner.tokens import token_id_list
+
+    eos = set(token_id_list(model.generation_config.eos_token_id))
+    rows: list[list[int]] = []
+    t0 = time.perf_counter()
+    for group in [questions] if batched else [[q] for q in questions]:
+        inputs = encode(tok, group)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        width = inputs["input_ids"].shape[1]
+        for seq in out[:, width:].tolist():  # up to and with the first EOS (a finished row is padded after it)
+            end = next((i + 1 for i, t in enumerate(seq) if t in eos), len(seq))
+            rows.append(seq[:end])
+    seconds = time.perf_counter() - t0
+    stats = {"upstream_slots": 0, "upstream_real_tokens": 0, "aligner_calls": 0, "peak_cache_columns": 0}
+    return {"seconds": seconds, "aligner_seconds": 0.0, "rows": rows, "stats": stats, "aligner_work": None,
+            "peak_rss_over_start_mib": float("nan"), "kv_cache_peak_mib": float("nan")}
+
+
 def run_batch(model: Any, tok: Any, aligner: Any, questions: list[str], max_new_tokens: int,
               completed_rows: str = "draft") -> dict[str, Any]:
+    if aligner is None:
+        return run_plain(model, tok, questions, max_new_tokens, batched=True)
     inputs = encode(tok, questions)
     timed = TimedAligner(aligner)
     work = decoding_work(aligner, None)
@@ -199,6 +227,8 @@ def run_batch(model: Any, tok: Any, aligner: Any, questions: list[str], max_new_
 
 
 def run_singles(model: Any, tok: Any, aligner: Any, questions: list[str], max_new_tokens: int) -> dict[str, Any]:
+    if aligner is None:
+        return run_plain(model, tok, questions, max_new_tokens, batched=False)
     rows, stats = [], []
     timed = TimedAligner(aligner)
     work = decoding_work(aligner, None)
@@ -278,9 +308,9 @@ def main() -> None:
                      "model": "SmolLM2-135M-Instruct float32", "greedy": True},
         "results": {},
     }
-    modes = ("batch-draft", "batch-hold", "singles")
     for name in sorted(set(args.aligner), key=ALIGNERS.index):  # trained ones last: they put the adapter on the model
         aligner = make_aligner(name, model, tok)
+        modes = ("batch", "singles") if aligner is None else ("batch-draft", "batch-hold", "singles")
         run_batch(model, tok, aligner, questions[:2], 8)  # warm-up
         runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
         for i in range(args.repeats):
@@ -288,7 +318,8 @@ def main() -> None:
                 if mode == "singles":
                     runs[mode].append(run_singles(model, tok, aligner, questions, args.max_new_tokens))
                 else:
-                    runs[mode].append(run_batch(model, tok, aligner, questions, args.max_new_tokens, mode.split("-")[1]))
+                    completed_rows = mode.split("-")[1] if "-" in mode else "draft"
+                    runs[mode].append(run_batch(model, tok, aligner, questions, args.max_new_tokens, completed_rows))
             print(f"[{name}] repeat {i + 1}: " + ", ".join(f"{m} {runs[m][-1]['seconds']:.1f} s" for m in modes),
                   file=sys.stderr)
         entry: dict[str, Any] = {}
@@ -308,10 +339,15 @@ def main() -> None:
                 "aligner_work": last["aligner_work"],
                 "kv_cache_peak_mib": last["kv_cache_peak_mib"],
             }
-            if not args.no_memory:
+            if not args.no_memory and aligner is not None:
                 entry[mode]["memory_fresh_process"] = memory(args, name, mode)
-        for mode in ("batch-draft", "batch-hold"):
+        for mode in modes[:-1]:
             entry[mode]["throughput_ratio_vs_singles"] = entry[mode]["tokens_per_s"] / entry["singles"]["tokens_per_s"]
+            # paired: each repetition's batch against the singles run right after it
+            scale = entry[mode]["tokens"] / entry["singles"]["tokens"]
+            entry[mode]["ratio_per_repeat"] = [
+                scale * s / b for b, s in zip(entry[mode]["seconds"], entry["singles"]["seconds"], strict=True)
+            ]
         report["results"][name] = entry
 
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

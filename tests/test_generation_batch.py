@@ -76,11 +76,36 @@ def test_batch_rows_equal_rows_alone(arch, aligner, completed_rows):
     assert len({len(tok(p).input_ids) for p in PROMPTS}) >= 3, "prompts of different lengths"
     stats = out.alignment_stats
     assert stats.rounds >= 3 and 0 < stats.held_share < 1
-    # rows that ended left the batch: fewer rows than the batch were forwarded on average
-    assert stats.upstream_slots < len(PROMPTS) * stats.upstream_columns
+    # rows that ended ride along held until at most half of the batch is left: never more slots than rows x columns
+    assert stats.upstream_slots <= len(PROMPTS) * stats.upstream_columns
     if aligner is rewrite:
         assert stats.sentences_changed >= 3
         assert sum(r.changed for trace in out.alignment_trace for r in trace) == stats.sentences_changed
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_finished_rows_leave_the_batch_when_it_halves(arch):
+    """Finished rows stay in the upstream's batch (held) until at most half of it is left, then leave together:
+    each forward's batch is the previous one or at most half of it, and the rows are still those of each alone."""
+    from .tiny_models import cached_tiny
+
+    model, tok = cached_tiny(arch)
+    enable_stream_alignment(model, tok)
+    prompts = PROMPTS * 2  # 10 rows, ending at different times
+    batch = _left_batch(tok, prompts)
+    sizes: list[int] = []
+    hook = model.register_forward_pre_hook(lambda mod, args, kwargs: sizes.append(kwargs["input_ids"].shape[0]),
+                                           with_kwargs=True)
+    kw = dict(max_new_tokens=60, do_sample=False, eos_token_id=_eos(tok, EARLY_END[arch]))
+    try:
+        out = model.generate(**batch, aligner=identity, return_dict_in_generate=True, **kw)
+    finally:
+        hook.remove()
+    assert sizes[0] == len(prompts) and sizes[-1] < len(prompts), sizes
+    shrinks = [(a, b) for a, b in zip(sizes, sizes[1:]) if b != a]
+    assert shrinks and all(b <= a // 2 for a, b in shrinks), shrinks
+    ended_early = _assert_rows_equal_alone(model, tok, out, batch.input_ids.shape[1], identity, prompts=prompts, **kw)
+    assert ended_early > len(prompts) // 2
 
 
 def test_identity_batch_equals_plain_batched_generate(tiny):

@@ -493,7 +493,7 @@ def _warn_about_batch_processors(config: Any, logits_processor: Any, batch: int)
     if batch > 1 and ((config.repetition_penalty or 1.0) != 1.0 or (config.no_repeat_ngram_size or 0) > 0 or logits_processor):
         warnings.warn(
             "in a batch, logits processors see the batch's padded layout: masked columns (padding, held steps and "
-            "replaced sentences) are in input_ids, and rows that finished leave the batch. repetition_penalty, "
+            "replaced sentences) are in input_ids, and rows that finished are held, then leave the batch. repetition_penalty, "
             "no_repeat_ngram_size and custom processors that read input_ids can therefore differ from running "
             "each row alone",
             UserWarning,

@@ -62,7 +62,7 @@ class AlignmentStats:
         sentences_aligned: sentences sent to the aligner; ``sentences_changed``: those it changed.
         upstream_columns: positions the upstream forwarded (one per token of a single sequence).
         upstream_slots: row-positions the upstream forwarded (batch rows × columns, summed over forwards;
-            rows that have finished leave the batch).
+            a finished row counts, held, until at most half of the batch is left and the finished rows leave it).
         upstream_real_tokens: of those, real tokens of a row (the rest are held rows and masked holes).
         refed_tokens: tokens taken back out of the cache and forwarded again (one per row and round at
             most, when a row had nothing new to feed).

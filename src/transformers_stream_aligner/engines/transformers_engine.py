@@ -1,6 +1,7 @@
 """The upstream round on ``transformers``: the stock ``GenerationMixin.generate`` on a KV cache we keep.
 
-A round is one call of ``generate`` on the engine's whole batch (the rows that have not finished), with the
+A round is one call of ``generate`` on the engine's whole batch (the rows that have not finished, and finished rows
+until at most half of the batch is left: they ride along held), with the
 cache of the previous rounds and our pair added to the user's criteria and processors:
 
 - :class:`~..stopping_criteria.SentenceBoundaryCriteria` finds, per row, when its sentence is complete;
@@ -135,7 +136,8 @@ class TransformersEngine(UpstreamEngine):
         self.model_kwargs = model_kwargs
         self.stats = stats
         self.warned_fallback = warned_fallback
-        # The cache's batch holds the unfinished rows only: slots[i] is the index of the row in cache slot i.
+        # The cache's batch: slots[i] is the index of the row in cache slot i (unfinished rows, and finished ones until
+        # _leave_finished drops them).
         self.slots = [row.index for row in rows]
         self._dropped: set[int] = set()
         self.layout = MaskedKVLayout(len(self.slots), device=device if device is not None else model.device, cache=cache)
@@ -234,7 +236,7 @@ class TransformersEngine(UpstreamEngine):
         self.layout.cut(self.slots.index(row.index), keep)
 
     def drop_rows(self, rows: Iterable[RowState]) -> None:
-        # Finished rows leave the cache's batch at the next round (one selection for all of them).
+        # Finished rows leave the cache's batch at a later round, once at most half of it is left (_leave_finished).
         self._dropped.update(row.index for row in rows)
 
     def commit(self) -> None:
@@ -247,8 +249,16 @@ class TransformersEngine(UpstreamEngine):
 
     # ------------------------------------------------------------------ the round's input and output
     def _leave_finished(self) -> None:
-        """Finished rows leave the batch: they would only be padded from now on. **Mutates** the cache."""
-        if not self._dropped.intersection(self.slots):
+        """Finished rows leave the batch once at most half of its rows are left. **Mutates** the cache.
+
+        Until then a finished row rides along as a held row (forced padding, masked columns): a decode step of a
+        small batch costs about the same for any number of rows (the weights are read once per step), each shrink
+        is a gather of the whole cache, and on a CPU some row counts cost more than a larger one (MKL's matrix
+        products of 7 rows took longer than of 8 here; docs/benchmarks.md). Halving bounds the shrinks to
+        ``log2(batch)`` and the padded row-slots to half, where the stock ``generate`` pads finished rows to the end.
+        """
+        finished = sum(index in self._dropped for index in self.slots)
+        if not finished or len(self.slots) - finished > len(self.slots) // 2:
             return
         keep = [i for i, index in enumerate(self.slots) if index not in self._dropped]
         if not self.layout.select(keep):
