@@ -102,7 +102,7 @@ def test_finished_rows_leave_the_batch_when_it_halves(arch):
     finally:
         hook.remove()
     assert sizes[0] == len(prompts) and sizes[-1] < len(prompts), sizes
-    shrinks = [(a, b) for a, b in zip(sizes, sizes[1:]) if b != a]
+    shrinks = [(a, b) for a, b in zip(sizes, sizes[1:], strict=False) if b != a]
     assert shrinks and all(b <= a // 2 for a, b in shrinks), shrinks
     ended_early = _assert_rows_equal_alone(model, tok, out, batch.input_ids.shape[1], identity, prompts=prompts, **kw)
     assert ended_early > len(prompts) // 2

@@ -68,7 +68,7 @@ def _digits(text: str) -> list[int]:
 def _numbers_bounded(text: str, sentence: str) -> bool:
     """Each number of ``text`` has at most 16 digits more than the sentence's number in its place (a number that
     only grows, ``1011111...``, is no correction)."""
-    return all(n <= s + _MAX_GROWTH for n, s in zip(_digits(text), _digits(sentence)))
+    return all(n <= s + _MAX_GROWTH for n, s in zip(_digits(text), _digits(sentence), strict=False))  # a partial output has fewer
 
 
 def edits_numbers_only(correction: str, sentence: str) -> bool:
