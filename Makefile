@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 # Models are converted once into the shared cache: $STREAM_ALIGNER_CACHE or ~/.cache/transformers-stream-aligner (examples/smollm2.py).
 
-.PHONY: install demo test test-fast test-vllm lint eval aligner aligner-v2 aligner-precise aligner-small copy-bias-sweep bench bench-compare bench-batch bench-batch-floor bench-one-copy bench-train bench-vllm soak clean
+.PHONY: install demo test test-fast test-vllm lint eval aligner aligner-v2 aligner-precise aligner-small copy-bias-sweep bench bench-compare bench-batch bench-batch-floor bench-finished-rows bench-one-copy bench-train bench-vllm soak clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -99,6 +99,10 @@ soak: $(STAMP)
 
 bench-batch: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.batch_vs_single
+
+# When finished rows leave the upstream's batch: halving (the engine's rule) vs each round, same run (docs/benchmarks.md)
+bench-finished-rows: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.finished_rows
 
 # The best any batching inside the aligner could do on this machine: measured rates x the trained aligner's work
 bench-batch-floor: $(STAMP)
