@@ -6,7 +6,8 @@ Two rules for the same batch of 8, identity aligner, in one run with the repetit
   leave together (``TransformersEngine._leave_finished``);
 - ``each-round`` (the rule before 2026-12-02): every finished row leaves before the next round.
 
-The second is run by replacing the engine's method for the duration of its runs. Both give the same tokens (checked).
+The second sets ``TransformersEngine.finished_rows_leave_at = 1.0`` for the duration of its runs. Both give the same
+tokens (checked).
 Also prints the median time of a forward by the number of rows in it, which is where the difference comes from.
 
     python -m benchmarks.finished_rows --repeats 5
@@ -26,20 +27,8 @@ from typing import Any
 from benchmarks.batch_vs_single import QUESTIONS, identity, load, run_batch
 from transformers_stream_aligner.engines.transformers_engine import TransformersEngine
 
-HALVING = TransformersEngine._leave_finished
-
-
-def each_round(self: TransformersEngine) -> None:
-    """The previous rule: every finished row leaves the batch before the next round. **Mutates** the engine's cache."""
-    if not self._dropped.intersection(self.slots):
-        return
-    keep = [i for i, index in enumerate(self.slots) if index not in self._dropped]
-    if not self.layout.select(keep):
-        self._note_reset()
-    self.slots = [self.slots[i] for i in keep]
-
-
-RULES = {"halving": HALVING, "each-round": each_round}
+HALVING = TransformersEngine.finished_rows_leave_at
+RULES = {"halving": HALVING, "each-round": 1.0}  # the share of the batch left at which finished rows leave
 
 
 def main() -> None:
@@ -63,7 +52,7 @@ def main() -> None:
     try:
         for i in range(args.repeats):
             for name, rule in RULES.items():
-                TransformersEngine._leave_finished = rule
+                TransformersEngine.finished_rows_leave_at = rule
                 forwards.clear()
                 result = run_batch(model, tok, identity, QUESTIONS, args.max_new_tokens)
                 runs[name].append(result)
@@ -71,7 +60,7 @@ def main() -> None:
                     by_rows[name][rows].append(seconds)
             print(f"repeat {i + 1}: " + ", ".join(f"{n} {runs[n][-1]['seconds']:.1f} s" for n in RULES), file=sys.stderr)
     finally:
-        TransformersEngine._leave_finished = HALVING
+        TransformersEngine.finished_rows_leave_at = HALVING
     same = all(a["rows"] == b["rows"] for a, b in zip(runs["halving"], runs["each-round"], strict=True))
     report: dict[str, Any] = {"repeats": args.repeats, "same_tokens": same, "rules": {}}
     for name in RULES:

@@ -85,6 +85,9 @@ class _RoundInput:
 class TransformersEngine(UpstreamEngine):
     """The upstream is a ``transformers`` causal LM run by ``generate`` on a KV cache (see the module docstring).
 
+    Finished rows leave the cache's batch once at most :attr:`finished_rows_leave_at` of its rows (a share, 0.5) are
+    left; until then they ride along held (:meth:`_leave_finished`).
+
     Args:
         model: the upstream model.
         rows: the rows this engine runs (their ``index`` names them; read, never changed).
@@ -105,6 +108,8 @@ class TransformersEngine(UpstreamEngine):
         prefilled: ``(input_ids, attention_mask)`` of the prompt when ``cache`` already holds its first columns.
         warned_fallback: the caller already warned that the cache cannot be cut back.
     """
+
+    finished_rows_leave_at: float = 0.5
 
     def __init__(
         self,
@@ -256,9 +261,10 @@ class TransformersEngine(UpstreamEngine):
         is a gather of the whole cache, and on a CPU some row counts cost more than a larger one (MKL's matrix
         products of 7 rows took longer than of 8 here; docs/benchmarks.md). Halving bounds the shrinks to
         ``log2(batch)`` and the padded row-slots to half, where the stock ``generate`` pads finished rows to the end.
+        The share is :attr:`finished_rows_leave_at` (``1.0``: every finished row leaves at the next round).
         """
         finished = sum(index in self._dropped for index in self.slots)
-        if not finished or len(self.slots) - finished > len(self.slots) // 2:
+        if not finished or len(self.slots) - finished > len(self.slots) * self.finished_rows_leave_at:
             return
         keep = [i for i, index in enumerate(self.slots) if index not in self._dropped]
         if not self.layout.select(keep):
