@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 # Models are converted once into the shared cache: $STREAM_ALIGNER_CACHE or ~/.cache/transformers-stream-aligner (examples/smollm2.py).
 
-.PHONY: install demo test test-fast test-vllm lint eval aligner aligner-v2 aligner-precise aligner-small copy-bias-sweep bench bench-compare bench-batch bench-batch-floor bench-finished-rows bench-one-copy bench-train bench-vllm soak clean
+.PHONY: install demo test test-fast test-slow test-vllm lint eval aligner aligner-v2 aligner-precise aligner-small copy-bias-sweep bench bench-compare bench-batch bench-batch-floor bench-finished-rows bench-one-copy bench-train bench-vllm soak clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m examples.arithmetic.demo $(if $(Q),"$(Q)",)
 
+# pytest-xdist: one worker per core, each on one torch thread (two threads per worker on two cores oversubscribe them),
+# a test file per worker at a time (its module fixtures, servers and trained adapters, built once). docs/testing.md.
+TEST_WORKERS ?= auto
+PYTEST_PARALLEL := OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest --doctest-modules src/transformers_stream_aligner examples tests
+	HF_HUB_OFFLINE=1 $(PYTEST_PARALLEL) --doctest-modules src/transformers_stream_aligner examples tests
 
 # vLLM (its own environment: its transformers pin differs from ours; the package never imports it). The tests start a
 # vLLM server on 127.0.0.1 on the embedded SmolLM2, talk to it over HTTP and stop it by its process id.
@@ -43,8 +48,12 @@ $(VLLM_STAMP):
 test-vllm: $(STAMP) $(VLLM_STAMP)
 	HF_HUB_OFFLINE=1 VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(PY) -m pytest -m vllm tests/vllm
 
+# The tiers (docs/testing.md): test-fast leaves out the SmolLM2 tests; test-slow runs what needs minutes of its own.
 test-fast: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" tests
+	HF_HUB_OFFLINE=1 $(PYTEST_PARALLEL) -m "not smollm2" tests
+
+test-slow: $(STAMP)
+	HF_HUB_OFFLINE=1 RUN_SLOW=1 $(PY) -m pytest -m slow tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples

@@ -206,7 +206,7 @@ def test_sampling_and_processors_fall_back_to_generate(tiny_llama):
     assert AlignerDecoder.greedy_is_argmax(config)
 
 
-@pytest.mark.slow
+@pytest.mark.smollm2
 def test_smollm2_copy_costs_one_forward_and_matches_generate(smollm2):
     """The real model: a copy is checked in one forward; outputs equal plain ``generate`` (float32)."""
     model, tok = smollm2

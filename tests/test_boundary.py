@@ -98,7 +98,7 @@ def test_tracker_matches_find_token_boundary_metaspace():
     assert _check_tracker_matches(_metaspace_tokenizer(), _texts()) > 500
 
 
-@pytest.mark.slow
+@pytest.mark.smollm2
 def test_tracker_matches_find_token_boundary_smollm2(smollm2):
     _, tok = smollm2
     assert _check_tracker_matches(tok, _texts(), max_sentence_tokens=40) > 500

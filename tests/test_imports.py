@@ -42,3 +42,27 @@ def test_help_lists_every_command_and_a_command_still_gets_its_full_parser(capsy
 def test_every_public_name_resolves(name):
     assert getattr(transformers_stream_aligner, name) is not None
     assert name in dir(transformers_stream_aligner)
+
+
+def test_tests_that_do_not_test_the_examples_never_import_them():
+    """Only tests/examples/ (and the vLLM tier, which serves the shipped aligner) import ``examples``; elsewhere the one
+    way in is conftest.py's SmolLM2 fixtures, which import the loader when a test asks for the model."""
+    import ast
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    allowed = {("conftest.py", "smollm2_path"), ("conftest.py", "smollm2")}
+    found = []
+    for path in sorted(tests.rglob("*.py")):
+        rel = path.relative_to(tests)
+        if rel.parts[0] in ("examples", "vllm"):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        scopes = {node: node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+        for scope, name in [(tree, None), *scopes.items()]:
+            for node in ast.iter_child_nodes(scope) if scope is tree else ast.walk(scope):
+                modules = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else [])  # fmt: skip
+                if any(m == "examples" or m.startswith("examples.") for m in modules) and (str(rel), name) not in allowed:
+                    found.append(f"{rel}:{node.lineno} ({name or 'module level'})")
+    assert not found, found

@@ -2,8 +2,8 @@
 server's aligners (``stream_aligner_serving.json``), served by transformers' own OpenAI-compatible server on
 127.0.0.1, queried with the ``openai`` client and httpx, stopped by its process id.
 
-The upstream is the embedded SmolLM2-135M-Instruct (float32), the default aligner the exact arithmetic checker of the
-examples; ``identity`` is on the allow-list too. A request may pick a name from the list, never a path.
+The upstream is the embedded SmolLM2-135M-Instruct (float32), the default aligner a checker of the results of
+sums, differences and products (tests/serving_aligners.py); ``identity`` is on the allow-list too. A request may pick a name from the list, never a path.
 """
 
 import json
@@ -14,12 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from examples.arithmetic.task import check_arithmetic
 from transformers_stream_aligner import export_custom_generate, stream_aligned_generate
 
 from .helpers import free_port, running_server
+from .serving_aligners import check_results
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.smollm2
 
 ROOT = Path(__file__).resolve().parent.parent
 QUESTION = "What is 17*23?"
@@ -36,7 +36,7 @@ def served(smollm2, tmp_path_factory):
         (directory / path.name).symlink_to(path)
     export_custom_generate(
         directory,
-        aligners={"arith": "examples.arithmetic.task:check_arithmetic", "identity": "tests.serving_aligners:identity",
+        aligners={"arith": "tests.serving_aligners:check_results", "identity": "tests.serving_aligners:identity",
                   "fails": "tests.serving_aligners:fails_on_second"},
         default_aligner="arith",
     )
@@ -58,7 +58,7 @@ def reference(smollm2):
                                   return_tensors="pt", return_dict=True)["input_ids"]  # fmt: skip
     settings = {"max_new_tokens": MAX_TOKENS, "do_sample": False}
     plain = model.generate(ids, **settings)
-    aligned = stream_aligned_generate(model, ids, aligner=check_arithmetic, tokenizer=tok, return_dict_in_generate=True,
+    aligned = stream_aligned_generate(model, ids, aligner=check_results, tokenizer=tok, return_dict_in_generate=True,
                                       **settings)  # fmt: skip
     decode = lambda out: tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)  # noqa: E731
     changed = [r for r in aligned.alignment_trace[0] if r.changed]

@@ -7,7 +7,7 @@ from transformers_stream_aligner import StreamAligner, StreamAlignerConfig, enab
 
 from .helpers import assert_rewrite_exact
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.smollm2
 
 
 def chat_ids(tok, question):

@@ -16,7 +16,7 @@ from transformers_stream_aligner import stream_aligned_generate
 
 from .helpers import free_port, running_server
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.smollm2
 
 ROOT = Path(__file__).resolve().parent.parent
 QUESTIONS = ["What is 17*23? Explain briefly.", "Give me three tips for sleeping better."]

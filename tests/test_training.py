@@ -11,7 +11,6 @@ import textwrap
 import pytest
 import torch
 
-from examples.smollm2 import default_cache_dir
 from transformers_stream_aligner import (
     AlignerTrainingConfig,
     AlignmentRequest,
@@ -111,17 +110,20 @@ def test_hub_data_file_from_offline_cache(tmp_path):
         """
         import json
         from transformers_stream_aligner import read_records
-        print(json.dumps(read_records("hf://datasets/someone/stream-aligner-data/math.jsonl")))
+        try:  # a file the cached repo does not have fails clearly, offline
+            read_records("hf://datasets/someone/stream-aligner-data/other.jsonl")
+            missing = "read"
+        except Exception as err:
+            missing = f"{type(err).__name__}: {err}"
+        print(json.dumps([read_records("hf://datasets/someone/stream-aligner-data/math.jsonl"), missing]))
         """
     )
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(hub), HF_HOME=str(tmp_path / "home"))
     res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert json.loads(res.stdout.strip().splitlines()[-1])[1]["last"] == "2+2 = 5."
-    res = subprocess.run(
-        [sys.executable, "-c", script.replace("math.jsonl", "other.jsonl")], env=env, capture_output=True, text=True
-    )
-    assert res.returncode != 0 and "other.jsonl" in res.stderr
+    records, missing = json.loads(res.stdout.strip().splitlines()[-1])
+    assert records[1]["last"] == "2+2 = 5."
+    assert missing.startswith("FileNotFoundError") and "someone/stream-aligner-data/other.jsonl" in missing, missing
 
 
 def test_datasets_route_for_a_data_set_directory(tmp_path):
@@ -153,15 +155,11 @@ def _check_masking(tok, config, record):
     return prompt
 
 
-@pytest.mark.slow
-def test_label_masking_token_by_token_on_smollm2_tokenizer():
-    from transformers import AutoTokenizer
-
-    from examples.smollm2 import smollm2_checkpoint
+@pytest.mark.smollm2
+def test_label_masking_token_by_token_on_smollm2_tokenizer(smollm2_tokenizer):
     from transformers_stream_aligner import GEMMA_WRAPPER
 
-    cache = default_cache_dir()
-    tok = AutoTokenizer.from_pretrained(smollm2_checkpoint(cache))
+    tok = smollm2_tokenizer
     record = {**RECORD, "prefix": "Let me compute.\n\n1. First, 17*20 = 340.", "correction": " 17*23 = 391. "}
     prompt = _check_masking(tok, StreamAlignerConfig(), record)
     decoded = tok.decode(prompt)

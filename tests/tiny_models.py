@@ -113,20 +113,49 @@ def build_model(arch: str, tokenizer, *, steps: int = 150, seed: int = 0):
 _CACHE: dict = {}
 
 
+def cache_key() -> str:
+    """What a saved tiny model depends on: this file (corpus, configs, training), transformers and torch."""
+    import hashlib
+
+    import transformers
+
+    text = open(__file__, "rb").read() + f"{transformers.__version__} {torch.__version__}".encode()
+    return hashlib.sha256(text).hexdigest()[:16]
+
+
 def cached_tiny(arch: str):
-    """(model, tokenizer) built once per process; saved under TINY_MODEL_CACHE if set."""
+    """(model, tokenizer) built once per process and, when ``TINY_MODEL_CACHE`` names a directory (``tests/conftest.py``
+    sets it to pytest's cache), once per :func:`cache_key`: later processes load the saved float64 weights (the same
+    numbers the build gave) instead of training again."""
     if "tok" not in _CACHE:
         _CACHE["tok"] = build_tokenizer()
     tok = _CACHE["tok"]
     if arch not in _CACHE:
         cache_dir = os.environ.get("TINY_MODEL_CACHE")
-        path = os.path.join(cache_dir, arch) if cache_dir else None
-        if path and os.path.isdir(path):
+        path = os.path.join(cache_dir, cache_key(), arch) if cache_dir else None
+        if path and os.path.isfile(os.path.join(path, "model.safetensors")):
             from transformers import AutoModelForCausalLM
 
-            _CACHE[arch] = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64).eval()
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64).eval()
         else:
-            _CACHE[arch] = build_model(arch, tok)
+            model = build_model(arch, tok)
             if path:
-                _CACHE[arch].save_pretrained(path)
+                _save_atomically(model, path)
+        _CACHE[arch] = model
     return _CACHE[arch], tok
+
+
+def _save_atomically(model, path: str) -> None:
+    """Save into a fresh directory, then rename it into place: a reader (another process) never sees half a model."""
+    import shutil
+    import tempfile
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=".tmp-")
+    try:
+        model.save_pretrained(tmp)
+        os.rename(tmp, path)
+    except OSError:
+        pass  # another process saved it first (the rename found a directory): theirs is the same model
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

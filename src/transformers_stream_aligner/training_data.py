@@ -99,7 +99,8 @@ def read_records(
       (needs the ``datasets`` package: ``pip install "transformers-stream-aligner[train]"``).
 
     Raises :class:`TrainingDataError` for unreadable JSON (with the line), a file that holds no records
-    or a wrong top-level shape, and ``FileNotFoundError`` for a missing local file.
+    or a wrong top-level shape, and ``FileNotFoundError`` for a missing local file or a Hub file that cannot be
+    fetched (naming it).
     """
     text_source = os.fspath(source)
     if text_source.startswith(HUB_PREFIX):
@@ -109,9 +110,14 @@ def read_records(
         parts = rest.split("/", 2)
         if len(parts) != 3 or not all(parts):
             raise TrainingDataError(f"expected {HUB_PREFIX}<owner>/<name>/<file>, got {text_source!r}")
-        path = hf_hub_download(
-            repo_id=f"{parts[0]}/{parts[1]}", filename=parts[2], repo_type="dataset", revision=revision, token=token
-        )
+        from huggingface_hub.errors import EntryNotFoundError
+
+        try:
+            path = hf_hub_download(
+                repo_id=f"{parts[0]}/{parts[1]}", filename=parts[2], repo_type="dataset", revision=revision, token=token
+            )
+        except (OSError, EntryNotFoundError) as err:  # not on the Hub, not in the cache offline, no connection
+            raise FileNotFoundError(f"training data {text_source!r} could not be fetched: {err}") from err
         records = _read_json_file(Path(path), label=text_source)
     elif Path(text_source).is_file():
         records = _read_json_file(Path(text_source), label=text_source)

@@ -8,7 +8,7 @@ import pytest
 from examples.arithmetic import build_calculator_aligner as calc
 from examples.arithmetic.claims import judge_claim, make_claims
 from examples.arithmetic.task import annotate_calculations, check_arithmetic, make_problems
-from transformers_stream_aligner import StreamAlignerConfig, expand_calculations
+from transformers_stream_aligner import AlignmentRequest, StreamAlignerConfig, expand_calculations
 from transformers_stream_aligner.aligner_calculator import evaluate_expression
 
 
@@ -60,8 +60,8 @@ def test_the_config_turns_the_calculator_on_with_a_short_plain_prompt():
     assert StreamAlignerConfig.from_dict(json.loads(config.to_json_string())) == config
 
 
-@pytest.mark.slow
-def test_build_trains_a_calculator_aligner_from_collected_records(tmp_path, smollm2):
+def _build(tmp_path, *extra):
+    """``make aligner``'s build from two collected records, with ``extra`` flags; the built aligner and its report."""
     from examples.arithmetic import load_arithmetic_aligner
 
     records = tmp_path / "greedy.jsonl"
@@ -69,14 +69,36 @@ def test_build_trains_a_calculator_aligner_from_collected_records(tmp_path, smol
         {"question": "What is 58 - 37?", "prefix": "", "last": "So, 58 - 37 = 15."},
         {"question": "Give me three tips.", "prefix": "", "last": "2. Keep a schedule."}]))  # fmt: skip
     out = tmp_path / "aligner"
-    argv = ["--records", str(records), "--work-dir", str(tmp_path / "work"), "--output", str(out), "--claims", "6",
-            "--products", "2", "--items", "4", "--tune-share", "0", "--no-progress"]  # fmt: skip
+    argv = ["--records", str(records), "--work-dir", str(tmp_path / "work"), "--output", str(out), "--tune-share", "0",
+            "--no-progress", *extra]  # fmt: skip
     assert calc.main(argv) == 0
     report = json.loads((out / "build_report.json").read_text())
-    assert report["recipe"] == "calculator" and report["records"]["with_calculations"] > 0 and report["training"]["steps"] > 0
     aligner = load_arithmetic_aligner(out)
+    assert report["recipe"] == "calculator" and report["records"]["with_calculations"] > 0
     assert aligner.config.calculator and aligner.config.instruction_template == calc.INSTRUCTION
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    return aligner, report
+
+
+@pytest.mark.smollm2
+def test_build_trains_a_calculator_aligner_from_collected_records(tmp_path, smollm2_path):
+    """Every step of the build, each as small as it goes (one training step): records, LoRA training on SmolLM2,
+    float16, the installed folder, loaded back with the calculator on. The recipe at a scale that learns is
+    test_build_recipe_learns_to_write_calculations (``make test-slow``)."""
+    _, report = _build(tmp_path, "--claims", "2", "--products", "1", "--items", "2", "--statements", "2", "--batch-size", "16")
+    assert report["training"]["steps"] == 1
+
+
+@pytest.mark.slow
+def test_build_recipe_learns_to_write_calculations(tmp_path, smollm2_path):
+    """The recipe with the shipped build's result statements (700) and a few claims and copies: about a hundred LoRA
+    steps on SmolLM2; the training loss ends low and the aligner writes a held-in result as a calculation, which the
+    calculator corrects."""
+    aligner, report = _build(tmp_path, "--claims", "6", "--products", "2", "--items", "4")
+    assert report["training"]["steps"] > 50 and report["training"]["loss"] < 0.5
+    question = "Tom has 45 apples and gives away 19. How many apples does Tom have left?"
+    wrong, right = AlignmentRequest(question, "", "So Tom has 30 apples left."), AlignmentRequest(question, "", "So Tom has 26 apples left.")
+    assert aligner.correct([wrong, right]) == ["So Tom has 26 apples left.", "So Tom has 26 apples left."]
 
 
 def test_result_statements_take_the_operator_from_the_question():

@@ -162,3 +162,14 @@ def test_sentence_outcomes_and_the_before_after_table():
     assert out["right_broken"]["k"] == 1 and out["right_broken"]["n"] == 2 and out["right_changed"]["k"] == 1
     table = precision_table({"before": {"sentences": out}, "after": {"sentences": out, "unfinished": 0}})
     assert "| held-out problems: right sentences broken | 1 / 2 = 50.0%" in table and table.count("\n") == 11
+
+
+def test_eval_refuses_a_zero_count(capsys):
+    """Bad input to ``python -m examples.arithmetic.evaluation``: argparse's one error line and exit code 2 (in process:
+    ``main`` is what ``-m`` runs)."""
+    from examples.arithmetic.evaluation import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--n", "0"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "argument --n: must be >= 1, got 0" in err and "Traceback" not in err

@@ -10,7 +10,7 @@ from examples.arithmetic.task import every_step_right, final_answer
 from examples.smollm2 import default_cache_dir
 from transformers_stream_aligner import AlignmentRequest, enable_stream_alignment
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.smollm2
 
 
 @pytest.fixture(scope="module")

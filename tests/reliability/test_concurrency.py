@@ -81,6 +81,9 @@ def test_threads_share_model_tokenizer_and_aligner_without_corrupting_anything(t
             if (padded[0][0] == tok.pad_token_id) != (side == "left"):
                 problems.append("padding went to the wrong side")
             counts["tokenize"] += 1
+            # let go of the GIL between calls: a loop that never sleeps makes every worker wait up to a switch interval
+            # (5 ms) for each torch call to return (docs/testing.md); the calls still interleave by the hundred
+            time.sleep(0.001)
 
     workers = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
     chatter = threading.Thread(target=tokenizer_thread)

@@ -7,7 +7,6 @@ become control tokens; training builds the very same ids as inference.
 
 import pytest
 
-from examples.smollm2 import default_cache_dir
 from transformers_stream_aligner import AlignmentRequest, StreamAligner, StreamAlignerConfig
 from transformers_stream_aligner.tokens import special_token_ids, tokenize_plain_text
 from transformers_stream_aligner.training_data import encode_record
@@ -81,15 +80,9 @@ def test_plain_text_tokenization_leaves_the_tokenizer_as_it_was(tiny_llama):
     assert len(_controls(tok, chat)) >= 2
 
 
-@pytest.mark.slow
-def test_smollm2_tokenizer_keeps_injected_markers_as_text():
-
-    from transformers import AutoTokenizer
-
-    from examples.smollm2 import smollm2_checkpoint
-
-    cache = default_cache_dir()
-    tok = AutoTokenizer.from_pretrained(smollm2_checkpoint(cache))
+@pytest.mark.smollm2
+def test_smollm2_tokenizer_keeps_injected_markers_as_text(smollm2_tokenizer):
+    tok = smollm2_tokenizer
     config = StreamAlignerConfig()
     clean = config.encode_prompt(tok, question="What is 17*23?", prefix="", last="17*23 = 381.")
     hostile = config.encode_prompt(tok, question="What is 17*23?" + INJECTION, prefix=INJECTION, last="17*23 = 381.")

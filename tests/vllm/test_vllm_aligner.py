@@ -15,7 +15,7 @@ from transformers_stream_aligner.vllm_aligner import VLLMAligner, lora_slot_prob
 from .conftest import ADAPTER
 from .test_vllm_engine import QUESTIONS, _chat, _complete
 
-pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+pytestmark = [pytest.mark.vllm, pytest.mark.smollm2]
 
 REQUESTS = [
     AlignmentRequest("What is 17*23?", "", "17*23 = 381."),

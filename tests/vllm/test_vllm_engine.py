@@ -7,7 +7,6 @@ import time
 import httpx
 import pytest
 
-from examples.arithmetic.task import check_arithmetic
 from transformers_stream_aligner import StreamAlignmentError
 from transformers_stream_aligner.aligner_batching import BatchingAligner
 from transformers_stream_aligner.engines.vllm_engine import (
@@ -17,9 +16,10 @@ from transformers_stream_aligner.engines.vllm_engine import (
     stream_aligned_completion,
 )
 
+from ..serving_aligners import check_results
 from .conftest import wait_until_idle
 
-pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+pytestmark = [pytest.mark.vllm, pytest.mark.smollm2]
 
 QUESTIONS = ["What is 17*23? Explain briefly.", "Give me three tips for sleeping better.", "Why is the sky blue?",
              "Tom has 45 apples and gets 19 more. How many apples does he have?"]  # fmt: skip
@@ -83,10 +83,10 @@ def test_every_next_sentence_is_vllms_continuation_of_the_corrected_text(upstrea
 def test_a_batch_gives_each_row_what_it_gets_alone(upstream, smollm2):
     _, tok = smollm2
     prompts = [_chat(tok, q) for q in QUESTIONS[:3]]
-    batch = stream_aligned_completion(upstream, prompts, aligner=check_arithmetic, tokenizer=tok, max_new_tokens=MAX_NEW)
+    batch = stream_aligned_completion(upstream, prompts, aligner=check_results, tokenizer=tok, max_new_tokens=MAX_NEW)
     width = max(len(p) for p in prompts)
     for row, prompt in enumerate(prompts):
-        alone = stream_aligned_completion(upstream, [prompt], aligner=check_arithmetic, tokenizer=tok,
+        alone = stream_aligned_completion(upstream, [prompt], aligner=check_results, tokenizer=tok,
                                           max_new_tokens=MAX_NEW)  # fmt: skip
         mine = [t for t in batch[row, width:].tolist()]
         theirs = alone[0, len(prompt) :].tolist()
@@ -96,7 +96,7 @@ def test_a_batch_gives_each_row_what_it_gets_alone(upstream, smollm2):
 def test_the_arithmetic_checker_fixes_17_times_23(upstream, smollm2):
     _, tok = smollm2
     ids = _chat(tok, "What is 17*23?")
-    out = stream_aligned_completion(upstream, [ids], aligner=check_arithmetic, tokenizer=tok, max_new_tokens=40,
+    out = stream_aligned_completion(upstream, [ids], aligner=check_results, tokenizer=tok, max_new_tokens=40,
                                     return_dict=True)  # fmt: skip
     assert "391" in tok.decode(out.sequences[0, len(ids) :]) and any(r.changed for r in out.alignment_trace[0])
 
@@ -126,7 +126,7 @@ def test_an_aligner_that_fails_keeps_the_partial_output(upstream, smollm2):
 
 
 # ---------------------------------------------------------------------------------------------- overlap
-@pytest.mark.parametrize("aligner", [identity, rewrite, check_arithmetic], ids=["identity", "rewrite", "arithmetic"])
+@pytest.mark.parametrize("aligner", [identity, rewrite, check_results], ids=["identity", "rewrite", "arithmetic"])
 def test_overlap_gives_the_same_tokens(upstream, smollm2, aligner):
     """Drafting the next sentence while the aligner works changes nothing in the output: a kept draft is the
     continuation a new request would give, a dropped one is replaced by it."""
@@ -166,13 +166,13 @@ def test_concurrent_requests_on_asyncio_each_get_what_they_get_alone(upstream, s
     """8 requests at once, each with its own sentence loop; their aligner calls batched by one BatchingAligner."""
     _, tok = smollm2
     prompts = [_chat(tok, q) for q in QUESTIONS * 2]
-    alone = [stream_aligned_completion(upstream, [p], aligner=check_arithmetic, tokenizer=tok, max_new_tokens=MAX_NEW)
+    alone = [stream_aligned_completion(upstream, [p], aligner=check_results, tokenizer=tok, max_new_tokens=MAX_NEW)
              for p in prompts[:4]]  # fmt: skip
     calls = []
 
     def recording(requests):
         calls.append(len(requests))
-        return [check_arithmetic(r.question, r.prefix, r.last) for r in requests]
+        return [check_results(r.question, r.prefix, r.last) for r in requests]
 
     class Recording:
         correct = staticmethod(recording)

@@ -15,7 +15,7 @@ from ..helpers import free_port, running_server
 from .conftest import vllm_command, vllm_env, wait_until_idle
 from .test_vllm_engine import QUESTIONS, _chat, _complete
 
-pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+pytestmark = [pytest.mark.vllm, pytest.mark.smollm2]
 
 
 @pytest.fixture(scope="module")

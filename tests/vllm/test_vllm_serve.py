@@ -20,7 +20,7 @@ from ..helpers import free_port, running_server
 from .conftest import ADAPTER, ROOT, wait_until_idle
 from .test_vllm_engine import QUESTIONS, _chat, _complete
 
-pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+pytestmark = [pytest.mark.vllm, pytest.mark.smollm2]
 MAX_NEW = 80
 
 
