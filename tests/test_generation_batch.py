@@ -28,7 +28,7 @@ def _eos(tok, marks="?"):
     return [tok.eos_token_id, *(tok.convert_tokens_to_ids(m) for m in marks)]
 
 
-EARLY_END = {"llama": "?", "gpt2": "?", "qwen2": "?!"}  # marks that end some rows early for each model
+EARLY_END = {"llama": "?", "gpt2": "?", "qwen2": "?Ċ"}  # marks that end some rows early for each model (Ċ: a newline)
 
 
 def _left_batch(tok, prompts=PROMPTS):

@@ -85,7 +85,18 @@ ARCHS = ("llama", "gpt2", "qwen2", "mistral-sliding")
 
 
 def build_model(arch: str, tokenizer, *, steps: int = 150, seed: int = 0):
-    """A tiny model of ``arch`` trained briefly on the corpus, returned in float64 eval mode."""
+    """A tiny model of ``arch`` trained briefly on the corpus, returned in float64 eval mode. Trained on one torch
+    thread: the sums of a matrix product depend on how many threads split them, so the weights (and every test's
+    tokens) are the same whatever ``OMP_NUM_THREADS`` the process runs with."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(arch, tokenizer, steps=steps, seed=seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(arch: str, tokenizer, *, steps: int, seed: int):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
