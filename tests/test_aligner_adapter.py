@@ -16,7 +16,7 @@ from transformers_stream_aligner import (
     enable_stream_alignment,
     train_aligner,
 )
-from transformers_stream_aligner.aligner_adapter import ADAPTER_NAME, AdapterSwitch
+from transformers_stream_aligner.aligner_adapter import ADAPTER_NAME, AdapterSwitch, adapter_names
 
 from .tiny_models import ARCHS, cached_tiny
 
@@ -148,6 +148,17 @@ def test_stream_aligned_generate_equals_the_two_copy_run_and_the_adapter_is_off_
         assert any(r.changed for row in got.alignment_trace for r in row)
 
 
+def test_the_adapter_takes_the_models_mode(checkpoints):
+    """A LoRA layer put on an eval model is in eval mode too (its dropout off: corrections are deterministic), on
+    one copy and on two."""
+    base_dir, adapter_dir, _ = checkpoints
+    one = StreamAligner.from_pretrained(adapter_dir, base_model=_fresh(base_dir))
+    with one.adapter_switch.enabled():
+        assert _lora_layers(one.model) and not any(m.training for m in one.model.modules())
+    two = _two_copy(checkpoints)
+    assert _lora_layers(two.model) and not any(m.training for m in two.model.modules())
+
+
 def test_an_adapter_left_on_would_be_seen(checkpoints):
     """The checks above can fail: with the adapter on, the upstream's tokens are not the plain model's."""
     base_dir, adapter_dir, tok = checkpoints
@@ -219,8 +230,8 @@ def test_remove_gives_back_the_plain_model(checkpoints):
     upstream = _fresh(base_dir)
     aligner = StreamAligner.from_pretrained(adapter_dir, base_model=upstream)
     aligner.adapter_switch.remove()
-    assert not upstream._hf_peft_config_loaded and not hasattr(upstream, "_stream_aligner_switch")
-    assert not _lora_layers(upstream)
+    assert not hasattr(upstream, "peft_config") and not hasattr(upstream, "_stream_aligner_switch")
+    assert not _lora_layers(upstream) and not adapter_names(upstream)
     StreamAligner.from_pretrained(adapter_dir, base_model=upstream)  # and it can carry one again
 
 
@@ -233,7 +244,7 @@ def test_clear_errors(checkpoints, tmp_path):
         StreamAligner.from_pretrained(adapter_dir, base_model=upstream, dtype=torch.float32)
     with pytest.raises(TypeError, match="PeftModel"):
         StreamAligner.from_pretrained(adapter_dir, base_model=peft.PeftModel.from_pretrained(_fresh(base_dir), adapter_dir))
-    assert not _lora_layers(upstream) and not upstream._hf_peft_config_loaded  # the refused calls added nothing
+    assert not _lora_layers(upstream) and not hasattr(upstream, "peft_config")  # the refused calls added nothing
     StreamAligner.from_pretrained(adapter_dir, base_model=upstream)
     with pytest.raises(ValueError, match="already carries adapters"):
         StreamAligner.from_pretrained(adapter_dir, base_model=upstream)
@@ -253,7 +264,7 @@ def test_a_load_that_fails_after_the_adapter_went_on_leaves_the_model_as_it_was(
     monkeypatch.setattr(aligner_module, "token_id_list", broken)  # StreamAligner.__init__ fails after the switch
     with pytest.raises(RuntimeError, match="broken generation config"):
         StreamAligner.from_pretrained(adapter_dir, base_model=upstream)
-    assert not upstream._hf_peft_config_loaded and not hasattr(upstream, "_stream_aligner_switch")
+    assert not hasattr(upstream, "peft_config") and not hasattr(upstream, "_stream_aligner_switch")
     assert not _lora_layers(upstream)
     monkeypatch.undo()
     StreamAligner.from_pretrained(adapter_dir, base_model=upstream)  # and it can carry one afterwards

@@ -52,6 +52,25 @@ def _prompts(tok, n, seed):
     return [tok(t, add_special_tokens=False).input_ids for t in texts]
 
 
+def test_support_is_decided_by_running_the_forward(tiny_llama, monkeypatch):
+    """What the forward does, not the names its signature lists: a forward behind ``**kwargs`` that passes everything
+    on is supported; one that drops the position ids or the attention mask is not (a token after a masked hole would
+    get other logits than without the hole)."""
+    model, _ = tiny_llama
+    forward = model.forward
+    assert AlignerDecoder.unsupported_reason(model) is None
+    with monkeypatch.context() as patch:
+        patch.setattr(model, "forward", lambda **kwargs: forward(**kwargs))  # no parameter names at all
+        assert AlignerDecoder.unsupported_reason(model) is None
+    for dropped in ("position_ids", "attention_mask"):
+        with monkeypatch.context() as patch:
+            patch.setattr(model, "forward", lambda dropped=dropped, **kwargs: forward(**{k: v for k, v in kwargs.items() if k != dropped}))
+            assert "does not honour" in AlignerDecoder.unsupported_reason(model), dropped
+    with monkeypatch.context() as patch:
+        patch.setattr(model, "forward", lambda input_ids, **kwargs: forward(input_ids=input_ids))  # takes no cache
+        assert "does not run a masked cache layout" in AlignerDecoder.unsupported_reason(model)
+
+
 def test_decoder_is_exact_for_any_draft(tiny):
     """Perfect, partly wrong, random and empty drafts; single rows and a batch; cache reused across calls,
     rows reordered, added and dropped; forced compaction. Every output equals plain greedy decoding."""

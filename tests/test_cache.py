@@ -14,6 +14,7 @@ from transformers_stream_aligner.cache import (
     prepare_user_cache,
     trim_cache,
 )
+from transformers_stream_aligner.compat import forward_cache_key
 
 from .helpers import prompt_ids
 from .tiny_models import cached_tiny
@@ -33,8 +34,8 @@ def _feed(model, layout, blocks):
             input_ids=block.ids,
             attention_mask=layout.mask,
             position_ids=block.positions,
-            past_key_values=layout.cache,
             use_cache=True,
+            **{forward_cache_key(model): layout.cache},
         )
     return out.logits[:, -1]
 
@@ -103,10 +104,12 @@ def test_crop_trailing_cuts_columns_every_row_left(llama):
 def test_crop_trailing_resets_a_cache_that_cannot_be_cut(llama):
     model, tok = llama
     a = _ids(tok, "The cat is fine.")
-    cache = StaticCache(config=model.config, max_cache_len=32)
+    cache = DynamicCache(config=model.config)
+    for layer in cache.layers:
+        layer.is_croppable = False  # as recurrent and quantized layers say (static ones too, before transformers 5.24)
     layout = MaskedKVLayout(1, cache=cache)
     _feed(model, layout, [a])
-    assert not cache_can_crop(cache)  # a StaticCache says it cannot be cropped (is_croppable is False)
+    assert not cache_can_crop(cache)
     layout.cut(0, 2)
     assert layout.crop_trailing() is False  # reset: nothing is placed any more
     assert layout.width == 0 and layout.tokens == [[]] and cache.get_seq_length() == 0
@@ -140,7 +143,7 @@ def test_rollback_cache_records_sliding_layers_and_trims():
     window = model.config.sliding_window
     ids = prompt_ids(tok, "The cat is fine. " * 10)
     with torch.no_grad():
-        model(ids, past_key_values=cache, use_cache=True)
+        model(ids, use_cache=True, **{forward_cache_key(model): cache})
     sliding = next(layer for layer in cache.layers if layer.is_sliding)
     assert sliding.keys.shape[2] > window  # the past is kept for a crop
     trim_cache(cache)
@@ -151,7 +154,7 @@ def test_crop_cache_to_refuses_a_negative_length(llama):
     model, tok = llama
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(prompt_ids(tok), past_key_values=cache, use_cache=True)
+        model(prompt_ids(tok), use_cache=True, **{forward_cache_key(model): cache})
     with pytest.raises(ValueError, match="keep must be >= 0"):
         crop_cache_to(cache, -1)
 
@@ -164,12 +167,12 @@ def test_crop_restores_exact_state_including_sliding_window():
     cache = make_rollback_cache(model)
     assert any(getattr(layer, "is_sliding", False) for layer in cache.layers)
     with torch.no_grad():
-        model(ids, past_key_values=cache, use_cache=True)
+        model(ids, use_cache=True, **{forward_cache_key(model): cache})
         keep = ids.shape[1] - window - 3  # cut back past the window
         crop_cache_to(cache, keep)
         assert cache.get_seq_length() == keep
         tail = torch.tensor([[5, 6, 7]])
-        cached = model(tail, past_key_values=cache, use_cache=True).logits
+        cached = model(tail, use_cache=True, **{forward_cache_key(model): cache}).logits
         full = model(torch.cat([ids[:, :keep], tail], dim=1)).logits[:, -3:]
     assert torch.allclose(cached, full, atol=1e-10)
 
@@ -178,7 +181,7 @@ def test_crop_cache_to_never_grows_and_checks(tiny_llama):
     model, tok = tiny_llama
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(prompt_ids(tok), past_key_values=cache, use_cache=True)
+        model(prompt_ids(tok), use_cache=True, **{forward_cache_key(model): cache})
     n = cache.get_seq_length()
     crop_cache_to(cache, n + 5)
     assert cache.get_seq_length() == n
@@ -202,7 +205,7 @@ def test_prepare_upstream_cache_chooses_and_checks(llama):
         prepare_upstream_cache(model, None, implementation="offloaded", **kw)
     filled = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(prompt_ids(tok, "The cat is very good indeed"), past_key_values=filled, use_cache=True)
+        model(prompt_ids(tok, "The cat is very good indeed"), use_cache=True, **{forward_cache_key(model): filled})
     with pytest.raises(ValueError, match="must be empty or hold a prefix of the prompt"):
         prepare_upstream_cache(model, filled, **kw)  # more tokens than the prompt has
     with pytest.raises(ValueError, match="num_return_sequences must be 1"):

@@ -48,14 +48,30 @@ def test_unsupported_outputs_and_bad_aligner(llama):
         model.generate(prompt_ids(tok), max_new_tokens=10, aligner_question="q")
 
 
-def test_static_cache_falls_back_to_exact_reprefill_with_one_warning(llama):
-    model, tok = llama
+@pytest.mark.parametrize("arch", ["llama", "mistral-sliding"])
+def test_a_static_cache_is_exact_and_warns_once_when_it_cannot_be_cut_back(arch):
+    """A static cache is cut back where its layers can be (full attention, transformers >= 5.24), else re-prefilled
+    after each correction with one warning (static sliding-window layers on every release; every static layer
+    before 5.24). Exact either way."""
+    import warnings
+
+    from transformers import StaticCache
+
+    from transformers_stream_aligner.cache import cache_can_crop
+
+    from .tiny_models import cached_tiny
+
+    model, tok = cached_tiny(arch)
+    enable_stream_alignment(model, tok)
     ids = prompt_ids(tok)
     dynamic = model.generate(ids, max_new_tokens=60, do_sample=False, aligner=rewrite, tokenizer=tok)
-    with pytest.warns(UserWarning, match="StaticCache") as record:
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
         out = model.generate(ids, max_new_tokens=60, do_sample=False, aligner=rewrite, tokenizer=tok,
-                             cache_implementation="static", return_dict_in_generate=True)
-    assert len([w for w in record if "StaticCache" in str(w.message)]) == 1
+                             cache_implementation="static", return_dict_in_generate=True)  # fmt: skip
+    croppable = cache_can_crop(StaticCache(config=model.config, max_cache_len=ids.shape[1] + 61))
+    assert len([w for w in record if "StaticCache cannot be cut back" in str(w.message)]) == (0 if croppable else 1)
+    assert arch == "llama" or not croppable  # a window smaller than the cache: never croppable
     assert torch.equal(out.sequences, dynamic)
     assert_rewrite_exact(model, out.sequences, out.alignment_trace[0])
 

@@ -1,9 +1,11 @@
 """Stream alignment is exact: identity aligner == plain generate; rewriting aligner == uncached decoding."""
 
+import pytest
 import torch
 from transformers import DynamicCache, LlamaForCausalLM
 
 from transformers_stream_aligner import StreamAlignedGenerationMixin, enable_stream_alignment
+from transformers_stream_aligner.compat import CACHE_KEYS, generate_cache_key
 
 from .helpers import RecordingAligner, assert_rewrite_exact, prompt_ids, rewrite
 
@@ -87,14 +89,18 @@ def test_user_cache_and_mixin_class(tiny_llama):
     aligned.load_state_dict(model.state_dict())
     ids = prompt_ids(tok)
     plain = aligned.generate(ids, max_new_tokens=50, do_sample=False)  # no aligner: stock generate
-    cache = DynamicCache(config=aligned.config)
-    out = aligned.generate(
-        ids, max_new_tokens=50, do_sample=False, aligner=rewrite, tokenizer=tok, past_key_values=cache,
-        return_dict_in_generate=True,
-    )
-    assert out.past_key_values is cache
-    assert ids.shape[1] < cache.get_seq_length() <= out.sequences.shape[1] - 1  # used, and never ahead of the output
-    assert_rewrite_exact(model, out.sequences, out.alignment_trace[0])
+    for key in CACHE_KEYS:  # the cache under either name: `cache` (transformers >= 5.24) or `past_key_values`
+        cache = DynamicCache(config=aligned.config)
+        out = aligned.generate(
+            ids, max_new_tokens=50, do_sample=False, aligner=rewrite, tokenizer=tok, return_dict_in_generate=True,
+            **{key: cache},
+        )
+        assert getattr(out, generate_cache_key()) is cache  # the output's field under this release's name
+        assert ids.shape[1] < cache.get_seq_length() <= out.sequences.shape[1] - 1  # used, never ahead of the output
+        assert_rewrite_exact(model, out.sequences, out.alignment_trace[0])
+    with pytest.raises(ValueError, match="not both"):
+        aligned.generate(ids, max_new_tokens=5, aligner=rewrite, tokenizer=tok, cache=DynamicCache(config=aligned.config),
+                         past_key_values=DynamicCache(config=aligned.config))  # fmt: skip
     ident = aligned.generate(ids, max_new_tokens=50, do_sample=False, aligner=identity, tokenizer=tok)
     assert torch.equal(plain, ident)
 

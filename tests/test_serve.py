@@ -109,7 +109,8 @@ def test_a_request_cannot_name_anything_else(served, name):
     body = {"model": model, "messages": [{"role": "user", "content": "Hi"}],
             "generation_config": json.dumps({"stream_aligner": name, "max_new_tokens": 5})}  # fmt: skip
     with httpx.Client(timeout=120) as client:
-        assert client.post(f"{base}/v1/chat/completions", json=body).status_code == 500  # serve's answer to a failure
+        refused = client.post(f"{base}/v1/chat/completions", json=body).status_code
+    assert refused in (400, 500)  # serve's answer to a ValueError from generate: 500 up to transformers 5.24, 400 after
     with httpx.Client(timeout=120) as client:
         streamed = client.post(f"{base}/v1/chat/completions", json={**body, "stream": True})
     assert "not one this server offers" in streamed.text and "'arith'" in streamed.text

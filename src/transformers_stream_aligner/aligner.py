@@ -31,8 +31,10 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from transformers.utils import PushToHubMixin
 
+from .aligner_adapter import ADAPTER_NAME, AdapterSwitch, adapter_names, attach_adapter, load_adapter, save_adapter
 from .aligner_calculator import calculate
 from .aligner_edits import EditRuleStoppingCriteria, correct_with_rule, edits_numbers_only, numbers_only_stop_rule
+from .hub import create_repo, upload_directory
 from .stream_aligner_config import CONFIG_NAME, StreamAlignerConfig
 from .tokens import token_id_list, tokenize_plain_text
 
@@ -174,8 +176,6 @@ class StreamAligner(PushToHubMixin):
             raise ValueError("StreamAligner needs the aligner's tokenizer")
         self._adapter: Any = None  # AdapterSwitch of a one-copy aligner
         if adapter_name is not None:
-            from .aligner_adapter import AdapterSwitch
-
             switch = getattr(model, "_stream_aligner_switch", None)
             if switch is not None and switch.adapter_name == adapter_name:
                 self._adapter = switch
@@ -286,8 +286,12 @@ class StreamAligner(PushToHubMixin):
                 load_kwargs["dtype"] = dtype
             if device_map is not None:
                 load_kwargs["device_map"] = device_map
+            # an adapter checkpoint loads onto its base (the one named, else the one its config names) with peft's
+            # own functions (aligner_adapter.load_adapter), whatever transformers' peft integration accepts
+            adapter_base = _adapter_base(pretrained_model_name_or_path, hub_kwargs)
+            base = os.fspath(base_model_name_or_path) if base_model_name_or_path is not None else adapter_base
             try:
-                if base_model_name_or_path is None:
+                if base is None:
                     model = AutoModelForCausalLM.from_pretrained(
                         pretrained_model_name_or_path,
                         use_safetensors=True,
@@ -296,21 +300,20 @@ class StreamAligner(PushToHubMixin):
                         **load_kwargs,
                     )
                 else:
+                    # the adapter's revision is not the base's; where to look and as whom is the same
+                    base_hub = {k: hub_kwargs[k] for k in ("token", "cache_dir", "local_files_only")}
                     model = AutoModelForCausalLM.from_pretrained(
-                        base_model_name_or_path, use_safetensors=True, trust_remote_code=trust_remote_code, **load_kwargs
-                    )
-                    # local_files_only goes in adapter_kwargs: load_adapter(local_files_only=True) itself raises a
-                    # TypeError in transformers 5.23 (it is forwarded to LoadStateDictConfig).
-                    adapter_kwargs = {k: v for k, v in hub_kwargs.items() if v is not None and v is not False}
-                    model.load_adapter(os.fspath(pretrained_model_name_or_path), adapter_kwargs=adapter_kwargs)
+                        base, use_safetensors=True, trust_remote_code=trust_remote_code,
+                        **(base_hub if base_model_name_or_path is None else {}), **load_kwargs,
+                    )  # fmt: skip
             except OSError as err:
-                adapter_base = _adapter_base(pretrained_model_name_or_path, hub_kwargs)
-                if adapter_base is None:
+                if base is None:
                     raise
-                base = os.fspath(base_model_name_or_path) if base_model_name_or_path is not None else adapter_base
                 raise AdapterBaseNotFoundError(
                     _base_missing_message(pretrained_model_name_or_path, base, local_files_only, err)
                 ) from err
+            if base is not None:
+                load_adapter(model, os.fspath(pretrained_model_name_or_path), "default", hub_kwargs=hub_kwargs)
         except AdapterBaseNotFoundError:
             raise  # its message already says what is missing and how to supply it
         except OSError as err:
@@ -339,8 +342,6 @@ class StreamAligner(PushToHubMixin):
         from transformers import AutoTokenizer
         from transformers.utils.peft_utils import find_adapter_config_file
 
-        from .aligner_adapter import ADAPTER_NAME, attach_adapter
-
         given = sorted(name for name, value in others.items() if value is not None)
         if given:
             raise ValueError(
@@ -358,8 +359,7 @@ class StreamAligner(PushToHubMixin):
             tokenizer = AutoTokenizer.from_pretrained(adapter, trust_remote_code=trust_remote_code, **hub_kwargs)
         except OSError as err:
             raise OSError(f"could not load the aligner {adapter!r} (a tokenizer is required): {err}") from err
-        adapter_kwargs = {k: v for k, v in hub_kwargs.items() if v is not None and v is not False}
-        switch = attach_adapter(base_model, adapter, adapter_kwargs=adapter_kwargs)
+        switch = attach_adapter(base_model, adapter, hub_kwargs=hub_kwargs)
         try:
             return cls(base_model, tokenizer, config, adapter_name=ADAPTER_NAME)
         except Exception:
@@ -391,15 +391,27 @@ class StreamAligner(PushToHubMixin):
         """
         hub = {name: kwargs.pop(name) for name in _HUB_OPTIONS if name in kwargs}
         os.makedirs(save_directory, exist_ok=True)
-        # A one-copy aligner's LoRA layers are in the model only while it is on: save with them in.
-        with self._adapter.enabled() if self._adapter is not None else contextlib.nullcontext():
-            self.model.save_pretrained(save_directory, safe_serialization=True, **kwargs)
+        self._save_model(save_directory, kwargs)
         self.tokenizer.save_pretrained(save_directory)
         self.config.save_pretrained(save_directory)
         if not push_to_hub:
             self.model_card().save(os.path.join(save_directory, "README.md"))
             return None
         return self._push_directory(save_directory, repo_id or Path(save_directory).resolve().name, hub)
+
+    def _save_model(self, directory: str | os.PathLike, kwargs: dict[str, Any]) -> None:
+        """The weights: an adapter alone (one on the upstream, or one transformers loaded onto the aligner's base)
+        as peft writes it, else the model's own ``save_pretrained`` (a ``PeftModel`` writes its adapter too)."""
+        if self._adapter is not None and self._adapter.peft_config is not None:
+            # a one-copy aligner's LoRA layers are in the model only while it is on: save with them in
+            with self._adapter.enabled():
+                save_adapter(self.model, os.fspath(directory), self._adapter.adapter_name, self._adapter.peft_config)
+            return
+        loaded = _loaded_adapter(self.model)
+        if loaded is not None:
+            save_adapter(self.model, os.fspath(directory), *loaded)
+            return
+        self.model.save_pretrained(directory, safe_serialization=True, **kwargs)
 
     def model_card(self, repo_id: str | None = None) -> Any:
         """A ``huggingface_hub.ModelCard`` describing this aligner (library, tags, base model, template, usage)."""
@@ -431,22 +443,18 @@ class StreamAligner(PushToHubMixin):
 
     def _push_directory(self, directory: str | os.PathLike, repo_id: str, options: dict[str, Any]) -> Any:
         """Create ``repo_id`` if needed, write the model card for it into ``directory`` (**mutated**) and upload the
-        directory with ``PushToHubMixin._upload_modified_files`` (branch creation, one commit). ``options``: those of
-        :meth:`push_to_hub`."""
-        from transformers.utils.hub import hf_api
-
+        directory in one commit (:mod:`.hub`). ``options``: those of :meth:`push_to_hub`."""
         token = options.get("token")
-        repo_id = hf_api().create_repo(repo_id, private=options.get("private"), token=token, exist_ok=True).repo_id
+        repo_id = create_repo(repo_id, private=options.get("private"), token=token)
         self.model_card(repo_id=repo_id).save(os.path.join(directory, "README.md"))
-        return self._upload_modified_files(
+        return upload_directory(
             directory,
             repo_id,
-            files_timestamps={},
             commit_message=options.get("commit_message") or "Upload Stream Aligner checkpoint",
-            token=token,
-            create_pr=options.get("create_pr") or False,
-            revision=options.get("revision"),
             commit_description=options.get("commit_description"),
+            token=token,
+            revision=options.get("revision"),
+            create_pr=options.get("create_pr") or False,
         )
 
     # ------------------------------------------------------------------ prompting and correcting
@@ -546,11 +554,12 @@ class StreamAligner(PushToHubMixin):
     def _correct_batch(self, requests: list[AlignmentRequest]) -> list[str]:
         tok = self.tokenizer
         limit = self.config.max_correction_tokens
-        decoder = self._fast_decoder()
-        # A one-copy aligner: its adapter on for these forwards only (other threads' forwards wait).
+        # A one-copy aligner: its adapter on for these forwards only (other threads' forwards wait), the decoder's
+        # support probe (its first use) included.
         adapter_on = self._adapter.enabled() if self._adapter is not None else contextlib.nullcontext()
         rules = [numbers_only_stop_rule(tok, r.last) for r in requests] if self.config.edits == "numbers" else None
         with adapter_on:
+            decoder = self._fast_decoder()
             if decoder is not None:
                 prompts = [self._encode_prompt(r) for r in requests]
                 sources = [self._source_ids(r.last) for r in requests]
@@ -625,6 +634,23 @@ class StreamAligner(PushToHubMixin):
 class AdapterBaseNotFoundError(OSError):
     """An adapter checkpoint loaded, but the base model it names could not be: the message names the base and how to
     supply it (``base_model_name_or_path=`` or ``base_model=``)."""
+
+
+def _loaded_adapter(model: Any) -> tuple[str, Any] | None:
+    """``(name, peft config)`` of the one adapter a plain transformers model carries (put there by
+    ``from_pretrained`` of an adapter checkpoint or ``load_adapter``), else ``None``; a ``PeftModel`` saves itself."""
+    configs = vars(model).get("peft_config") if hasattr(model, "__dict__") else None
+    if not isinstance(configs, dict):
+        return None
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        return None
+    names = adapter_names(model) & set(configs)
+    if len(names) != 1:
+        return None
+    (name,) = names
+    return name, configs[name]
 
 
 def _adapter_base(path: str | os.PathLike, hub_kwargs: dict[str, Any]) -> str | None:

@@ -53,7 +53,8 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor
 
-from .cache import MaskedKVLayout
+from .cache import MaskedKVLayout, probe_masked_layout
+from .compat import forward_cache_key
 from .stream_aligner_config import StreamAlignerConfig
 from .tokens import longest_common_prefix, token_id_list
 
@@ -304,26 +305,24 @@ class AlignerDecoder:
     # ------------------------------------------------------------------ support
     @staticmethod
     def unsupported_reason(model: Any) -> str | None:
-        """Why ``model`` cannot be decoded here (``None`` when it can). Does not touch the model."""
+        """Why ``model`` cannot be decoded here (``None`` when it can), decided by what it does rather than by the
+        names its ``forward`` lists (a release may hide them behind ``**kwargs``): its default cache must hold only
+        full-attention layers, and a probe of two forwards of three tokens (no gradients; the weights are untouched)
+        must show that the forward takes the cache, the attention mask and the position ids this decoder passes: a
+        token after a masked hole gets the logits it gets without the hole, and the cache holds every column."""
         from transformers import DynamicCache
         from transformers.cache_utils import DynamicLayer
 
         config = getattr(model, "config", None)
-        if config is None or getattr(config, "is_encoder_decoder", False):
+        if config is None or getattr(config, "is_encoder_decoder", False) or not callable(getattr(model, "forward", None)):
             return "it is not a decoder-only transformers model"
-        try:
-            params = inspect.signature(model.forward).parameters
-        except (TypeError, ValueError):
-            return "its forward signature cannot be read"
-        if "position_ids" not in params or "past_key_values" not in params:
-            return "its forward takes no position_ids / past_key_values"
         try:
             layers = DynamicCache(config=config).layers
         except Exception as err:  # noqa: BLE001 - any model the cache cannot describe is unsupported
             return f"its cache cannot be built ({type(err).__name__})"
         if any(type(layer) is not DynamicLayer for layer in layers):
             return "its cache has sliding-window or non-attention layers, which column masks would shift"
-        return None
+        return probe_masked_layout(model)
 
     @staticmethod
     def greedy_is_argmax(generation_config: Any) -> bool:
@@ -363,11 +362,11 @@ class AlignerDecoder:
         if self._takes_logits_to_keep:
             kwargs["logits_to_keep"] = keep
         device = self.model.device
+        kwargs[forward_cache_key(self.model)] = layout.cache
         out = self.model(
             input_ids=block.ids.to(device),
             attention_mask=layout.mask.to(device),
             position_ids=block.positions.to(device),
-            past_key_values=layout.cache,
             use_cache=True,
             **kwargs,
         )

@@ -46,6 +46,8 @@ from typing import Any
 
 import torch
 
+from .compat import cache_length, forward_cache_key, record_past
+
 __all__ = [
     "Block",
     "MaskedKVLayout",
@@ -56,6 +58,7 @@ __all__ = [
     "model_has_sliding_layers",
     "prepare_upstream_cache",
     "prepare_user_cache",
+    "probe_masked_layout",
     "trim_cache",
 ]
 
@@ -114,7 +117,7 @@ def prepare_upstream_cache(
             )
         return make_rollback_cache(model), False
     prepare_user_cache(cache)
-    filled = cache.get_seq_length()
+    filled = cache_length(cache)
     if filled > prompt_length or (filled and copies > 1):
         raise ValueError(
             f"past_key_values holds {filled} tokens; with an aligner it must be empty or hold a prefix of the "
@@ -124,13 +127,11 @@ def prepare_upstream_cache(
 
 
 def prepare_user_cache(cache: Any) -> None:
-    """Switch on past recording in an empty cache (**mutates** ``cache``). Does nothing to a filled one."""
-    if cache is None:
+    """Switch on past recording in an empty cache (**mutates** ``cache``; :func:`~.compat.record_past`). Does nothing
+    to a filled one."""
+    if cache is None or cache_length(cache) > 0:
         return
-    if getattr(cache, "get_seq_length", None) is not None and cache.get_seq_length() > 0:
-        return
-    if hasattr(cache, "activate_past_recording"):
-        cache.activate_past_recording()
+    record_past(cache)
 
 
 def has_sliding_layers(cache: Any) -> bool:
@@ -152,10 +153,9 @@ def cache_can_crop(cache: Any) -> bool:
     croppable = getattr(cache, "is_croppable", None)
     if croppable is not None and not croppable:
         return False
-    for layer in getattr(cache, "layers", []):
-        if getattr(layer, "is_sliding", False) and not getattr(layer, "record_past", True):
-            return False
-    return True
+    # a layer that keeps only a window of its states (sliding window, linear attention) crops exactly only while it
+    # records its past
+    return all(getattr(layer, "record_past", True) for layer in getattr(cache, "layers", []))
 
 
 # ---------------------------------------------------------------------------------------------- crop and trim
@@ -173,7 +173,7 @@ def crop_cache_to(cache: Any, keep: int) -> None:
     Never removes more than the cache holds and never grows it; works with both ``crop`` conventions.
     Raises ``RuntimeError`` if the cache does not end up with ``keep`` tokens.
     """
-    current = cache.get_seq_length()
+    current = cache_length(cache)
     if keep < 0:
         raise ValueError(f"keep must be >= 0, got {keep}")
     remove = current - keep
@@ -183,8 +183,8 @@ def crop_cache_to(cache: Any, keep: int) -> None:
         cache.crop(keep)
     else:
         cache.crop(-remove)
-    if cache.get_seq_length() != keep:
-        raise RuntimeError(f"cache crop left {cache.get_seq_length()} tokens instead of {keep}")
+    if cache_length(cache) != keep:
+        raise RuntimeError(f"cache crop left {cache_length(cache)} tokens instead of {keep}")
 
 
 def trim_cache(cache: Any) -> None:
@@ -432,3 +432,40 @@ class MaskedKVLayout:
 
 def _filled_layers(cache: Any) -> list[Any]:
     return [layer for layer in getattr(cache, "layers", []) if getattr(layer, "is_initialized", False)]
+
+
+def probe_masked_layout(model: Any) -> str | None:
+    """Why ``model``'s forward cannot run a :class:`MaskedKVLayout` (``None`` when it can), found by running it:
+    a token after a masked hole must get the logits it gets without the hole, with the cache under
+    :func:`~.compat.forward_cache_key`, the layout's attention mask and explicit position ids. Two forwards of
+    three tokens in all, without gradients; the model's weights and state are untouched."""
+    from transformers import DynamicCache
+
+    vocab = int(getattr(model.config, "vocab_size", 0) or 0)
+    if vocab < 4:
+        return "its config names no vocabulary"
+    device = getattr(model, "device", torch.device("cpu"))
+    a, hole, b = 1, 2, 3
+
+    def last_logits(blocks: list[list[int]], cut_after_first: bool) -> torch.Tensor:
+        layout = MaskedKVLayout(1, device=device, cache=DynamicCache(config=model.config))
+        out = None
+        for i, tokens in enumerate(blocks):
+            block = layout.append([tokens])
+            out = model(input_ids=block.ids, attention_mask=layout.mask, position_ids=block.positions, use_cache=True,
+                        **{forward_cache_key(model): layout.cache})  # fmt: skip
+            if cut_after_first and i == 0:
+                layout.cut(0, 1)  # the hole: its key and value stay in the cache, masked
+        if cache_length(layout.cache) != layout.width:
+            raise ValueError(f"the cache holds {cache_length(layout.cache)} columns, the layout {layout.width}")
+        return out.logits[0, -1].float()
+
+    try:
+        with torch.no_grad():
+            plain = last_logits([[a, b]], cut_after_first=False)
+            holed = last_logits([[a, hole], [b]], cut_after_first=True)
+    except Exception as err:  # noqa: BLE001 - whatever the forward refuses makes the model unsupported
+        return f"its forward does not run a masked cache layout ({type(err).__name__}: {err})"
+    if not torch.allclose(plain, holed, rtol=1e-3, atol=1e-3 * float(plain.abs().max()) + 1e-6):
+        return "its forward does not honour the attention mask and position ids of a masked cache layout"
+    return None

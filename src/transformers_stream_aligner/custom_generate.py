@@ -40,6 +40,7 @@ import transformers
 from packaging.version import Version
 from transformers import GenerationMixin, LogitsProcessorList, StoppingCriteriaList
 
+from .compat import cache_length, generate_cache_key, generate_code, pop_cache
 from .generation import _ALIGNER_KWARGS, _generate_or_align, stream_aligned_generate
 from .serving_config import SERVING_CONFIG_NAME, ServingConfig, load_served_aligner
 from .streamers import StreamerDriver
@@ -182,9 +183,9 @@ def stream_aligned_decoding(
         return GenerationMixin._sample(
             model, input_ids, logits_processor, stopping_criteria, generation_config, streamer=streamer, **model_kwargs
         )
-    cache = model_kwargs.pop("past_key_values", None)
-    if cache is not None and cache.get_seq_length() > 0:
-        model_kwargs["past_key_values"] = cache  # the caller's prefilled cache; an empty one generate made is dropped
+    cache = pop_cache(model_kwargs)
+    if cache_length(cache) > 0:
+        model_kwargs[generate_cache_key()] = cache  # the caller's prefilled cache; an empty one generate made is dropped
     for name in ("position_ids", "logits_to_keep", "use_cache", "cache_position"):
         model_kwargs.pop(name, None)
     config = copy.deepcopy(generation_config)
@@ -244,9 +245,6 @@ def _added(merged: Any, from_config: Any) -> list[Any]:
     return added
 
 
-_GENERATE_CODE = getattr(GenerationMixin.generate, "__wrapped__", GenerationMixin.generate).__code__
-
-
 def _streamer_of_calling_generate(model: Any) -> Any:
     """The ``streamer`` argument of the transformers ``generate`` call that called this decoding method (it
     ``put`` the prompt, and would leave the streamer unended), or ``None``."""
@@ -254,7 +252,7 @@ def _streamer_of_calling_generate(model: Any) -> Any:
     for _ in range(8):
         if frame is None:
             return None
-        if frame.f_code is _GENERATE_CODE and frame.f_locals.get("self") is model:
+        if frame.f_code is generate_code() and frame.f_locals.get("self") is model:
             return frame.f_locals.get("streamer")
         frame = frame.f_back
     return None

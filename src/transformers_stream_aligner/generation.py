@@ -37,7 +37,14 @@ from transformers import (
 )
 
 from .aligner import CorrectionFn, StreamAligner, as_correction_fn
-from .cache import has_sliding_layers, make_rollback_cache, model_has_sliding_layers, prepare_upstream_cache
+from .cache import (
+    cache_can_crop,
+    has_sliding_layers,
+    make_rollback_cache,
+    model_has_sliding_layers,
+    prepare_upstream_cache,
+)
+from .compat import cache_length, pop_cache
 from .engines.transformers_engine import TransformersEngine
 from .generation_fields import ASSISTED_DECODING, check_generation_fields
 from .loop import AlignmentLoop
@@ -194,7 +201,7 @@ def stream_aligned_generate(
             hold_completed=completed_rows == "hold",
             on_draft=driver.on_draft,
             device=prompt_ids.device,
-            prefilled=(prompt_ids, prompt_mask) if cache is not None and cache.get_seq_length() > 0 else None,
+            prefilled=(prompt_ids, prompt_mask) if cache_length(cache) > 0 else None,
             warned_fallback=warned_fallback,
         )
         plan = GenerationPlan(
@@ -434,14 +441,15 @@ def _prepare_cache(
     model: Any, config: Any, model_kwargs: dict[str, Any], prompt_ids: torch.Tensor, max_new_tokens: int, expand: int
 ) -> tuple[Any, bool, bool]:
     """The KV cache kept across rounds, chosen by the cache stage (:func:`~.cache.prepare_upstream_cache`) from
-    ``past_key_values`` (popped from ``model_kwargs``, **mutated**) and ``config`` (its ``cache_implementation`` is
-    cleared once we hold the cache). Returns ``(cache, the user gave it, it is static)``; a static cache is warned
-    about here, once per call."""
+    ``cache`` / ``past_key_values`` (popped from ``model_kwargs``, **mutated**; :func:`~.compat.pop_cache`) and
+    ``config`` (its ``cache_implementation`` is cleared once we hold the cache). Returns ``(cache, the user gave it,
+    whether it was warned about)``: a static cache that cannot be cut back is warned about here, once per call."""
     batch, width = prompt_ids.shape
-    user_cache = model_kwargs.get("past_key_values") is not None
+    given = pop_cache(model_kwargs)
+    user_cache = given is not None
     cache, static = prepare_upstream_cache(
         model,
-        model_kwargs.pop("past_key_values", None),
+        given,
         use_cache=config.use_cache is not False,
         implementation=config.cache_implementation,
         batch_size=batch,
@@ -451,14 +459,15 @@ def _prepare_cache(
     )
     if cache is not None:
         config.cache_implementation = None
-    if static:
+    warned = static and not cache_can_crop(cache)  # static layers crop from transformers 5.24 on
+    if warned:
         warnings.warn(
-            "stream alignment: a StaticCache cannot be cut back; after each correction the whole sequence is "
+            "stream alignment: this StaticCache cannot be cut back; after each correction the whole sequence is "
             "re-prefilled (exact, but slower). Use the default dynamic cache for speed.",
             UserWarning,
             stacklevel=4,
         )
-    return cache, user_cache, static
+    return cache, user_cache, warned
 
 
 def _prepare_row_by_row(model: Any, cache: Any, batch: int, user_cache: bool) -> bool:

@@ -29,6 +29,7 @@ import torch
 
 from .aligner_call import AlignerCallFailure, build_request, call_aligner
 from .boundary import Sentence, decode_span, next_step
+from .compat import generate_cache_key
 from .engines.base import Cancelled, UpstreamEngine, UpstreamFailure
 from .outputs import (
     AlignerOutputError,
@@ -307,7 +308,7 @@ class AlignmentLoop:
             return sequences
         return StreamAlignedGenerateOutput(
             sequences=sequences,
-            past_key_values=cache if self.plan.batch_size == 1 else None,
+            **{generate_cache_key(): cache if self.plan.batch_size == 1 else None},
             alignment_trace=[r.records for r in self.rows],
             alignment_stats=self.stats,
         )

@@ -65,7 +65,7 @@ is a copy error: the sentence is kept (`transformers_stream_aligner.aligner_edit
 
 def _is_adapter(model: Any) -> bool:
     """True for a peft model or a transformers model with a loaded adapter (both save the adapter only)."""
-    return hasattr(model, "peft_config") or bool(getattr(model, "_hf_peft_config_loaded", False))
+    return hasattr(model, "peft_config")
 
 
 def _training_section(facts: dict[str, Any] | None) -> str:

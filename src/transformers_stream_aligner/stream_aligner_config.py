@@ -275,26 +275,19 @@ class StreamAlignerConfig(PushToHubMixin):
         from . import __version__
 
         os.makedirs(save_directory, exist_ok=True)
-        hub: dict[str, Any] = {}
-        if push_to_hub:
-            from transformers.utils.hub import hf_api
-
-            repo_id = kwargs.pop("repo_id", os.path.basename(os.path.abspath(save_directory)))
-            private, token = kwargs.pop("private", None), kwargs.get("token")
-            hub = {
-                "repo_id": hf_api().create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id,
-                "files_timestamps": self._get_files_timestamps(save_directory),
-                "commit_message": kwargs.pop("commit_message", None),
-                "token": token,
-                "create_pr": kwargs.pop("create_pr", False),
-            }
         path = os.path.join(save_directory, CONFIG_NAME)
         data = self.to_dict()
         data["library_version"] = __version__
         with open(path, "w", encoding="utf-8") as f:
             f.write(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
-        if hub:
-            self._upload_modified_files(save_directory, hub.pop("repo_id"), hub.pop("files_timestamps"), **hub)
+        if push_to_hub:
+            from .hub import create_repo, upload_directory
+
+            token = kwargs.get("token")
+            repo_id = create_repo(kwargs.pop("repo_id", os.path.basename(os.path.abspath(save_directory))),
+                                  private=kwargs.pop("private", None), token=token)  # fmt: skip
+            upload_directory(save_directory, repo_id, token=token, create_pr=kwargs.pop("create_pr", False),
+                             commit_message=kwargs.pop("commit_message", None) or "Upload stream_aligner_config.json")  # fmt: skip
         return path
 
     @classmethod

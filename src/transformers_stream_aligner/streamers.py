@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from transformers import AsyncTextIteratorStreamer, TextIteratorStreamer, TextStreamer
 
+from .compat import is_serve_streamer
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -136,14 +138,10 @@ class StreamerDriver:
                 logger.warning("the streamer raised while ending a failed call", exc_info=True)
 
 
-# Streamers whose owner catches generate's exception and reports it on the same stream: ending them first would
-# make a failed answer look finished (transformers serve's streamer: its generation thread sends the error event).
-_OWNER_REPORTS_FAILURES = frozenset({"transformers.cli.serving.utils.DirectStreamer"})
-
-
 def _reports_failures_itself(streamer: Any) -> bool:
-    cls = type(streamer)
-    return f"{cls.__module__}.{cls.__qualname__}" in _OWNER_REPORTS_FAILURES
+    """Whether the streamer's owner catches generate's exception and reports it on the same stream (transformers
+    serve's streamer): ending it first would make a failed answer look finished."""
+    return is_serve_streamer(streamer)
 
 
 class StreamAlignerStreamer(AlignmentStreamerHooks, TextStreamer):

@@ -9,6 +9,7 @@ from examples.arithmetic import ARITHMETIC_ALIGNER, load_arithmetic_aligner
 from examples.arithmetic.task import every_step_right, final_answer
 from examples.smollm2 import default_cache_dir
 from transformers_stream_aligner import AlignmentRequest, enable_stream_alignment
+from transformers_stream_aligner.aligner_adapter import adapter_names
 
 pytestmark = pytest.mark.smollm2
 
@@ -34,7 +35,7 @@ def test_shipped_artefact_is_small_safetensors_and_portable():
 
 
 def test_shipped_aligner_loads_offline_and_answers(shipped):
-    assert getattr(shipped.model, "_hf_peft_config_loaded", False)  # the adapter is on the embedded SmolLM2
+    assert adapter_names(shipped.model) == {"default"}  # the adapter is on the embedded SmolLM2
     assert shipped.config.max_correction_tokens == 256 and shipped.config.calculator
     (fixed,) = shipped.correct(
         [AlignmentRequest("Tom has 45 apples and gets 19 more. How many apples does Tom have now?", "",

@@ -133,6 +133,7 @@ def test_a_failed_aligner_inside_generate_is_usable_by_the_next_generate(tiny_ll
     qwen = cached_tiny("qwen2")  # the aligner: another model than the upstream
     fresh = _run(model, tok, aligner=_tiny_aligner(qwen))
     aligner = _tiny_aligner(qwen)
+    assert aligner._fast_decoder() is not None  # built (its support probe runs forwards) before the fault is planted
     with monkeypatch.context() as patch:
         patch.setattr(aligner.model, "forward", _failing_after(2, RuntimeError("out of memory"))(aligner.model.forward))
         with pytest.raises(StreamAlignmentError, match="out of memory"):

@@ -29,6 +29,7 @@ import torch
 from transformers import GenerationMixin, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from ..cache import MaskedKVLayout
+from ..compat import cache_length, generate_cache_key
 from ..logits_process import HoldCompletedRowsLogitsProcessor, MinNewTokensAcrossRoundsLogitsProcessor
 from ..stopping_criteria import SentenceBoundaryCriteria
 from .base import RoundOutcome, UpstreamEngine
@@ -146,8 +147,8 @@ class TransformersEngine(UpstreamEngine):
         self.slots = [row.index for row in rows]
         self._dropped: set[int] = set()
         self.layout = MaskedKVLayout(len(self.slots), device=device if device is not None else model.device, cache=cache)
-        if prefilled is not None and cache is not None and cache.get_seq_length() > 0:
-            self.layout.place_prefix(prefilled[0], prefilled[1], cache.get_seq_length())
+        if prefilled is not None and cache_length(cache) > 0:
+            self.layout.place_prefix(prefilled[0], prefilled[1], cache_length(cache))
         self.criteria = SentenceBoundaryCriteria(
             tokenizer,
             [row.start for row in rows],
@@ -210,7 +211,7 @@ class TransformersEngine(UpstreamEngine):
             generation_config=round_config,
             logits_processor=self.processors,
             stopping_criteria=self.stopping,
-            past_key_values=self.layout.cache,
+            **{generate_cache_key(): self.layout.cache},
             streamer=self.draft,
             tokenizer=self.tokenizer,
             **self.model_kwargs,
