@@ -58,10 +58,11 @@ test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 RUN_SLOW=1 $(PY) -m pytest -m slow tests
 
 # make test's tier beside other transformers releases (noxfile.py): the floor setup.cfg names and the newest on the
-# registry, each in a fresh environment of its own under .nox/. COMPAT=floor (a nox -k expression) runs one.
+# registry, each in a fresh environment of its own under .nox/. COMPAT=floor (a nox -k expression) runs one;
+# COMPAT_TESTED="5.25.0" skips a release once resolved (CI: the one its make test ran on).
 COMPAT ?= floor or newest
 test-compat: $(STAMP)
-	TORCH_SPEC="$(TORCH_SPEC)" SMOLLM2_SPEC="$(SMOLLM2_SPEC)" $(VENV)/bin/nox -s compat -k "$(COMPAT)"
+	TORCH_SPEC="$(TORCH_SPEC)" SMOLLM2_SPEC="$(SMOLLM2_SPEC)" COMPAT_TESTED="$(COMPAT_TESTED)" $(VENV)/bin/nox -s compat -k "$(COMPAT)"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples noxfile.py
