@@ -185,8 +185,9 @@ def load_adapter(model: Any, adapter: str, adapter_name: str, *, hub_kwargs: dic
     integrations. **Mutates** ``model`` (adds the adapter's layers, on); on an error it is left as it was. Returns the
     adapter's peft config. ``hub_kwargs``: ``revision``, ``token``, ``cache_dir``, ``local_files_only``."""
     try:
-        from peft import PeftConfig
-        from peft.functional import inject_adapter_in_model, set_peft_model_state_dict
+        # the functions peft.functional lists as its public API for integrations, from where every peft release has them
+        from peft import PeftConfig, inject_adapter_in_model
+        from peft.utils import set_peft_model_state_dict
     except ImportError as err:
         raise ImportError("a LoRA aligner needs peft: pip install 'transformers-stream-aligner[train]'") from err
     from safetensors.torch import load_file
@@ -254,7 +255,7 @@ def _names_in(layer: Any) -> set[str]:
 def save_adapter(model: Any, directory: str, adapter_name: str, peft_config: Any) -> None:
     """Write the adapter ``adapter_name`` of ``model`` (its layers in the model now) into ``directory`` as peft's
     ``PeftModel.save_pretrained`` does: ``adapter_config.json`` and ``adapter_model.safetensors``."""
-    from peft.functional import get_peft_model_state_dict
+    from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
     state = get_peft_model_state_dict(model, adapter_name=adapter_name)
