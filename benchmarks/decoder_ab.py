@@ -48,7 +48,7 @@ def main() -> None:
 
     from examples.smollm2 import default_cache_dir, load_smollm2
     from transformers_stream_aligner import AlignmentRequest, StreamAligner, split_sentences
-    from transformers_stream_aligner.aligner_decoding import AlignerDecoder
+    from transformers_stream_aligner.aligners.decoding import AlignerDecoder
 
     decoders = {"before": load_decoder_of(args.before), "after": AlignerDecoder}
     torch.manual_seed(0)

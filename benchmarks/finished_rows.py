@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.batch_vs_single import QUESTIONS, identity, load, run_batch
-from transformers_stream_aligner.engines.transformers_engine import TransformersEngine
+from transformers_stream_aligner.runtime.engines.transformers_engine import TransformersEngine
 
 HALVING = TransformersEngine.finished_rows_leave_at
 RULES = {"halving": HALVING, "each-round": 1.0}  # the share of the batch left at which finished rows leave

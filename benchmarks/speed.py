@@ -233,7 +233,7 @@ def run_reference(model: Any, tok: Any, enc: dict, question: str, aligner: Any, 
     from transformers import GenerationMixin
 
     from transformers_stream_aligner import AlignmentRequest, SentenceBoundaryCriteria
-    from transformers_stream_aligner.sentence_splitter import split_whitespace
+    from transformers_stream_aligner.runtime.boundary.splitter import split_whitespace
     from transformers_stream_aligner.tokens import tokenize_plain_text
 
     eos = {tok.eos_token_id}

@@ -95,7 +95,7 @@ async def plain_request(client: httpx.AsyncClient, model: str, ids: list[int], m
 
 
 async def aligned_request(upstream: Any, ids: list[int], max_tokens: int, tok: Any, aligner: Any, overlap: bool) -> dict:
-    from transformers_stream_aligner.engines.vllm_engine import astream_aligned_completion
+    from transformers_stream_aligner.runtime.engines.vllm_engine import astream_aligned_completion
 
     first: list[float] = []
 
@@ -119,7 +119,7 @@ async def aligned_request(upstream: Any, ids: list[int], max_tokens: int, tok: A
 
 
 async def run_mode(mode: str, prompts: list[list[int]], concurrency: int, args: Any, env: dict) -> dict:
-    from transformers_stream_aligner.aligner_batching import BatchingAligner
+    from transformers_stream_aligner.aligners.batching import BatchingAligner
 
     tok, upstream = env["tok"], env["upstream"]
     count = max(args.requests, concurrency)
@@ -162,8 +162,8 @@ async def run_mode(mode: str, prompts: list[list[int]], concurrency: int, args: 
 def splice_recompute(env: dict, prompts: list[list[int]], args: Any) -> dict:
     """Concurrency 1: for each upstream request, the prompt tokens vLLM recomputed (prefix-cache queries - hits) and
     the tokens its row's previous request had not sent or received (what a splice changed)."""
-    from transformers_stream_aligner.engines import vllm_engine
-    from transformers_stream_aligner.engines.vllm_engine import stream_aligned_completion
+    from transformers_stream_aligner.runtime.engines import vllm_engine
+    from transformers_stream_aligner.runtime.engines.vllm_engine import stream_aligned_completion
     from transformers_stream_aligner.tokens import longest_common_prefix
 
     base = env["upstream"].base_url
@@ -233,8 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     from examples.smollm2 import default_cache_dir, smollm2_checkpoint
     from tests.helpers import free_port, running_server
     from transformers_stream_aligner import StreamAligner
-    from transformers_stream_aligner.engines.vllm_engine import VLLMUpstream
-    from transformers_stream_aligner.vllm_aligner import VLLMAligner
+    from transformers_stream_aligner.aligners.vllm import VLLMAligner
+    from transformers_stream_aligner.runtime.engines.vllm_engine import VLLMUpstream
 
     cache = str(default_cache_dir())
     model_dir = str(smollm2_checkpoint(cache))

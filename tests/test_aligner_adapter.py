@@ -16,7 +16,7 @@ from transformers_stream_aligner import (
     enable_stream_alignment,
     train_aligner,
 )
-from transformers_stream_aligner.aligner_adapter import ADAPTER_NAME, AdapterSwitch, adapter_names
+from transformers_stream_aligner.aligners.adapter import ADAPTER_NAME, AdapterSwitch, adapter_names
 
 from .tiny_models import ARCHS, cached_tiny
 
@@ -253,7 +253,7 @@ def test_clear_errors(checkpoints, tmp_path):
 
 
 def test_a_load_that_fails_after_the_adapter_went_on_leaves_the_model_as_it_was(checkpoints, monkeypatch):
-    import transformers_stream_aligner.aligner as aligner_module
+    import transformers_stream_aligner.aligners.model as aligner_module
 
     base_dir, adapter_dir, _ = checkpoints
     upstream = _fresh(base_dir)
@@ -283,7 +283,7 @@ def test_an_adapter_whose_base_is_not_available_offline_names_the_base_and_the_t
     (moved / "adapter_config.json").write_text(json.dumps(config))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
-    from transformers_stream_aligner.aligner import AdapterBaseNotFoundError
+    from transformers_stream_aligner.aligners.model import AdapterBaseNotFoundError
 
     with pytest.raises(AdapterBaseNotFoundError) as caught:  # an OSError, as transformers' loading errors are
         StreamAligner.from_pretrained(moved, local_files_only=True)

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from transformers_stream_aligner import AlignmentRequest, StreamAlignmentError, stream_aligned_generate
-from transformers_stream_aligner.aligner_batching import BatchingAligner
+from transformers_stream_aligner.aligners.batching import BatchingAligner
 
 from .helpers import prompt_ids
 from .tiny_models import cached_tiny

@@ -6,7 +6,7 @@ from fractions import Fraction
 import pytest
 
 from transformers_stream_aligner import AlignmentRequest, StreamAligner, StreamAlignerConfig
-from transformers_stream_aligner.aligner_calculator import (
+from transformers_stream_aligner.aligners.calculator import (
     CalculationError,
     calculate,
     evaluate_expression,

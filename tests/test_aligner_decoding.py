@@ -10,7 +10,7 @@ import torch
 from transformers import GenerationMixin
 
 from transformers_stream_aligner import AlignmentRequest, StreamAligner, StreamAlignerConfig, stream_aligned_generate
-from transformers_stream_aligner.aligner_decoding import (
+from transformers_stream_aligner.aligners.decoding import (
     AlignerDecoder,
     CopyBiasLogitsProcessor,
     CopyTracker,

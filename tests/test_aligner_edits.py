@@ -1,4 +1,4 @@
-"""The edit rule (``StreamAlignerConfig.edits``, :mod:`transformers_stream_aligner.aligner_edits`): an aligner that
+"""The edit rule (``StreamAlignerConfig.edits``, :mod:`transformers_stream_aligner.aligners.edits`): an aligner that
 may change numbers only keeps the sentence when it changes anything else, and its decoding stops as soon as it has."""
 
 import logging
@@ -6,8 +6,8 @@ import logging
 import pytest
 
 from transformers_stream_aligner import AlignmentRequest, RejectedCorrection, StreamAligner, StreamAlignerConfig
-from transformers_stream_aligner.aligner_decoding import AlignerDecoder
-from transformers_stream_aligner.aligner_edits import (
+from transformers_stream_aligner.aligners.decoding import AlignerDecoder
+from transformers_stream_aligner.aligners.edits import (
     edits_numbers_only,
     may_edit_numbers_only,
     number_skeleton,
@@ -90,7 +90,7 @@ def test_a_rejected_correction_is_the_sentence_and_its_decoding_stops_early(tiny
     free = _aligner(tiny_llama).correct(REQUESTS)  # the tiny random model writes text unlike the sentence
     assert all(not edits_numbers_only(text, r.last) for text, r in zip(free, REQUESTS, strict=True))
     aligner = _aligner(tiny_llama, edits="numbers")
-    with caplog.at_level(logging.WARNING, logger="transformers_stream_aligner.aligner"):
+    with caplog.at_level(logging.WARNING, logger="transformers_stream_aligner.aligners.model"):
         out = aligner.correct(REQUESTS)
     assert out == [r.last for r in REQUESTS]
     assert all(isinstance(o, RejectedCorrection) for o in out)

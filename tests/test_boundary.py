@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from transformers_stream_aligner import SentenceBoundaryCriteria
-from transformers_stream_aligner import boundary as boundary_module
-from transformers_stream_aligner.boundary import SentenceTracker, find_token_boundary
-from transformers_stream_aligner.sentence_splitter import find_sentence_end, scan_sentence_end
+from transformers_stream_aligner.runtime.boundary import tracker as boundary_module
+from transformers_stream_aligner.runtime.boundary.splitter import find_sentence_end, scan_sentence_end
+from transformers_stream_aligner.runtime.boundary.tracker import SentenceTracker, find_token_boundary
 
 TRICKY = [
     "It is 3.5 m long. Next one.",

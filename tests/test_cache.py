@@ -4,7 +4,8 @@ import pytest
 import torch
 from transformers import DynamicCache, StaticCache
 
-from transformers_stream_aligner.cache import (
+from transformers_stream_aligner.compat import forward_cache_key
+from transformers_stream_aligner.runtime.cache import (
     MaskedKVLayout,
     cache_can_crop,
     crop_cache_to,
@@ -14,7 +15,6 @@ from transformers_stream_aligner.cache import (
     prepare_user_cache,
     trim_cache,
 )
-from transformers_stream_aligner.compat import forward_cache_key
 
 from .helpers import prompt_ids
 from .tiny_models import cached_tiny
@@ -190,7 +190,7 @@ def test_crop_cache_to_never_grows_and_checks(tiny_llama):
 
 
 def test_prepare_upstream_cache_chooses_and_checks(llama):
-    from transformers_stream_aligner.cache import prepare_upstream_cache
+    from transformers_stream_aligner.runtime.cache import prepare_upstream_cache
 
     model, tok = llama
     kw = dict(prompt_length=5, max_cache_len=40)

@@ -6,7 +6,7 @@ import pytest
 
 from transformers_stream_aligner import TrainingDataError, stream_aligned_generate, validate_records
 from transformers_stream_aligner.cli import main as cli_main
-from transformers_stream_aligner.dataset_builder import read_questions, records_from_pairs, records_on_policy
+from transformers_stream_aligner.training.records import read_questions, records_from_pairs, records_on_policy
 
 from .helpers import rewrite
 

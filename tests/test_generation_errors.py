@@ -57,7 +57,7 @@ def test_a_static_cache_is_exact_and_warns_once_when_it_cannot_be_cut_back(arch)
 
     from transformers import StaticCache
 
-    from transformers_stream_aligner.cache import cache_can_crop
+    from transformers_stream_aligner.runtime.cache import cache_can_crop
 
     from .tiny_models import cached_tiny
 

@@ -1,12 +1,14 @@
 """The package and its command import lazily: ``stream-aligner --help`` and ``import transformers_stream_aligner``
 load neither torch nor transformers; every public name still resolves."""
 
+import importlib
 import subprocess
 import sys
 
 import pytest
 
 import transformers_stream_aligner
+from transformers_stream_aligner._moved import MOVED
 
 
 def _modules_after(code: str) -> set[str]:
@@ -66,3 +68,27 @@ def test_tests_that_do_not_test_the_examples_never_import_them():
                 if any(m == "examples" or m.startswith("examples.") for m in modules) and (str(rel), name) not in allowed:
                     found.append(f"{rel}:{node.lineno} ({name or 'module level'})")
     assert not found, found
+
+
+@pytest.mark.parametrize("old", [*sorted(MOVED), "engines.vllm_engine", "engines.base"])
+def test_an_old_module_path_gives_the_new_module_with_a_deprecation_warning(old):
+    """Modules moved into subpackages keep their old paths for one release (``_moved.py``): the same module object,
+    with a DeprecationWarning that names the new path."""
+    name = f"transformers_stream_aligner.{old}"
+    head, _, rest = old.partition(".")
+    new_name = f"transformers_stream_aligner.{MOVED[head]}{'.' + rest if rest else ''}"
+    new = importlib.import_module(new_name)
+    sys.modules.pop(name, None)  # imported before (in this process): import it afresh
+    with pytest.warns(DeprecationWarning, match=f"{name} has moved to {new_name}"):
+        module = importlib.import_module(name)
+    assert module is new
+
+
+def test_the_entry_subpackages_keep_their_names():
+    """``generation`` and ``training`` were modules and are subpackages now: their public names still import."""
+    from transformers_stream_aligner.generation import enable_stream_alignment, stream_aligned_generate
+    from transformers_stream_aligner.training import TrainingResult, train_aligner
+
+    assert enable_stream_alignment is transformers_stream_aligner.enable_stream_alignment
+    assert stream_aligned_generate is transformers_stream_aligner.stream_aligned_generate
+    assert train_aligner is transformers_stream_aligner.train_aligner and TrainingResult is not None

@@ -3,13 +3,13 @@
 import torch
 
 from transformers_stream_aligner import stream_aligned_generate
-from transformers_stream_aligner.aligner import as_correction_fn
-from transformers_stream_aligner.boundary import SentenceTracker
-from transformers_stream_aligner.engines import RoundOutcome, UpstreamEngine
-from transformers_stream_aligner.loop import AlignmentLoop, RowState
-from transformers_stream_aligner.plan import GenerationPlan
-from transformers_stream_aligner.stream_aligner_config import StreamAlignerConfig
-from transformers_stream_aligner.streamers import StreamerDriver
+from transformers_stream_aligner.aligners.config import StreamAlignerConfig
+from transformers_stream_aligner.aligners.model import as_correction_fn
+from transformers_stream_aligner.runtime.boundary.tracker import SentenceTracker
+from transformers_stream_aligner.runtime.engines import RoundOutcome, UpstreamEngine
+from transformers_stream_aligner.runtime.loop import AlignmentLoop, RowState
+from transformers_stream_aligner.runtime.plan import GenerationPlan
+from transformers_stream_aligner.runtime.streamers import StreamerDriver
 
 from .helpers import RecordingAligner, assert_rewrite_exact, prompt_ids
 

@@ -3,7 +3,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from transformers_stream_aligner import split_sentences
-from transformers_stream_aligner.sentence_splitter import find_sentence_end, split_whitespace
+from transformers_stream_aligner.runtime.boundary.splitter import find_sentence_end, split_whitespace
 
 
 @pytest.mark.parametrize(

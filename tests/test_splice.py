@@ -1,7 +1,7 @@
 """The splice stage on its own: what a correction is checked for, and the ids it leaves behind."""
 
-from transformers_stream_aligner.boundary import Sentence
-from transformers_stream_aligner.splice import check_correction, splice_correction
+from transformers_stream_aligner.runtime.boundary.tracker import Sentence
+from transformers_stream_aligner.runtime.splice import check_correction, splice_correction
 
 from .tiny_models import cached_tiny
 

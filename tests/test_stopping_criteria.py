@@ -4,7 +4,7 @@ from transformers_stream_aligner import (
     HoldCompletedRowsLogitsProcessor,
     SentenceBoundaryCriteria,
 )
-from transformers_stream_aligner.boundary import decode_span, find_token_boundary
+from transformers_stream_aligner.runtime.boundary.tracker import decode_span, find_token_boundary
 
 from .helpers import prompt_ids
 

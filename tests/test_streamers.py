@@ -9,7 +9,7 @@ from transformers_stream_aligner import (
     StreamAlignerStreamer,
     enable_stream_alignment,
 )
-from transformers_stream_aligner.prompt import question_from_prompt
+from transformers_stream_aligner.runtime.prompt import question_from_prompt
 
 from .helpers import prompt_ids, rewrite
 

@@ -22,9 +22,9 @@ from transformers_stream_aligner import (
     train_aligner,
     validate_records,
 )
-from transformers_stream_aligner.aligner_adapter import adapter_names
+from transformers_stream_aligner.aligners.adapter import adapter_names
 from transformers_stream_aligner.cli import main as cli_main
-from transformers_stream_aligner.training_data import IGNORE_INDEX, encode_record
+from transformers_stream_aligner.training.data import IGNORE_INDEX, encode_record
 
 from .helpers import populate_hub_cache
 
@@ -282,7 +282,7 @@ def test_train_then_infer_lora_adapter(tiny_base, tmp_path):
 
 # ------------------------------------------------------------------------------------------- copy-bias training
 def test_copy_targets_are_the_copy_tokens_the_aligner_biases_at_inference(tiny_llama):
-    from transformers_stream_aligner.aligner_decoding import CopyTracker
+    from transformers_stream_aligner.aligners.decoding import CopyTracker
 
     _, tok = tiny_llama
     aligner_source = StreamAligner.__new__(StreamAligner)  # only _source_ids' inputs: the tokenizer and its EOS
@@ -303,7 +303,7 @@ def test_copy_targets_are_the_copy_tokens_the_aligner_biases_at_inference(tiny_l
 
 
 def test_copy_biased_loss_is_the_models_loss_at_zero_bias_and_favours_copies(tiny_llama):
-    from transformers_stream_aligner.training import copy_biased_loss
+    from transformers_stream_aligner.training.trainer import copy_biased_loss
 
     model, tok = tiny_llama
     ex = encode_record({**RECORD, "correction": RECORD["last"]}, tok, StreamAlignerConfig(), copy_targets=True)

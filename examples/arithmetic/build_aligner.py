@@ -16,7 +16,7 @@
 Steps:
 
 1. Held-in questions (``split="train"``; none is ever evaluated).
-2. On-policy data with :func:`~transformers_stream_aligner.dataset_builder.records_on_policy` (the upstream
+2. On-policy data with :func:`~transformers_stream_aligner.training.records.records_on_policy` (the upstream
    continues from each corrected sentence), or the records of an earlier collection (``--records``).
 3. Assembly (:func:`assemble`): records writing :data:`~.task.PROBES` (17*23) are dropped, so that the test on it
    measures generalisation, not recall.
@@ -169,10 +169,10 @@ def portable(directory: Path, *, copy_bias: float = 0.0, max_correction_tokens: 
 def collect_records(questions: list[str], *, seed: int, max_new_tokens: int, progress: bool, sampled: bool,
                     corrector: str = "check_arithmetic_precise") -> list[dict[str, str]]:  # fmt: skip
     """On-policy records: SmolLM2 answers ``questions`` (greedy, or sampled at temperature 0.7) with the precise
-    checker correcting each sentence (:func:`~transformers_stream_aligner.dataset_builder.records_on_policy`)."""
+    checker correcting each sentence (:func:`~transformers_stream_aligner.training.records.records_on_policy`)."""
     from transformers import set_seed
 
-    from transformers_stream_aligner.dataset_builder import records_on_policy
+    from transformers_stream_aligner.training.records import records_on_policy
 
     from ..smollm2 import load_smollm2
     from . import task
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.set_defaults(**RECIPES[recipe.recipe])
     args = parser.parse_args(argv)
 
-    from transformers_stream_aligner.dataset_builder import write_records
+    from transformers_stream_aligner.training.records import write_records
 
     from ..smollm2 import default_cache_dir
     from .claims import other_questions

@@ -6,7 +6,7 @@ Why a calculator: a 135M aligner learns *where* a sentence states a result and h
 two-digit arithmetic (SmolLM2-135M gets 1 of 48 two-digit differences right; five trained aligners before this one
 broke right results while "fixing" wrong ones: docs/results.md). So this aligner never computes: it rewrites each
 result it checks as a calculation, ``58 - 37 = <<58 - 37=15>>``, and ``StreamAlignerConfig(calculator=True)``
-(:mod:`transformers_stream_aligner.aligner_calculator`) keeps the stated result if it is right and puts the value
+(:mod:`transformers_stream_aligner.aligners.calculator`) keeps the stated result if it is right and puts the value
 in otherwise. The model decides what is a claim and what its expression is (written forms, words, currency,
 chains); everything else it copies.
 
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     from peft import LoraConfig
 
     from transformers_stream_aligner import AlignerTrainingConfig, read_records, train_aligner
-    from transformers_stream_aligner.dataset_builder import write_records
+    from transformers_stream_aligner.training.records import write_records
 
     from ..smollm2 import default_cache_dir, smollm2_checkpoint
     from .build_aligner import collect_records, install, portable, timed_steps, to_float16

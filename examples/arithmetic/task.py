@@ -378,7 +378,7 @@ def annotate_calculations(question: str, prefix: str, last: str) -> str:
     """``last`` with every result :func:`check_arithmetic` would verify written as a calculation,
     ``<<expression=stated>>`` (right or wrong; ``$`` signs read past; a statement of the final result as the
     question's own ``a op b``), for an aligner that calls the library's
-    calculator (``StreamAlignerConfig(calculator=True)``, :mod:`transformers_stream_aligner.aligner_calculator`):
+    calculator (``StreamAlignerConfig(calculator=True)``, :mod:`transformers_stream_aligner.aligners.calculator`):
     the corrector behind the calculator aligner's data. Everything else is kept as written; expanding the
     calculations gives :func:`check_arithmetic`'s claim corrections.
 

@@ -16,35 +16,41 @@ __version__ = "0.1.0"
 
 from typing import TYPE_CHECKING
 
+from ._moved import install as _install_moved
+
+_install_moved()  # the module paths of earlier releases still import, with a DeprecationWarning (_moved.py)
+
 # Every public name is imported from its module on first use (PEP 562), as transformers does: ``import
 # transformers_stream_aligner`` (and ``stream-aligner --help``) stays quick; torch and transformers load when a name
 # that needs them is first touched.
 _LAZY = {
-    "AlignmentRequest": "aligner", "StreamAligner": "aligner", "SupportsCorrect": "aligner",
-    "UnfinishedCorrection": "aligner", "RejectedCorrection": "aligner", "as_correction_fn": "aligner",
-    "CalculationError": "aligner_calculator", "expand_calculations": "aligner_calculator",
-    "MIN_TRANSFORMERS_VERSION": "custom_generate", "export_custom_generate": "custom_generate",
-    "stream_aligned_decoding": "custom_generate",
-    "StreamAlignedGenerationMixin": "generation", "enable_stream_alignment": "generation",
-    "stream_aligned_generate": "generation",
-    "HoldCompletedRowsLogitsProcessor": "logits_process",
+    "AlignmentRequest": "aligners.model", "StreamAligner": "aligners.model", "SupportsCorrect": "aligners.model",
+    "UnfinishedCorrection": "aligners.model", "RejectedCorrection": "aligners.model", "as_correction_fn": "aligners.model",
+    "CalculationError": "aligners.calculator", "expand_calculations": "aligners.calculator",
+    "MIN_TRANSFORMERS_VERSION": "generation.custom_generate", "export_custom_generate": "generation.custom_generate",
+    "stream_aligned_decoding": "generation.custom_generate",
+    "StreamAlignedGenerationMixin": "generation.generate", "enable_stream_alignment": "generation.generate",
+    "stream_aligned_generate": "generation.generate",
+    "HoldCompletedRowsLogitsProcessor": "runtime.logits_process",
     "AlignerOutputError": "outputs", "AlignmentRecord": "outputs", "AlignmentStats": "outputs",
     "StreamAlignedGenerateOutput": "outputs", "StreamAlignmentCancelled": "outputs", "StreamAlignmentError": "outputs",
-    "DEFAULT_TERMINATORS": "sentence_splitter", "split_sentences": "sentence_splitter",
-    "ServingConfig": "serving_config",
-    "SentenceBoundaryCriteria": "stopping_criteria",
-    "CONFIG_NAME": "stream_aligner_config", "GEMMA_WRAPPER": "stream_aligner_config",
-    "REFERENCE_INSTRUCTION_TEMPLATE": "stream_aligner_config", "StreamAlignerConfig": "stream_aligner_config",
-    "AlignmentStreamerHooks": "streamers", "StreamAlignerAsyncIteratorStreamer": "streamers",
-    "StreamAlignerIteratorStreamer": "streamers", "StreamAlignerStreamer": "streamers", "StreamEvent": "streamers",
-    "RECORD_FIELDS": "training_data", "TrainingDataError": "training_data", "encode_records": "training_data",
-    "read_records": "training_data", "validate_records": "training_data",
-    "AlignerTrainingConfig": "training_config", "LoraArguments": "training_config",
-    "TrainingResult": "training", "train_aligner": "training",
+    "DEFAULT_TERMINATORS": "runtime.boundary.splitter", "split_sentences": "runtime.boundary.splitter",
+    "ServingConfig": "serving.served_aligners",
+    "SentenceBoundaryCriteria": "runtime.boundary.stopping_criteria",
+    "CONFIG_NAME": "aligners.config", "GEMMA_WRAPPER": "aligners.config",
+    "REFERENCE_INSTRUCTION_TEMPLATE": "aligners.config", "StreamAlignerConfig": "aligners.config",
+    "AlignmentStreamerHooks": "runtime.streamers", "StreamAlignerAsyncIteratorStreamer": "runtime.streamers",
+    "StreamAlignerIteratorStreamer": "runtime.streamers", "StreamAlignerStreamer": "runtime.streamers", "StreamEvent": "runtime.streamers",
+    "RECORD_FIELDS": "training.data", "TrainingDataError": "training.data", "encode_records": "training.data",
+    "read_records": "training.data", "validate_records": "training.data",
+    "AlignerTrainingConfig": "training.config", "LoraArguments": "training.config",
+    "TrainingResult": "training.trainer", "train_aligner": "training.trainer",
 }  # fmt: skip
 
 if TYPE_CHECKING:
-    from .aligner import (
+    from .aligners.calculator import CalculationError, expand_calculations
+    from .aligners.config import CONFIG_NAME, GEMMA_WRAPPER, REFERENCE_INSTRUCTION_TEMPLATE, StreamAlignerConfig
+    from .aligners.model import (
         AlignmentRequest,
         RejectedCorrection,
         StreamAligner,
@@ -52,10 +58,8 @@ if TYPE_CHECKING:
         UnfinishedCorrection,
         as_correction_fn,
     )
-    from .aligner_calculator import CalculationError, expand_calculations
-    from .custom_generate import MIN_TRANSFORMERS_VERSION, export_custom_generate, stream_aligned_decoding
-    from .generation import StreamAlignedGenerationMixin, enable_stream_alignment, stream_aligned_generate
-    from .logits_process import HoldCompletedRowsLogitsProcessor
+    from .generation.custom_generate import MIN_TRANSFORMERS_VERSION, export_custom_generate, stream_aligned_decoding
+    from .generation.generate import StreamAlignedGenerationMixin, enable_stream_alignment, stream_aligned_generate
     from .outputs import (
         AlignerOutputError,
         AlignmentRecord,
@@ -64,20 +68,20 @@ if TYPE_CHECKING:
         StreamAlignmentCancelled,
         StreamAlignmentError,
     )
-    from .sentence_splitter import DEFAULT_TERMINATORS, split_sentences
-    from .serving_config import ServingConfig
-    from .stopping_criteria import SentenceBoundaryCriteria
-    from .stream_aligner_config import CONFIG_NAME, GEMMA_WRAPPER, REFERENCE_INSTRUCTION_TEMPLATE, StreamAlignerConfig
-    from .streamers import (
+    from .runtime.boundary.splitter import DEFAULT_TERMINATORS, split_sentences
+    from .runtime.boundary.stopping_criteria import SentenceBoundaryCriteria
+    from .runtime.logits_process import HoldCompletedRowsLogitsProcessor
+    from .runtime.streamers import (
         AlignmentStreamerHooks,
         StreamAlignerAsyncIteratorStreamer,
         StreamAlignerIteratorStreamer,
         StreamAlignerStreamer,
         StreamEvent,
     )
-    from .training import TrainingResult, train_aligner
-    from .training_config import AlignerTrainingConfig, LoraArguments
-    from .training_data import RECORD_FIELDS, TrainingDataError, encode_records, read_records, validate_records
+    from .serving.served_aligners import ServingConfig
+    from .training.config import AlignerTrainingConfig, LoraArguments
+    from .training.data import RECORD_FIELDS, TrainingDataError, encode_records, read_records, validate_records
+    from .training.trainer import TrainingResult, train_aligner
 
 
 def __getattr__(name: str):

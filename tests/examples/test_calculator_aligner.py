@@ -9,7 +9,7 @@ from examples.arithmetic import build_calculator_aligner as calc
 from examples.arithmetic.claims import judge_claim, make_claims
 from examples.arithmetic.task import annotate_calculations, check_arithmetic, make_problems
 from transformers_stream_aligner import AlignmentRequest, StreamAlignerConfig, expand_calculations
-from transformers_stream_aligner.aligner_calculator import evaluate_expression
+from transformers_stream_aligner.aligners.calculator import evaluate_expression
 
 
 @pytest.mark.parametrize("split", ["train", "test"])

@@ -9,7 +9,7 @@ from examples.arithmetic import ARITHMETIC_ALIGNER, load_arithmetic_aligner
 from examples.arithmetic.task import every_step_right, final_answer
 from examples.smollm2 import default_cache_dir
 from transformers_stream_aligner import AlignmentRequest, enable_stream_alignment
-from transformers_stream_aligner.aligner_adapter import adapter_names
+from transformers_stream_aligner.aligners.adapter import adapter_names
 
 pytestmark = pytest.mark.smollm2
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from transformers_stream_aligner.cli import main as cli_main
-from transformers_stream_aligner.dataset_builder import OnPolicyReport, records_from_pairs, records_on_policy
+from transformers_stream_aligner.training.records import OnPolicyReport, records_from_pairs, records_on_policy
 
 PAIR = {"question": "Q?", "answer": "One. Two.", "corrected_answer": "One. Three."}
 

@@ -15,8 +15,8 @@ from transformers_stream_aligner import (
     StreamAlignmentError,
     stream_aligned_generate,
 )
-from transformers_stream_aligner import loop as loop_module
-from transformers_stream_aligner.engines.transformers_engine import TransformersEngine
+from transformers_stream_aligner.runtime import loop as loop_module
+from transformers_stream_aligner.runtime.engines.transformers_engine import TransformersEngine
 
 from ..helpers import prompt_ids
 from ..tiny_models import cached_tiny

@@ -1,7 +1,7 @@
 """Settings: every ``GenerationConfig`` field is exact under stream alignment or refused with a clear error, and
 ``StreamAlignerConfig`` checks its own fields' types where it is read.
 
-The tables live in :mod:`transformers_stream_aligner.generation_fields`; the first test fails when this
+The tables live in :mod:`transformers_stream_aligner.generation.fields`; the first test fails when this
 ``transformers`` has a field none of them places (a new release), so it is noticed.
 """
 
@@ -13,7 +13,7 @@ from transformers import CompileConfig, GenerationConfig, GenerationMixin, Water
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
 from transformers_stream_aligner import CONFIG_NAME, StreamAlignerConfig, stream_aligned_generate
-from transformers_stream_aligner.generation_fields import (
+from transformers_stream_aligner.generation.fields import (
     EXACT_FIELDS,
     HANDLED_FIELDS,
     METADATA_FIELDS,
@@ -147,7 +147,7 @@ def test_every_refused_field_is_a_clear_error(tiny_llama, name):
 
 
 def test_a_field_unknown_to_this_version_is_warned_about(tiny_llama, monkeypatch):
-    from transformers_stream_aligner import generation_fields
+    from transformers_stream_aligner.generation import fields as generation_fields
 
     model, tok = tiny_llama
     monkeypatch.setattr(generation_fields, "_KNOWN", generation_fields._KNOWN - {"top_k"})

@@ -1,7 +1,7 @@
 """vLLM servers (their own virtual environment, ``.venv-vllm``, built by ``make test-vllm``) on the embedded SmolLM2,
 started on 127.0.0.1 and stopped by their process id: one for the session (with the shipped arithmetic aligner as a
 LoRA module named ``aligner``, with one spare LoRA slot: ``--max-loras 2``, see
-:func:`~transformers_stream_aligner.vllm_aligner.lora_slot_problem`), and one that the fault tests stop, pause and kill."""
+:func:`~transformers_stream_aligner.aligners.vllm.lora_slot_problem`), and one that the fault tests stop, pause and kill."""
 
 import os
 import re

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from transformers_stream_aligner import AlignmentRequest, StreamAligner
-from transformers_stream_aligner.engines.vllm_engine import VLLMUpstream, stream_aligned_completion
-from transformers_stream_aligner.vllm_aligner import VLLMAligner, lora_slot_problem
+from transformers_stream_aligner.aligners.vllm import VLLMAligner, lora_slot_problem
+from transformers_stream_aligner.runtime.engines.vllm_engine import VLLMUpstream, stream_aligned_completion
 
 from .conftest import ADAPTER
 from .test_vllm_engine import QUESTIONS, _chat, _complete

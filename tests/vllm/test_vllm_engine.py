@@ -8,8 +8,8 @@ import httpx
 import pytest
 
 from transformers_stream_aligner import StreamAlignmentError
-from transformers_stream_aligner.aligner_batching import BatchingAligner
-from transformers_stream_aligner.engines.vllm_engine import (
+from transformers_stream_aligner.aligners.batching import BatchingAligner
+from transformers_stream_aligner.runtime.engines.vllm_engine import (
     VLLMUpstream,
     VLLMUpstreamError,
     astream_aligned_completion,

@@ -9,7 +9,11 @@ import httpx
 import pytest
 
 from transformers_stream_aligner import StreamAlignmentError
-from transformers_stream_aligner.engines.vllm_engine import VLLMUpstream, VLLMUpstreamError, stream_aligned_completion
+from transformers_stream_aligner.runtime.engines.vllm_engine import (
+    VLLMUpstream,
+    VLLMUpstreamError,
+    stream_aligned_completion,
+)
 
 from ..helpers import free_port, running_server
 from .conftest import vllm_command, vllm_env, wait_until_idle

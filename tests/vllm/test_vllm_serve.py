@@ -14,7 +14,7 @@ import pytest
 from openai import OpenAI
 
 from tests.serving_aligners import rewrite
-from transformers_stream_aligner.engines.vllm_engine import VLLMUpstream, stream_aligned_completion
+from transformers_stream_aligner.runtime.engines.vllm_engine import VLLMUpstream, stream_aligned_completion
 
 from ..helpers import free_port, running_server
 from .conftest import ADAPTER, ROOT, wait_until_idle

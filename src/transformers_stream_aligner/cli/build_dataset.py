@@ -13,8 +13,8 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..dataset_builder import DEFAULT_MAX_PREFIX_CHARS
-from ..sentence_splitter import DEFAULT_TERMINATORS
+from ..runtime.boundary.splitter import DEFAULT_TERMINATORS
+from ..training.records import DEFAULT_MAX_PREFIX_CHARS
 from ._dataclasses import from_namespace
 
 __all__ = ["BuildDatasetArguments", "add_parser", "normalize_argv", "run"]
@@ -72,15 +72,15 @@ def normalize_argv(argv: list[str]) -> list[str]:
 
 def _load_corrector(spec: str, *, trust_remote_code: bool) -> Any:
     """``module:attribute`` (a callable or an object with ``correct``) or an aligner checkpoint."""
-    from ..aligner import load_aligner
+    from ..aligners.model import load_aligner
 
     return load_aligner(spec, trust_remote_code=trust_remote_code)
 
 
 def run(namespace: argparse.Namespace) -> int:
     """Run ``stream-aligner build-dataset``."""
-    from ..dataset_builder import OnPolicyReport, read_questions, records_from_pairs, records_on_policy, write_records
-    from ..training_data import read_records
+    from ..training.data import read_records
+    from ..training.records import OnPolicyReport, read_questions, records_from_pairs, records_on_policy, write_records
 
     args = from_namespace(namespace, BuildDatasetArguments)
     if bool(args.pairs) == bool(args.questions):

@@ -6,7 +6,7 @@ Upstream on a vLLM server, aligner in process::
         --aligner examples/arithmetic/trained_aligner --port 8080
 
 the aligner as a LoRA on the same vLLM server (started with ``--enable-lora --lora-modules aligner=ADAPTER_DIR``
-and, on vLLM's CPU build, ``--max-loras 2``: see :func:`~transformers_stream_aligner.vllm_aligner.lora_slot_problem`)::
+and, on vLLM's CPU build, ``--max-loras 2``: see :func:`~transformers_stream_aligner.aligners.vllm.lora_slot_problem`)::
 
     stream-aligner serve --upstream-url http://127.0.0.1:8000 --tokenizer MODEL_DIR \\
         --aligner ADAPTER_DIR --aligner-vllm-model aligner
@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..serve_config import ServeConfig
+from ..serving.server_config import ServeConfig
 from ._dataclasses import from_namespace
 
 __all__ = ["add_parser", "normalize_argv", "run"]
@@ -42,7 +42,7 @@ def normalize_argv(argv: list[str]) -> list[str]:
 
 def run(namespace: argparse.Namespace) -> int:
     """Run ``stream-aligner serve`` until interrupted."""
-    from ..serve import serve
+    from ..serving.server import serve
 
     serve(from_namespace(namespace, ServeConfig))
     return 0

@@ -18,7 +18,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..training_config import AlignerTrainingConfig, LoraArguments
+from ..training.config import AlignerTrainingConfig, LoraArguments
 from ._dataclasses import from_namespace
 
 __all__ = ["TrainScriptArguments", "add_parser", "normalize_argv", "run"]
@@ -100,8 +100,8 @@ def normalize_argv(argv: list[str]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``stream-aligner train``; prints where the aligner went and what was measured."""
-    from ..stream_aligner_config import StreamAlignerConfig
-    from ..training import train_aligner
+    from ..aligners.config import StreamAlignerConfig
+    from ..training.trainer import train_aligner
 
     script = from_namespace(args, TrainScriptArguments)
     if args.output_dir is None:

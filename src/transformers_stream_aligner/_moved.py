@@ -1,0 +1,83 @@
+"""The module paths of releases before the package was organised in subpackages, kept for one release.
+
+``import transformers_stream_aligner.aligner`` (or any old path below) still works: it warns with a
+``DeprecationWarning`` naming the new path and gives the new module itself (the same object, so patching either
+name patches both). Installed by the package's ``__init__``; nothing is imported until an old path is.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.machinery
+import sys
+import warnings
+
+__all__ = ["MOVED", "install"]
+
+_PACKAGE = __name__.rpartition(".")[0]
+
+#: Old module (relative to the package) -> where it lives now.
+MOVED = {
+    "aligner": "aligners.model",
+    "aligner_adapter": "aligners.adapter",
+    "aligner_batching": "aligners.batching",
+    "aligner_calculator": "aligners.calculator",
+    "aligner_decoding": "aligners.decoding",
+    "aligner_edits": "aligners.edits",
+    "stream_aligner_config": "aligners.config",
+    "vllm_aligner": "aligners.vllm",
+    "model_card": "aligners.model_card",
+    "aligner_call": "runtime.aligner_call",
+    "boundary": "runtime.boundary.tracker",
+    "sentence_splitter": "runtime.boundary.splitter",
+    "stopping_criteria": "runtime.boundary.stopping_criteria",
+    "cache": "runtime.cache",
+    "logits_process": "runtime.logits_process",
+    "loop": "runtime.loop",
+    "plan": "runtime.plan",
+    "prompt": "runtime.prompt",
+    "splice": "runtime.splice",
+    "streamers": "runtime.streamers",
+    "engines": "runtime.engines",
+    "custom_generate": "generation.custom_generate",
+    "generation_fields": "generation.fields",
+    "dataset_builder": "training.records",
+    "training_config": "training.config",
+    "training_data": "training.data",
+    "serve": "serving.server",
+    "serve_config": "serving.server_config",
+    "serving_config": "serving.served_aligners",
+}
+
+
+class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Finds an old module path and loads it as the module that now lives at the new one."""
+
+    def find_spec(self, fullname, path=None, target=None):  # noqa: ARG002 - the finder protocol
+        prefix, _, rest = fullname.partition(".")
+        if prefix != _PACKAGE:
+            return None
+        for old, new in MOVED.items():
+            if rest == old or rest.startswith(old + "."):
+                target_name = f"{_PACKAGE}.{new}{rest[len(old):]}"
+                return importlib.machinery.ModuleSpec(fullname, self, loader_state=target_name)
+        return None
+
+    def create_module(self, spec):
+        warnings.warn(
+            f"{spec.name} has moved to {spec.loader_state}; the old path works until the next release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return importlib.import_module(spec.loader_state)
+
+    def exec_module(self, module):  # the new module ran when it was imported
+        pass
+
+
+def install() -> None:
+    """Put the finder first on ``sys.meta_path`` (before the path finder, which would load a second copy of a moved
+    submodule under its old name), once."""
+    if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _MovedModuleFinder())

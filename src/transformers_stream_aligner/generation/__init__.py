@@ -1,0 +1,26 @@
+"""The ways into stream alignment, as transformers' ``generation/`` is the way into ``generate``.
+
+- :mod:`.generate`: ``stream_aligned_generate`` (the arguments become a plan in numbered ``_prepare_*`` steps), the
+  ``StreamAlignedGenerationMixin`` and ``enable_stream_alignment`` (``model.generate(..., aligner=...)``);
+- :mod:`.fields`: which ``GenerationConfig`` fields are exact, handled or refused;
+- :mod:`.custom_generate`: ``generate(custom_generate=...)`` and the Hub folder.
+
+From here the data path is :mod:`..runtime`.
+"""
+
+_EXPORTS = {"StreamAlignedGenerationMixin": "generate", "enable_stream_alignment": "generate",
+            "stream_aligned_generate": "generate"}  # fmt: skip
+
+
+def __getattr__(name: str):
+    # the entry points, imported on first use (torch and transformers load then, not with the package)
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)
