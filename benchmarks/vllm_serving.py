@@ -95,7 +95,7 @@ async def plain_request(client: httpx.AsyncClient, model: str, ids: list[int], m
 
 
 async def aligned_request(upstream: Any, ids: list[int], max_tokens: int, tok: Any, aligner: Any, overlap: bool) -> dict:
-    from transformers_stream_aligner.runtime.engines.vllm_engine import astream_aligned_completion
+    from transformers_stream_aligner.generation.completion import astream_aligned_completion
 
     first: list[float] = []
 
@@ -162,8 +162,8 @@ async def run_mode(mode: str, prompts: list[list[int]], concurrency: int, args: 
 def splice_recompute(env: dict, prompts: list[list[int]], args: Any) -> dict:
     """Concurrency 1: for each upstream request, the prompt tokens vLLM recomputed (prefix-cache queries - hits) and
     the tokens its row's previous request had not sent or received (what a splice changed)."""
+    from transformers_stream_aligner.generation.completion import stream_aligned_completion
     from transformers_stream_aligner.runtime.engines import vllm_engine
-    from transformers_stream_aligner.runtime.engines.vllm_engine import stream_aligned_completion
     from transformers_stream_aligner.tokens import longest_common_prefix
 
     base = env["upstream"].base_url

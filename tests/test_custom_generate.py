@@ -20,7 +20,7 @@ from transformers_stream_aligner import (
     stream_aligned_decoding,
     stream_aligned_generate,
 )
-from transformers_stream_aligner.generation.custom_generate import check_transformers_version
+from transformers_stream_aligner.serving.custom_generate import check_transformers_version
 
 from .helpers import prompt_ids, rewrite
 from .tiny_models import cached_tiny
@@ -63,7 +63,7 @@ def test_the_folder_is_hub_ready(dirs):
     assert readme.startswith("---\n") and "custom_generate" in readme.split("---")[1]  # the Hub's tag
     requirements = (method / "custom_generate" / "requirements.txt").read_text()
     assert f"transformers>={MIN_TRANSFORMERS_VERSION}" in requirements and "transformers-stream-aligner" in requirements
-    assert "from transformers_stream_aligner.generation.custom_generate import" in (method / "custom_generate" / "generate.py").read_text()
+    assert "from transformers_stream_aligner.serving.custom_generate import" in (method / "custom_generate" / "generate.py").read_text()
 
 
 def test_local_directory_identity_is_plain_generate_and_rewrites_match_the_patched_route(dirs, unpatched):

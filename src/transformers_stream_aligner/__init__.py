@@ -12,11 +12,10 @@ Example:
     >>> out = model.generate(input_ids, aligner=aligner, max_new_tokens=200)  # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
-
 from typing import TYPE_CHECKING
 
 from ._moved import install as _install_moved
+from .version import __version__
 
 _install_moved()  # the module paths of earlier releases still import, with a DeprecationWarning (_moved.py)
 
@@ -24,10 +23,11 @@ _install_moved()  # the module paths of earlier releases still import, with a De
 # transformers_stream_aligner`` (and ``stream-aligner --help``) stays quick; torch and transformers load when a name
 # that needs them is first touched.
 _LAZY = {
-    "AlignmentRequest": "aligners.model", "StreamAligner": "aligners.model", "SupportsCorrect": "aligners.model",
-    "UnfinishedCorrection": "aligners.model", "RejectedCorrection": "aligners.model", "as_correction_fn": "aligners.model",
+    "AlignmentRequest": "runtime.aligner_call", "StreamAligner": "aligners.model", "SupportsCorrect": "runtime.aligner_call",
+    "UnfinishedCorrection": "runtime.aligner_call", "RejectedCorrection": "runtime.aligner_call",
+    "as_correction_fn": "runtime.aligner_call",
     "CalculationError": "aligners.calculator", "expand_calculations": "aligners.calculator",
-    "MIN_TRANSFORMERS_VERSION": "generation.custom_generate", "export_custom_generate": "generation.custom_generate",
+    "MIN_TRANSFORMERS_VERSION": "serving.custom_generate", "export_custom_generate": "serving.custom_generate",
     "stream_aligned_decoding": "generation.custom_generate",
     "StreamAlignedGenerationMixin": "generation.generate", "enable_stream_alignment": "generation.generate",
     "stream_aligned_generate": "generation.generate",
@@ -50,15 +50,8 @@ _LAZY = {
 if TYPE_CHECKING:
     from .aligners.calculator import CalculationError, expand_calculations
     from .aligners.config import CONFIG_NAME, GEMMA_WRAPPER, REFERENCE_INSTRUCTION_TEMPLATE, StreamAlignerConfig
-    from .aligners.model import (
-        AlignmentRequest,
-        RejectedCorrection,
-        StreamAligner,
-        SupportsCorrect,
-        UnfinishedCorrection,
-        as_correction_fn,
-    )
-    from .generation.custom_generate import MIN_TRANSFORMERS_VERSION, export_custom_generate, stream_aligned_decoding
+    from .aligners.model import StreamAligner
+    from .generation.custom_generate import stream_aligned_decoding
     from .generation.generate import StreamAlignedGenerationMixin, enable_stream_alignment, stream_aligned_generate
     from .outputs import (
         AlignerOutputError,
@@ -67,6 +60,13 @@ if TYPE_CHECKING:
         StreamAlignedGenerateOutput,
         StreamAlignmentCancelled,
         StreamAlignmentError,
+    )
+    from .runtime.aligner_call import (
+        AlignmentRequest,
+        RejectedCorrection,
+        SupportsCorrect,
+        UnfinishedCorrection,
+        as_correction_fn,
     )
     from .runtime.boundary.splitter import DEFAULT_TERMINATORS, split_sentences
     from .runtime.boundary.stopping_criteria import SentenceBoundaryCriteria
@@ -78,6 +78,7 @@ if TYPE_CHECKING:
         StreamAlignerStreamer,
         StreamEvent,
     )
+    from .serving.custom_generate import MIN_TRANSFORMERS_VERSION, export_custom_generate
     from .serving.served_aligners import ServingConfig
     from .training.config import AlignerTrainingConfig, LoraArguments
     from .training.data import RECORD_FIELDS, TrainingDataError, encode_records, read_records, validate_records

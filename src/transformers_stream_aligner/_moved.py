@@ -2,7 +2,9 @@
 
 ``import transformers_stream_aligner.aligner`` (or any old path below) still works: it warns with a
 ``DeprecationWarning`` naming the new path and gives the new module itself (the same object, so patching either
-name patches both). Installed by the package's ``__init__``; nothing is imported until an old path is.
+name patches both). Where names left a module (:data:`MOVED_NAMES`), the old path is a thin module of its own that
+hands out the new module's names and those that moved. Installed by the package's ``__init__``; nothing is imported
+until an old path is.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import sys
+import types
 import warnings
 
-__all__ = ["MOVED", "install"]
+__all__ = ["MOVED", "MOVED_NAMES", "install"]
 
 _PACKAGE = __name__.rpartition(".")[0]
 
@@ -51,6 +54,30 @@ MOVED = {
 }
 
 
+#: Old module -> {name: the module (relative to the package) it lives in now}, for names that left their module.
+MOVED_NAMES = {
+    "custom_generate": {name: "serving.custom_generate" for name in
+                        ("MIN_TRANSFORMERS_VERSION", "check_transformers_version", "export_custom_generate", "generate")},
+    "engines.vllm_engine": {"stream_aligned_completion": "generation.completion",
+                            "astream_aligned_completion": "generation.completion"},
+}  # fmt: skip
+
+
+def _thin_module(name: str, target: str, names: dict[str, str]) -> types.ModuleType:
+    """A module ``name`` that hands out the attributes of ``target`` and ``names`` (each from its new module)."""
+    module = types.ModuleType(name, f"Deprecated: see {target}.")
+    new = importlib.import_module(target)
+
+    def __getattr__(attribute: str) -> object:
+        if attribute in names:
+            return getattr(importlib.import_module(f"{_PACKAGE}.{names[attribute]}"), attribute)
+        return getattr(new, attribute)
+
+    module.__getattr__ = __getattr__  # type: ignore[method-assign]
+    module.__all__ = sorted({*getattr(new, "__all__", ()), *names})
+    return module
+
+
 class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Finds an old module path and loads it as the module that now lives at the new one."""
 
@@ -61,16 +88,19 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         for old, new in MOVED.items():
             if rest == old or rest.startswith(old + "."):
                 target_name = f"{_PACKAGE}.{new}{rest[len(old):]}"
-                return importlib.machinery.ModuleSpec(fullname, self, loader_state=target_name)
+                return importlib.machinery.ModuleSpec(fullname, self, loader_state=(target_name, rest))
         return None
 
     def create_module(self, spec):
+        target, old = spec.loader_state
         warnings.warn(
-            f"{spec.name} has moved to {spec.loader_state}; the old path works until the next release",
+            f"{spec.name} has moved to {target}; the old path works until the next release",
             DeprecationWarning,
             stacklevel=2,
         )
-        return importlib.import_module(spec.loader_state)
+        if old in MOVED_NAMES:
+            return _thin_module(spec.name, target, MOVED_NAMES[old])
+        return importlib.import_module(target)
 
     def exec_module(self, module):  # the new module ran when it was imported
         pass

@@ -10,7 +10,8 @@ import torch
 
 from transformers_stream_aligner import AlignmentRequest, StreamAligner
 from transformers_stream_aligner.aligners.vllm import VLLMAligner, lora_slot_problem
-from transformers_stream_aligner.runtime.engines.vllm_engine import VLLMUpstream, stream_aligned_completion
+from transformers_stream_aligner.generation.completion import stream_aligned_completion
+from transformers_stream_aligner.runtime.engines.vllm_engine import VLLMUpstream
 
 from .conftest import ADAPTER
 from .test_vllm_engine import QUESTIONS, _chat, _complete

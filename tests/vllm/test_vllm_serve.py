@@ -14,7 +14,8 @@ import pytest
 from openai import OpenAI
 
 from tests.serving_aligners import rewrite
-from transformers_stream_aligner.runtime.engines.vllm_engine import VLLMUpstream, stream_aligned_completion
+from transformers_stream_aligner.generation.completion import stream_aligned_completion
+from transformers_stream_aligner.runtime.engines.vllm_engine import VLLMUpstream
 
 from ..helpers import free_port, running_server
 from .conftest import ADAPTER, ROOT, wait_until_idle

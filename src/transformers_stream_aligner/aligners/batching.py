@@ -9,7 +9,7 @@ a :class:`~.vllm_aligner.VLLMAligner`, an object with ``correct``, a function).
 
 Example:
 
-    >>> from transformers_stream_aligner.aligners.model import AlignmentRequest
+    >>> from transformers_stream_aligner import AlignmentRequest
     >>> batching = BatchingAligner(lambda question, prefix, last: last.upper(), window=0.001)
     >>> batching.correct([AlignmentRequest("q", "", "hi."), AlignmentRequest("q", "", "yo.")])
     ['HI.', 'YO.']

@@ -28,6 +28,7 @@ from typing import Any
 from transformers.utils import PushToHubMixin
 
 from ..runtime.boundary.splitter import DEFAULT_TERMINATORS
+from ..runtime.boundary.tracker import DEFAULT_MAX_SENTENCE_TOKENS
 from .edits import EDITS
 
 logger = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ class StreamAlignerConfig(PushToHubMixin):
     calculator: bool = False
     edits: str = "any"
     terminators: str = DEFAULT_TERMINATORS
-    max_sentence_tokens: int = 256
+    max_sentence_tokens: int = DEFAULT_MAX_SENTENCE_TOKENS
     base_model: str | None = None
     library_version: str | None = field(default=None, repr=False, compare=False)
 
@@ -272,7 +273,7 @@ class StreamAlignerConfig(PushToHubMixin):
         With ``push_to_hub=True`` it is also uploaded to ``kwargs["repo_id"]`` (default: the directory's name) with
         ``commit_message``, ``private``, ``token`` and ``create_pr`` from ``kwargs`` (``transformers``' convention).
         """
-        from .. import __version__
+        from ..version import __version__
 
         os.makedirs(save_directory, exist_ok=True)
         path = os.path.join(save_directory, CONFIG_NAME)

@@ -23,15 +23,22 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from transformers.utils import PushToHubMixin
 
 from ..hub import create_repo, upload_directory
+from ..runtime.aligner_call import (
+    AlignmentRequest,
+    CorrectionFn,
+    RejectedCorrection,
+    SupportsCorrect,
+    UnfinishedCorrection,
+    as_correction_fn,
+)
 from ..tokens import token_id_list, tokenize_plain_text
 from .adapter import ADAPTER_NAME, AdapterSwitch, adapter_names, attach_adapter, load_adapter, save_adapter
 from .calculator import calculate
@@ -54,53 +61,6 @@ __all__ = [
 
 # Keywords of StreamAligner.push_to_hub, which save_pretrained(push_to_hub=True) takes too.
 _HUB_OPTIONS = ("commit_message", "commit_description", "private", "token", "revision", "create_pr")
-
-
-@dataclass(frozen=True)
-class AlignmentRequest:
-    """One sentence to correct.
-
-    Args:
-        question: the user's question (or the prompt text).
-        prefix: the answer so far, already corrected, without the sentence itself.
-        last: the sentence to correct, without its surrounding whitespace.
-    """
-
-    question: str
-    prefix: str
-    last: str
-
-
-class UnfinishedCorrection(str):
-    """A correction the aligner did not finish: it wrote ``max_correction_tokens`` tokens without an EOS.
-
-    It is the text the aligner wrote (a ``str``), marked: stream-aligned ``generate`` never splices it in but keeps
-    the sentence as generated, with a warning, whatever ``invalid_correction`` says and however the text
-    re-tokenizes upstream (half a rewrite is worse than the original; a served answer must not fail because an
-    aligner rambled).
-    """
-
-    __slots__ = ()
-
-
-class RejectedCorrection(str):
-    """The sentence, kept because the aligner's correction broke its config's edit rule (``StreamAlignerConfig.edits``,
-    :mod:`.aligner_edits`: a word miscopied by an aligner that may only change numbers, say).
-
-    It is the original sentence (a ``str``, so generation goes on as if the aligner had copied it), marked for
-    counting; ``correction`` holds what the aligner wrote, up to where its decoding was stopped.
-
-    >>> kept = RejectedCorrection("Memorizing names is fun.", correction="Membrance is fun.")
-    >>> kept, kept.correction
-    ('Memorizing names is fun.', 'Membrance is fun.')
-    """
-
-    __slots__ = ("correction",)
-
-    def __new__(cls, sentence: str, *, correction: str) -> RejectedCorrection:
-        obj = super().__new__(cls, sentence)
-        obj.correction = correction
-        return obj
 
 
 def finish_correction(text: str, sentence: str, config: StreamAlignerConfig, *, unfinished: bool) -> str:
@@ -126,34 +86,6 @@ def finish_correction(text: str, sentence: str, config: StreamAlignerConfig, *, 
     if config.calculator:
         return calculate(text, sentence)
     return text
-
-
-@runtime_checkable
-class SupportsCorrect(Protocol):
-    def correct(self, requests: list[AlignmentRequest]) -> list[str]: ...
-
-
-CorrectionFn = Callable[[list[AlignmentRequest]], list[str]]
-
-
-def as_correction_fn(aligner: Any) -> CorrectionFn:
-    """Normalise what ``generate(aligner=...)`` accepts into ``fn(list[AlignmentRequest]) -> list[str]``.
-
-    Accepted: a :class:`StreamAligner`, any object with ``correct(list[AlignmentRequest])``, or a
-    callable ``fn(question, prefix, last) -> str`` (called once per request).
-    """
-    if isinstance(aligner, SupportsCorrect):
-        return aligner.correct
-    if callable(aligner):
-
-        def _per_request(requests: list[AlignmentRequest]) -> list[str]:
-            return [aligner(r.question, r.prefix, r.last) for r in requests]
-
-        return _per_request
-    raise TypeError(
-        "aligner must be a StreamAligner, an object with correct(list[AlignmentRequest]) -> list[str], "
-        f"or a callable fn(question, prefix, last) -> str; got {type(aligner).__name__}"
-    )
 
 
 class StreamAligner(PushToHubMixin):

@@ -26,7 +26,7 @@ import os
 import sys
 from types import ModuleType
 
-from .. import __version__
+from ..version import __version__
 
 __all__ = ["main"]
 

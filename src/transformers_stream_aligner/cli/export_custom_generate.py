@@ -76,7 +76,7 @@ def _parse_aligners(items: list[str]) -> dict[str, str]:
 
 def run(namespace: argparse.Namespace) -> int:
     """Run ``stream-aligner export-custom-generate``."""
-    from ..generation.custom_generate import export_custom_generate
+    from ..serving.custom_generate import export_custom_generate
 
     args = from_namespace(namespace, ExportCustomGenerateArguments)
     out = export_custom_generate(

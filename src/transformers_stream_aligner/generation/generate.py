@@ -541,7 +541,7 @@ def _transformers_engine(
 
 
 # ---------------------------------------------------------------------------------------------- generate(aligner=...)
-def _generate_or_align(model: Any, stock_generate: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
+def generate_with_aligner(model: Any, stock_generate: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
     """The body of both ``generate`` overrides: the stock ``generate`` without ``aligner=``, else ours. With
     ``custom_generate=`` the stock ``generate`` runs it, aligner keywords included (the package's own
     ``custom_generate`` folder and callable take them)."""
@@ -580,7 +580,7 @@ class StreamAlignedGenerationMixin:
 
     @torch.no_grad()
     def generate(self, *args: Any, **kwargs: Any) -> Any:
-        return _generate_or_align(self, super().generate, args, kwargs)  # type: ignore[misc]
+        return generate_with_aligner(self, super().generate, args, kwargs)  # type: ignore[misc]
 
     generate.__doc__ = stream_aligned_generate.__doc__
 

@@ -1,6 +1,6 @@
 """The plan of one stream-aligned ``generate`` call: its arguments, resolved once.
 
-:func:`~.generation.stream_aligned_generate` turns its arguments into a :class:`GenerationPlan` in numbered
+:func:`~..generation.generate.stream_aligned_generate` turns its arguments into a :class:`GenerationPlan` in numbered
 ``_prepare_*`` steps (as ``transformers``' own ``generate`` does); :class:`~.loop.AlignmentLoop` runs it. Nothing
 in a plan is looked up again while the loop runs.
 """
@@ -9,20 +9,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
-from ..aligners.config import StreamAlignerConfig
-from ..aligners.model import CorrectionFn
+from ..outputs import AlignmentStats
+from .aligner_call import CorrectionFn
+from .engines.base import UpstreamEngine
+from .row_state import RowState
 from .streamers import StreamerDriver
 
-if TYPE_CHECKING:
-    from ..outputs import AlignmentStats
-    from .engines.base import UpstreamEngine
-    from .loop import RowState
+__all__ = ["GenerationPlan", "SentenceSettings"]
 
-__all__ = ["GenerationPlan"]
+
+class SentenceSettings(Protocol):
+    """What the data path reads of the aligner's settings (an aligner's ``StreamAlignerConfig`` is one): which
+    characters end a sentence, where a sentence that never ends is cut, and how long a correction may be."""
+
+    terminators: str
+    max_sentence_tokens: int
+    max_correction_tokens: int
 
 
 @dataclass
@@ -32,9 +38,8 @@ class GenerationPlan:
     Attributes:
         tokenizer: the upstream tokenizer.
         correct: the aligner as ``fn(list[AlignmentRequest]) -> list[str]``.
-        settings: sentence and correction settings (``terminators``, ``max_sentence_tokens``,
-            ``max_correction_tokens``): the aligner's :class:`StreamAlignerConfig` (or the defaults) with the call's
-            overrides applied by ``dataclasses.replace``.
+        settings: sentence and correction settings (:class:`SentenceSettings`): the aligner's ``StreamAlignerConfig``
+            (or the defaults) with the call's overrides applied by ``dataclasses.replace``.
         prompt_ids: the prompt rows as given (``num_return_sequences`` copies of each), ``(batch, width)``.
         rows: each row's prompt tokens without padding.
         questions: what the aligner is told each row answers.
@@ -50,7 +55,7 @@ class GenerationPlan:
 
     tokenizer: Any
     correct: CorrectionFn
-    settings: StreamAlignerConfig
+    settings: SentenceSettings
     prompt_ids: torch.LongTensor
     rows: list[list[int]]
     questions: list[str]

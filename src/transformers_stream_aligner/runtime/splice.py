@@ -29,8 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..aligners.model import UnfinishedCorrection
 from ..tokens import longest_common_prefix, tokenize_plain_text
+from .aligner_call import UnfinishedCorrection
 from .boundary.tracker import Sentence
 
 __all__ = ["CorrectionCheck", "SpliceResult", "check_correction", "splice_correction"]

@@ -284,7 +284,7 @@ class StreamAlignedServer:
         if self.upstream is not None:
             import dataclasses
 
-            from ..runtime.engines.vllm_engine import stream_aligned_completion
+            from ..generation.completion import stream_aligned_completion
 
             upstream = dataclasses.replace(self.upstream, sampling=job.sampling)
             return stream_aligned_completion(

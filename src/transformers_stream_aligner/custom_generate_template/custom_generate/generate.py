@@ -7,7 +7,7 @@ This file only hands over to the installed package (``pip install transformers-s
 run under a transformers that executes custom code without consent (older than 5.12.0, CVE-2026-80047).
 """
 
-from transformers_stream_aligner.generation.custom_generate import check_transformers_version, generate
+from transformers_stream_aligner.serving.custom_generate import check_transformers_version, generate
 
 check_transformers_version()
 

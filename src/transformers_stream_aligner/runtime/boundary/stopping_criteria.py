@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria
 
-from ...aligners.config import StreamAlignerConfig
 from ...tokens import token_id_list
-from .tracker import SentenceTracker
+from .splitter import DEFAULT_TERMINATORS
+from .tracker import DEFAULT_MAX_SENTENCE_TOKENS, SentenceTracker
 
 __all__ = ["SentenceBoundaryCriteria"]
 
@@ -69,8 +69,8 @@ class SentenceBoundaryCriteria(StoppingCriteria):
         tokenizer: Any,
         sentence_starts: Sequence[int],
         *,
-        terminators: str = StreamAlignerConfig.terminators,
-        max_sentence_tokens: int | None = StreamAlignerConfig.max_sentence_tokens,
+        terminators: str = DEFAULT_TERMINATORS,
+        max_sentence_tokens: int | None = DEFAULT_MAX_SENTENCE_TOKENS,
         eos_token_id: int | Iterable[int] | None = None,
         hold_completed: bool = True,
     ) -> None:

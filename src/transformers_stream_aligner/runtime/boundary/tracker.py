@@ -19,7 +19,18 @@ from typing import Any
 
 from .splitter import DEFAULT_TERMINATORS, find_sentence_end, scan_sentence_end, split_whitespace
 
-__all__ = ["Sentence", "SentenceStep", "SentenceTracker", "decode_span", "find_token_boundary", "next_step"]
+__all__ = [
+    "DEFAULT_MAX_SENTENCE_TOKENS",
+    "Sentence",
+    "SentenceStep",
+    "SentenceTracker",
+    "decode_span",
+    "find_token_boundary",
+    "next_step",
+]
+
+#: Where a sentence that never ends is cut (tokens), so that text without a terminator cannot run unaligned.
+DEFAULT_MAX_SENTENCE_TOKENS = 256
 
 
 def decode_span(tokenizer: Any, ids: Sequence[int], start: int, end: int) -> str:

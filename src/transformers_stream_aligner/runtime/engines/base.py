@@ -25,10 +25,9 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from ..loop import RowState
+from ..row_state import RowState
 
 __all__ = ["Cancelled", "RoundOutcome", "UpstreamEngine", "UpstreamFailure", "run_cancellable"]
 
@@ -64,7 +63,7 @@ class RoundOutcome:
 class UpstreamEngine(ABC):
     """Runs the upstream model for the alignment loop (see the module docstring).
 
-    An engine is built for a fixed set of :class:`~..loop.RowState` objects (one generate call, or one row of
+    An engine is built for a fixed set of :class:`~..row_state.RowState` objects (one generate call, or one row of
     it) and reads their ``ids``, ``start`` and ``budget_left``; it never changes them: the loop applies what
     :meth:`run_round` returns.
     """
