@@ -66,6 +66,7 @@ test-compat: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples noxfile.py
+	$(VENV)/bin/lint-imports
 
 # Final-answer accuracy on 200 held-out arithmetic problems: plain, stream-aligned (trained aligner, exact
 # checker), post-hoc; precision (claims in other forms, non-arithmetic answers) (docs/results.md). EVAL_ARGS: e.g.

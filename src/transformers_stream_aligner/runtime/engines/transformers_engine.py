@@ -23,20 +23,18 @@ import copy
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from transformers import GenerationMixin, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from ...compat import cache_length, generate_cache_key
+from ...outputs import AlignmentStats
 from ..boundary.stopping_criteria import SentenceBoundaryCriteria
 from ..cache import MaskedKVLayout
 from ..logits_process import HoldCompletedRowsLogitsProcessor, MinNewTokensAcrossRoundsLogitsProcessor
+from ..row_state import RowState
 from .base import RoundOutcome, UpstreamEngine
-
-if TYPE_CHECKING:
-    from ...outputs import AlignmentStats
-    from ..loop import RowState
 
 __all__ = ["TransformersEngine"]
 

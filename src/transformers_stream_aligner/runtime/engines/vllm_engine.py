@@ -26,15 +26,13 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ...outputs import AlignmentStats
 from ...tokens import longest_common_prefix
 from ..boundary.tracker import SentenceTracker
+from ..row_state import RowState
 from .base import Cancelled, RoundOutcome, UpstreamEngine, UpstreamFailure
-
-if TYPE_CHECKING:
-    from ...outputs import AlignmentStats
-    from ..loop import RowState
 
 __all__ = ["VLLMEngine", "VLLMUpstream", "VLLMUpstreamError"]
 
