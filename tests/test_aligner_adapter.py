@@ -283,7 +283,7 @@ def test_an_adapter_whose_base_is_not_available_offline_names_the_base_and_the_t
     (moved / "adapter_config.json").write_text(json.dumps(config))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
-    from transformers_stream_aligner.aligners.model import AdapterBaseNotFoundError
+    from transformers_stream_aligner.errors import AdapterBaseNotFoundError
 
     with pytest.raises(AdapterBaseNotFoundError) as caught:  # an OSError, as transformers' loading errors are
         StreamAligner.from_pretrained(moved, local_files_only=True)

@@ -6,12 +6,8 @@ from fractions import Fraction
 import pytest
 
 from transformers_stream_aligner import AlignmentRequest, StreamAligner, StreamAlignerConfig
-from transformers_stream_aligner.aligners.calculator import (
-    CalculationError,
-    calculate,
-    evaluate_expression,
-    expand_calculations,
-)
+from transformers_stream_aligner.aligners.calculator import calculate, evaluate_expression, expand_calculations
+from transformers_stream_aligner.errors import CalculationError
 
 
 @pytest.mark.parametrize(

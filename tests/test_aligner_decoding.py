@@ -10,12 +10,8 @@ import torch
 from transformers import GenerationMixin
 
 from transformers_stream_aligner import AlignmentRequest, StreamAligner, StreamAlignerConfig, stream_aligned_generate
-from transformers_stream_aligner.aligners.decoding import (
-    AlignerDecoder,
-    CopyBiasLogitsProcessor,
-    CopyTracker,
-    propose_copy_draft,
-)
+from transformers_stream_aligner.aligners.copy_draft import CopyBiasLogitsProcessor, CopyTracker, propose_copy_draft
+from transformers_stream_aligner.aligners.decoding import AlignerDecoder
 
 
 def plain_greedy(model, prompt, max_new_tokens, eos):

@@ -282,7 +282,7 @@ def test_train_then_infer_lora_adapter(tiny_base, tmp_path):
 
 # ------------------------------------------------------------------------------------------- copy-bias training
 def test_copy_targets_are_the_copy_tokens_the_aligner_biases_at_inference(tiny_llama):
-    from transformers_stream_aligner.aligners.decoding import CopyTracker
+    from transformers_stream_aligner.aligners.copy_draft import CopyTracker
 
     _, tok = tiny_llama
     aligner_source = StreamAligner.__new__(StreamAligner)  # only _source_ids' inputs: the tokenizer and its EOS

@@ -7,7 +7,7 @@ import pytest
 
 from transformers_stream_aligner import AlignmentRequest
 from transformers_stream_aligner.aligners.vllm import VLLMAligner
-from transformers_stream_aligner.runtime.engines.vllm_engine import VLLMUpstreamError
+from transformers_stream_aligner.errors import VLLMUpstreamError
 
 MODELS = {"data": [{"id": "smol", "parent": None}, {"id": "aligner", "parent": "smol"}]}
 METRICS = 'vllm:lora_requests_info{max_lora="1",running_lora_adapters=""} 1.0\n'

@@ -26,14 +26,14 @@ _LAZY = {
     "AlignmentRequest": "runtime.aligner_call", "StreamAligner": "aligners.model", "SupportsCorrect": "runtime.aligner_call",
     "UnfinishedCorrection": "runtime.aligner_call", "RejectedCorrection": "runtime.aligner_call",
     "as_correction_fn": "runtime.aligner_call",
-    "CalculationError": "aligners.calculator", "expand_calculations": "aligners.calculator",
+    "CalculationError": "errors", "expand_calculations": "aligners.calculator",
     "MIN_TRANSFORMERS_VERSION": "serving.custom_generate", "export_custom_generate": "serving.custom_generate",
     "stream_aligned_decoding": "generation.custom_generate",
-    "StreamAlignedGenerationMixin": "generation.generate", "enable_stream_alignment": "generation.generate",
+    "StreamAlignedGenerationMixin": "generation.mixin", "enable_stream_alignment": "generation.mixin",
     "stream_aligned_generate": "generation.generate",
     "HoldCompletedRowsLogitsProcessor": "runtime.logits_process",
-    "AlignerOutputError": "outputs", "AlignmentRecord": "outputs", "AlignmentStats": "outputs",
-    "StreamAlignedGenerateOutput": "outputs", "StreamAlignmentCancelled": "outputs", "StreamAlignmentError": "outputs",
+    "AlignerOutputError": "errors", "AlignmentRecord": "outputs", "AlignmentStats": "outputs",
+    "StreamAlignedGenerateOutput": "outputs", "StreamAlignmentCancelled": "errors", "StreamAlignmentError": "errors",
     "DEFAULT_TERMINATORS": "runtime.boundary.splitter", "split_sentences": "runtime.boundary.splitter",
     "ServingConfig": "serving.served_aligners",
     "SentenceBoundaryCriteria": "runtime.boundary.stopping_criteria",
@@ -41,26 +41,27 @@ _LAZY = {
     "REFERENCE_INSTRUCTION_TEMPLATE": "aligners.config", "StreamAlignerConfig": "aligners.config",
     "AlignmentStreamerHooks": "runtime.streamers", "StreamAlignerAsyncIteratorStreamer": "runtime.streamers",
     "StreamAlignerIteratorStreamer": "runtime.streamers", "StreamAlignerStreamer": "runtime.streamers", "StreamEvent": "runtime.streamers",
-    "RECORD_FIELDS": "training.data", "TrainingDataError": "training.data", "encode_records": "training.data",
+    "RECORD_FIELDS": "training.data", "TrainingDataError": "errors", "encode_records": "training.data",
     "read_records": "training.data", "validate_records": "training.data",
     "AlignerTrainingConfig": "training.config", "LoraArguments": "training.config",
     "TrainingResult": "training.trainer", "train_aligner": "training.trainer",
 }  # fmt: skip
 
 if TYPE_CHECKING:
-    from .aligners.calculator import CalculationError, expand_calculations
+    from .aligners.calculator import expand_calculations
     from .aligners.config import CONFIG_NAME, GEMMA_WRAPPER, REFERENCE_INSTRUCTION_TEMPLATE, StreamAlignerConfig
     from .aligners.model import StreamAligner
-    from .generation.custom_generate import stream_aligned_decoding
-    from .generation.generate import StreamAlignedGenerationMixin, enable_stream_alignment, stream_aligned_generate
-    from .outputs import (
+    from .errors import (
         AlignerOutputError,
-        AlignmentRecord,
-        AlignmentStats,
-        StreamAlignedGenerateOutput,
+        CalculationError,
         StreamAlignmentCancelled,
         StreamAlignmentError,
+        TrainingDataError,
     )
+    from .generation.custom_generate import stream_aligned_decoding
+    from .generation.generate import stream_aligned_generate
+    from .generation.mixin import StreamAlignedGenerationMixin, enable_stream_alignment
+    from .outputs import AlignmentRecord, AlignmentStats, StreamAlignedGenerateOutput
     from .runtime.aligner_call import (
         AlignmentRequest,
         RejectedCorrection,
@@ -81,7 +82,7 @@ if TYPE_CHECKING:
     from .serving.custom_generate import MIN_TRANSFORMERS_VERSION, export_custom_generate
     from .serving.served_aligners import ServingConfig
     from .training.config import AlignerTrainingConfig, LoraArguments
-    from .training.data import RECORD_FIELDS, TrainingDataError, encode_records, read_records, validate_records
+    from .training.data import RECORD_FIELDS, encode_records, read_records, validate_records
     from .training.trainer import TrainingResult, train_aligner
 
 

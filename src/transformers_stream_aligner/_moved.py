@@ -56,6 +56,9 @@ MOVED = {
 
 #: Old module -> {name: the module (relative to the package) it lives in now}, for names that left their module.
 MOVED_NAMES = {
+    "aligner": {"load_aligner": "aligners.specs", "AdapterBaseNotFoundError": "aligners.pretrained"},
+    "aligner_decoding": {name: "aligners.copy_draft" for name in
+                         ("CopyBiasLogitsProcessor", "CopyTracker", "propose_copy_draft")},
     "custom_generate": {name: "serving.custom_generate" for name in
                         ("MIN_TRANSFORMERS_VERSION", "check_transformers_version", "export_custom_generate", "generate")},
     "engines.vllm_engine": {"stream_aligned_completion": "generation.completion",

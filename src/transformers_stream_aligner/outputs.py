@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
 from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+from .errors import AlignerOutputError, StreamAlignmentCancelled, StreamAlignmentError
 
 __all__ = [
     "AlignerOutputError",
@@ -110,42 +111,3 @@ class StreamAlignedGenerateOutput(GenerateDecoderOnlyOutput):
     alignment_stats: AlignmentStats | None = None
 
 
-class StreamAlignmentError(RuntimeError):
-    """Stream alignment stopped; nothing generated so far is lost.
-
-    Attributes:
-        sequences: every row's prompt plus its accepted sentences, plus the draft sentence being
-            aligned, laid out like ``generate``'s output (``(batch, n)``, right-padded).
-        alignment_trace: the records accepted so far (one list per row).
-        partial_texts: per row, the generated part of ``sequences`` decoded without special tokens.
-        row: the row whose sentence failed (``None`` when the aligner raised for a whole batch).
-        partial_text: ``partial_texts[row]`` (row 0 when ``row`` is ``None``).
-        sentence: the sentence being aligned when it failed.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        sequences: torch.Tensor,
-        alignment_trace: list[list[AlignmentRecord]],
-        partial_texts: list[str],
-        sentence: str | None = None,
-        row: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.sequences = sequences
-        self.alignment_trace = alignment_trace
-        self.partial_texts = partial_texts
-        self.partial_text = partial_texts[row or 0] if partial_texts else ""
-        self.sentence = sentence
-        self.row = row
-
-
-class StreamAlignmentCancelled(StreamAlignmentError):
-    """The caller cancelled the call (a served client disconnected): the engine's requests were ended; the output so
-    far is kept like any :class:`StreamAlignmentError`'s."""
-
-
-class AlignerOutputError(StreamAlignmentError, ValueError):
-    """The aligner returned something unusable (not a string, empty, too long, control tokens)."""

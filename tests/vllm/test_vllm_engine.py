@@ -9,8 +9,9 @@ import pytest
 
 from transformers_stream_aligner import StreamAlignmentError
 from transformers_stream_aligner.aligners.batching import BatchingAligner
+from transformers_stream_aligner.errors import VLLMUpstreamError
 from transformers_stream_aligner.generation.completion import astream_aligned_completion, stream_aligned_completion
-from transformers_stream_aligner.runtime.engines.vllm_engine import VLLMUpstream, VLLMUpstreamError
+from transformers_stream_aligner.runtime.engines.vllm_engine import VLLMUpstream
 
 from ..serving_aligners import check_results
 from .conftest import wait_until_idle

@@ -9,8 +9,9 @@ import httpx
 import pytest
 
 from transformers_stream_aligner import StreamAlignmentError
+from transformers_stream_aligner.errors import VLLMUpstreamError
 from transformers_stream_aligner.generation.completion import stream_aligned_completion
-from transformers_stream_aligner.runtime.engines.vllm_engine import VLLMUpstream, VLLMUpstreamError
+from transformers_stream_aligner.runtime.engines.vllm_engine import VLLMUpstream
 
 from ..helpers import free_port, running_server
 from .conftest import vllm_command, vllm_env, wait_until_idle

@@ -36,6 +36,8 @@ import logging
 import re
 from fractions import Fraction
 
+from ..errors import CalculationError
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["CALCULATION", "CalculationError", "calculate", "evaluate_expression", "expand_calculations", "format_result"]
@@ -47,10 +49,6 @@ _MAX_DIGITS = 15
 _TOKEN = re.compile(r"\s*(?:(\d{1,3}(?:,\d{3})+(?![\d,])|\d+(?:\.\d+)?|\.\d+)|([-+*/×÷x−–()]))")
 _CANON = {"+": "+", "-": "-", "−": "-", "–": "-", "*": "*", "×": "*", "x": "*", "/": "/", "÷": "/", "(": "(", ")": ")"}
 _STATED = re.compile(r"\s*(\$?)\s*(-?)(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?\s*")
-
-
-class CalculationError(ValueError):
-    """An annotation the calculator cannot evaluate (not an arithmetic expression, too long, a division by zero)."""
 
 
 def _tokens(expression: str) -> list[tuple[str, str]]:

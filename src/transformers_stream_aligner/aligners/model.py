@@ -18,7 +18,6 @@ Example (an untrained aligner built from any chat model; see ``docs/quickstart.m
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import tempfile
@@ -40,10 +39,11 @@ from ..runtime.aligner_call import (
     as_correction_fn,
 )
 from ..tokens import token_id_list, tokenize_plain_text
-from .adapter import ADAPTER_NAME, AdapterSwitch, adapter_names, attach_adapter, load_adapter, save_adapter
+from .adapter import ADAPTER_NAME, AdapterSwitch
 from .calculator import calculate
-from .config import CONFIG_NAME, StreamAlignerConfig
+from .config import StreamAlignerConfig
 from .edits import EditRuleStoppingCriteria, correct_with_rule, edits_numbers_only, numbers_only_stop_rule
+from .pretrained import attach_pretrained, load_pretrained, save_weights
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,6 @@ __all__ = [
     "UnfinishedCorrection",
     "as_correction_fn",
     "finish_correction",
-    "load_aligner",
 ]
 
 # Keywords of StreamAligner.push_to_hub, which save_pretrained(push_to_hub=True) takes too.
@@ -181,7 +180,6 @@ class StreamAligner(PushToHubMixin):
                 (``device``, ``device_map``, ``dtype`` and model keywords are refused with it).
             **model_kwargs: further keywords for ``AutoModelForCausalLM.from_pretrained``.
         """
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if device is not None and device_map is not None:
             raise ValueError("pass either device or device_map, not both")
@@ -196,63 +194,13 @@ class StreamAligner(PushToHubMixin):
                 hub_kwargs={"revision": revision, "token": token, "cache_dir": cache_dir,
                             "local_files_only": local_files_only},
             )  # fmt: skip
-        hub_kwargs = {
-            "revision": revision,
-            "token": token,
-            "cache_dir": cache_dir,
-            "local_files_only": local_files_only,
-        }
-        try:
-            if config is None:
-                config = StreamAlignerConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
-                if config is None:
-                    logger.info(
-                        "%s has no %s: using the reference prompt defaults", pretrained_model_name_or_path, CONFIG_NAME
-                    )
-                    config = StreamAlignerConfig()
-            tokenizer = AutoTokenizer.from_pretrained(
-                pretrained_model_name_or_path, trust_remote_code=trust_remote_code, **hub_kwargs
-            )
-            load_kwargs = dict(model_kwargs)
-            if dtype is not None:
-                load_kwargs["dtype"] = dtype
-            if device_map is not None:
-                load_kwargs["device_map"] = device_map
-            # an adapter checkpoint loads onto its base (the one named, else the one its config names) with peft's
-            # own functions (aligner_adapter.load_adapter), whatever transformers' peft integration accepts
-            adapter_base = _adapter_base(pretrained_model_name_or_path, hub_kwargs)
-            base = os.fspath(base_model_name_or_path) if base_model_name_or_path is not None else adapter_base
-            try:
-                if base is None:
-                    model = AutoModelForCausalLM.from_pretrained(
-                        pretrained_model_name_or_path,
-                        use_safetensors=True,
-                        trust_remote_code=trust_remote_code,
-                        **hub_kwargs,
-                        **load_kwargs,
-                    )
-                else:
-                    # the adapter's revision is not the base's; where to look and as whom is the same
-                    base_hub = {k: hub_kwargs[k] for k in ("token", "cache_dir", "local_files_only")}
-                    model = AutoModelForCausalLM.from_pretrained(
-                        base, use_safetensors=True, trust_remote_code=trust_remote_code,
-                        **(base_hub if base_model_name_or_path is None else {}), **load_kwargs,
-                    )  # fmt: skip
-            except OSError as err:
-                if base is None:
-                    raise
-                raise AdapterBaseNotFoundError(
-                    _base_missing_message(pretrained_model_name_or_path, base, local_files_only, err)
-                ) from err
-            if base is not None:
-                load_adapter(model, os.fspath(pretrained_model_name_or_path), "default", hub_kwargs=hub_kwargs)
-        except AdapterBaseNotFoundError:
-            raise  # its message already says what is missing and how to supply it
-        except OSError as err:
-            raise OSError(
-                f"could not load the aligner {str(pretrained_model_name_or_path)!r} "
-                f"(safetensors weights and a tokenizer are required): {err}"
-            ) from err
+        hub_kwargs = {"revision": revision, "token": token, "cache_dir": cache_dir, "local_files_only": local_files_only}
+        load_kwargs = {**model_kwargs, **({"dtype": dtype} if dtype is not None else {}),
+                       **({"device_map": device_map} if device_map is not None else {})}  # fmt: skip
+        model, tokenizer, config = load_pretrained(
+            pretrained_model_name_or_path, config=config, hub_kwargs=hub_kwargs, load_kwargs=load_kwargs,
+            trust_remote_code=trust_remote_code, base_model_name_or_path=base_model_name_or_path,
+        )  # fmt: skip
         if device is not None:
             model = model.to(device)
         model.eval()
@@ -271,27 +219,8 @@ class StreamAligner(PushToHubMixin):
     ) -> StreamAligner:
         """The one-copy route of :meth:`from_pretrained`: the adapter checkpoint ``adapter`` on ``base_model``
         (**mutated**: it gets the adapter, switched off)."""
-        from transformers import AutoTokenizer
-        from transformers.utils.peft_utils import find_adapter_config_file
-
-        given = sorted(name for name, value in others.items() if value is not None)
-        if given:
-            raise ValueError(
-                f"base_model= uses the model you pass as it is: {', '.join(given)} cannot be combined with it"
-            )
-        adapter = os.fspath(adapter)
-        if find_adapter_config_file(adapter, **hub_kwargs) is None:
-            raise ValueError(
-                f"{adapter!r} is not a LoRA adapter checkpoint (no adapter_config.json): base_model= puts an adapter on "
-                "a model you have loaded; load a full aligner checkpoint without it"
-            )
-        try:
-            if config is None:
-                config = StreamAlignerConfig.from_pretrained(adapter, **hub_kwargs) or StreamAlignerConfig()
-            tokenizer = AutoTokenizer.from_pretrained(adapter, trust_remote_code=trust_remote_code, **hub_kwargs)
-        except OSError as err:
-            raise OSError(f"could not load the aligner {adapter!r} (a tokenizer is required): {err}") from err
-        switch = attach_adapter(base_model, adapter, hub_kwargs=hub_kwargs)
+        switch, tokenizer, config = attach_pretrained(base_model, adapter, config=config, others=others,
+                                                      hub_kwargs=hub_kwargs, trust_remote_code=trust_remote_code)  # fmt: skip
         try:
             return cls(base_model, tokenizer, config, adapter_name=ADAPTER_NAME)
         except Exception:
@@ -332,18 +261,7 @@ class StreamAligner(PushToHubMixin):
         return self._push_directory(save_directory, repo_id or Path(save_directory).resolve().name, hub)
 
     def _save_model(self, directory: str | os.PathLike, kwargs: dict[str, Any]) -> None:
-        """The weights: an adapter alone (one on the upstream, or one transformers loaded onto the aligner's base)
-        as peft writes it, else the model's own ``save_pretrained`` (a ``PeftModel`` writes its adapter too)."""
-        if self._adapter is not None and self._adapter.peft_config is not None:
-            # a one-copy aligner's LoRA layers are in the model only while it is on: save with them in
-            with self._adapter.enabled():
-                save_adapter(self.model, os.fspath(directory), self._adapter.adapter_name, self._adapter.peft_config)
-            return
-        loaded = _loaded_adapter(self.model)
-        if loaded is not None:
-            save_adapter(self.model, os.fspath(directory), *loaded)
-            return
-        self.model.save_pretrained(directory, safe_serialization=True, **kwargs)
+        save_weights(self.model, directory, self._adapter, kwargs)
 
     def model_card(self, repo_id: str | None = None) -> Any:
         """A ``huggingface_hub.ModelCard`` describing this aligner (library, tags, base model, template, usage)."""
@@ -533,7 +451,7 @@ class StreamAligner(PushToHubMixin):
         if self.config.copy_bias:
             from transformers import LogitsProcessorList
 
-            from .decoding import CopyBiasLogitsProcessor
+            from .copy_draft import CopyBiasLogitsProcessor
 
             sources = [self._source_ids(r.last) for r in requests]
             gen_kwargs["logits_processor"] = LogitsProcessorList(
@@ -561,79 +479,3 @@ class StreamAligner(PushToHubMixin):
         name = getattr(getattr(self.model, "config", None), "_name_or_path", None) or type(self.model).__name__
         adapter = "" if self._adapter is None else f", adapter_name={self._adapter.adapter_name!r}"
         return f"StreamAligner(model={name!r}{adapter}, config={self.config!r})"
-
-
-class AdapterBaseNotFoundError(OSError):
-    """An adapter checkpoint loaded, but the base model it names could not be: the message names the base and how to
-    supply it (``base_model_name_or_path=`` or ``base_model=``)."""
-
-
-def _loaded_adapter(model: Any) -> tuple[str, Any] | None:
-    """``(name, peft config)`` of the one adapter a plain transformers model carries (put there by
-    ``from_pretrained`` of an adapter checkpoint or ``load_adapter``), else ``None``; a ``PeftModel`` saves itself."""
-    configs = vars(model).get("peft_config") if hasattr(model, "__dict__") else None
-    if not isinstance(configs, dict):
-        return None
-    from peft import PeftModel
-
-    if isinstance(model, PeftModel):
-        return None
-    names = adapter_names(model) & set(configs)
-    if len(names) != 1:
-        return None
-    (name,) = names
-    return name, configs[name]
-
-
-def _adapter_base(path: str | os.PathLike, hub_kwargs: dict[str, Any]) -> str | None:
-    """The base model an adapter checkpoint at ``path`` names (``None`` when it is not an adapter). Reads one JSON
-    file, from the directory or the Hub cache."""
-    from transformers.utils import find_adapter_config_file
-
-    kwargs = {k: v for k, v in hub_kwargs.items() if v is not None}
-    try:
-        found = find_adapter_config_file(os.fspath(path), **kwargs)
-    except Exception:  # noqa: BLE001 - not reachable or not an adapter: the caller's own error says why
-        return None
-    if found is None:
-        return None
-    try:
-        with open(found, encoding="utf-8") as f:
-            return str(json.load(f).get("base_model_name_or_path") or "(unnamed)")
-    except (OSError, ValueError):
-        return "(unreadable adapter_config.json)"
-
-
-def _base_missing_message(path: str | os.PathLike, base: str, local_files_only: bool, err: BaseException) -> str:
-    offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    where = "offline (HF_HUB_OFFLINE or local_files_only, and it is not in the local Hub cache)" if offline else "from the Hub"
-    path = os.fspath(path)
-    return (
-        f"could not load the aligner {path!r}: it is a LoRA adapter on the base model {base!r}, which could not be "
-        f"loaded {where}. Supply the base: StreamAligner.from_pretrained({path!r}, "
-        f"base_model_name_or_path=<a local copy of {base}>), or put the adapter on a model you have already loaded "
-        f"(one copy of the weights): StreamAligner.from_pretrained({path!r}, base_model=model). "
-        f"(transformers said: {' '.join(str(err).split())[:300]})"
-    )
-
-
-def load_aligner(spec: str, *, trust_remote_code: bool = False, **kwargs: Any) -> Any:
-    """An aligner named by ``spec``: ``"module:attribute"`` (a function ``fn(question, prefix, last)`` or an object
-    with ``correct``, imported), else a checkpoint directory or Hub repo id for :meth:`StreamAligner.from_pretrained`
-    (``kwargs`` go there; safetensors only). Python code is imported only from a ``module:attribute`` spec, which the
-    caller (an operator's command line or server configuration, never a request) chose.
-
-    Example:
-
-        >>> load_aligner("examples.arithmetic.task:check_arithmetic")  # doctest: +ELLIPSIS
-        <function check_arithmetic at ...>
-    """
-    if ":" in spec and not os.path.exists(spec):
-        import importlib
-
-        module_name, _, attr = spec.partition(":")
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-        return obj
-    return StreamAligner.from_pretrained(spec, trust_remote_code=trust_remote_code, **kwargs)

@@ -201,7 +201,7 @@ class VLLMAligner:
 
     def _complete(self, requests: list[AlignmentRequest]) -> list[str]:
         """The corrections of ``requests`` (at least one), from one ``/v1/completions`` request."""
-        from ..runtime.engines.vllm_engine import VLLMUpstreamError
+        from ..errors import VLLMUpstreamError
 
         if not self._server_checked:
             self.check_server()

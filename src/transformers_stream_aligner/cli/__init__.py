@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in COMMANDS:
         build_parser([]).parse_args(argv)  # --help, --version, or a usage error: nothing heavy is imported
         return 2
-    from ..training.data import TrainingDataError
+    from ..errors import TrainingDataError
 
     command = command_module(argv[0])
     argv = [argv[0], *command.normalize_argv(argv[1:])]

@@ -72,7 +72,7 @@ def normalize_argv(argv: list[str]) -> list[str]:
 
 def _load_corrector(spec: str, *, trust_remote_code: bool) -> Any:
     """``module:attribute`` (a callable or an object with ``correct``) or an aligner checkpoint."""
-    from ..aligners.model import load_aligner
+    from ..aligners.specs import load_aligner
 
     return load_aligner(spec, trust_remote_code=trust_remote_code)
 

@@ -1,14 +1,15 @@
 """The ways into stream alignment, as transformers' ``generation/`` is the way into ``generate``.
 
-- :mod:`.generate`: ``stream_aligned_generate`` (the arguments become a plan in numbered ``_prepare_*`` steps), the
-  ``StreamAlignedGenerationMixin`` and ``enable_stream_alignment`` (``model.generate(..., aligner=...)``);
+- :mod:`.generate`: ``stream_aligned_generate``, the arguments become a plan in numbered steps (:mod:`.steps`);
+- :mod:`.mixin`: ``StreamAlignedGenerationMixin`` and ``enable_stream_alignment`` (``model.generate(..., aligner=...)``);
+- :mod:`.completion`: ``stream_aligned_completion``, the same with the upstream on a vLLM server;
 - :mod:`.fields`: which ``GenerationConfig`` fields are exact, handled or refused;
 - :mod:`.custom_generate`: ``generate(custom_generate=...)`` and the Hub folder.
 
 From here the data path is :mod:`..runtime`.
 """
 
-_EXPORTS = {"StreamAlignedGenerationMixin": "generate", "enable_stream_alignment": "generate",
+_EXPORTS = {"StreamAlignedGenerationMixin": "mixin", "enable_stream_alignment": "mixin",
             "stream_aligned_generate": "generate"}  # fmt: skip
 
 

@@ -23,7 +23,7 @@ from ..runtime.engines.vllm_engine import VLLMEngine, VLLMUpstream
 from ..runtime.loop import AlignmentLoop
 from ..runtime.plan import GenerationPlan
 from ..runtime.streamers import StreamerDriver
-from .generate import _check_choice, _prepare_aligner, _prepare_questions
+from .steps import _check_choice, _prepare_aligner, _prepare_questions
 
 __all__ = ["astream_aligned_completion", "stream_aligned_completion"]
 

@@ -27,17 +27,11 @@ from typing import Any
 import torch
 
 from ..compat import generate_cache_key
-from ..outputs import (
-    AlignerOutputError,
-    AlignmentRecord,
-    AlignmentStats,
-    StreamAlignedGenerateOutput,
-    StreamAlignmentCancelled,
-    StreamAlignmentError,
-)
+from ..errors import AlignerOutputError, Cancelled, StreamAlignmentCancelled, StreamAlignmentError, UpstreamFailure
+from ..outputs import AlignmentRecord, AlignmentStats, StreamAlignedGenerateOutput
 from .aligner_call import AlignerCallFailure, build_request, call_aligner
 from .boundary.tracker import Sentence, decode_span, next_step
-from .engines.base import Cancelled, UpstreamEngine, UpstreamFailure
+from .engines.base import UpstreamEngine
 from .plan import GenerationPlan
 from .row_state import RowState
 from .splice import check_correction, splice_correction

@@ -34,7 +34,7 @@ import transformers
 from packaging.version import Version
 from transformers import GenerationMixin
 
-from ..generation.generate import generate_with_aligner
+from ..generation.mixin import generate_with_aligner
 from ..runtime.streamers import StreamerDriver
 from .served_aligners import SERVING_CONFIG_NAME, ServingConfig, load_served_aligner
 

@@ -124,7 +124,7 @@ _LOADING = threading.Lock()
 
 def load_served_aligner(spec: str, trust_remote_code: bool = False) -> Any:
     """The aligner for ``spec``, loaded once per process (aligners are shareable across threads)."""
-    from ..aligners.model import load_aligner
+    from ..aligners.specs import load_aligner
 
     key = (spec, trust_remote_code)
     with _LOADING:

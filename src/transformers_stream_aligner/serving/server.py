@@ -47,8 +47,8 @@ from typing import Any
 from starlette.requests import Request  # the serve extra (FastAPI); FastAPI reads the handlers' annotations
 
 from ..aligners.batching import BatchingAligner
-from ..outputs import StreamAlignmentError
-from ..runtime.engines.base import Cancelled, run_cancellable
+from ..errors import Cancelled, StreamAlignmentError
+from ..runtime.engines.base import run_cancellable
 from ..runtime.streamers import AlignmentStreamerHooks
 from ..tokens import tokenize_plain_text
 from .server_config import ServeConfig
@@ -136,7 +136,7 @@ class StreamAlignedServer:
         import torch
         from transformers import AutoModelForCausalLM
 
-        from ..generation.generate import enable_stream_alignment
+        from ..generation.mixin import enable_stream_alignment
 
         model = AutoModelForCausalLM.from_pretrained(
             self.config.model,
@@ -161,7 +161,7 @@ class StreamAlignedServer:
             )
         import torch
 
-        from ..aligners.model import load_aligner
+        from ..aligners.specs import load_aligner
 
         # a module:attribute spec imports the operator's code and ignores the loading keywords
         return load_aligner(config.aligner, trust_remote_code=config.trust_remote_code, dtype=getattr(torch, config.dtype))

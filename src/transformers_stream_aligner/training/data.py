@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..aligners.config import StreamAlignerConfig
+from ..errors import TrainingDataError
 from ..runtime.boundary.splitter import split_sentences
 from ..tokens import special_token_ids, token_id_list, tokenize_plain_text
 
@@ -60,23 +61,6 @@ IGNORE_INDEX = -100
 # Fields that must hold text (the prefix is empty for an answer's first sentence).
 _NON_EMPTY = ("question", "last", "correction")
 HUB_PREFIX = "hf://datasets/"
-
-
-class TrainingDataError(ValueError):
-    """A data file or record that cannot be used; the message names the source, record and field."""
-
-    def __init__(self, message: str, *, source: str | None = None, record: int | None = None, field: str | None = None):
-        where = []
-        if source is not None:
-            where.append(str(source))
-        if record is not None:
-            where.append(f"record {record}")
-        if field is not None:
-            where.append(f"field {field!r}")
-        super().__init__((": ".join([", ".join(where), message])) if where else message)
-        self.source = source
-        self.record = record
-        self.field = field
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -366,7 +350,7 @@ def copy_targets_of(source: Sequence[int], target: Sequence[int]) -> list[int]:
     >>> copy_targets_of(source, target)  # no copy after the 7 (nowhere in the source); after the ".", EOS again
     [2, 3, 2, 4, 5, -100, 0]
     """
-    from ..aligners.decoding import CopyTracker
+    from ..aligners.copy_draft import CopyTracker
 
     copies = CopyTracker(source).peek(list(target))[:-1]
     return [IGNORE_INDEX if c is None else c for c in copies]

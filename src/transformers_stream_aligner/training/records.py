@@ -36,9 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import TrainingDataError
 from ..runtime.aligner_call import AlignmentRequest, as_correction_fn
 from ..runtime.boundary.splitter import DEFAULT_TERMINATORS, split_sentences
-from .data import RECORD_FIELDS, TrainingDataError, check_fields, read_records, read_utf8
+from .data import RECORD_FIELDS, check_fields, read_records, read_utf8
 
 logger = logging.getLogger(__name__)
 

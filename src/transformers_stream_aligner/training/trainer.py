@@ -35,8 +35,9 @@ from typing import Any
 
 from ..aligners.config import StreamAlignerConfig
 from ..aligners.model import StreamAligner
+from ..errors import TrainingDataError
 from .config import AlignerTrainingConfig
-from .data import EncodingReport, TrainingDataError, encode_records, read_records, validate_records
+from .data import EncodingReport, encode_records, read_records, validate_records
 
 logger = logging.getLogger(__name__)
 

@@ -27,19 +27,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...errors import Cancelled, UpstreamFailure
 from ..row_state import RowState
 
 __all__ = ["Cancelled", "RoundOutcome", "UpstreamEngine", "UpstreamFailure", "run_cancellable"]
-
-
-class Cancelled(Exception):
-    """Raised by an engine whose caller cancelled the call (e.g. a served client disconnected); the loop turns it
-    into a :class:`~..outputs.StreamAlignmentCancelled` with the output so far."""
-
-
-class UpstreamFailure(RuntimeError):
-    """Raised by an engine whose upstream failed (a server down, an error answer, a broken stream, a timeout); the
-    loop turns it into a :class:`~..outputs.StreamAlignmentError` with the output so far."""
 
 
 @dataclass

@@ -28,17 +28,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...errors import Cancelled, VLLMUpstreamError
 from ...outputs import AlignmentStats
 from ...tokens import longest_common_prefix
 from ..boundary.tracker import SentenceTracker
 from ..row_state import RowState
-from .base import Cancelled, RoundOutcome, UpstreamEngine, UpstreamFailure
+from .base import RoundOutcome, UpstreamEngine
 
 __all__ = ["VLLMEngine", "VLLMUpstream", "VLLMUpstreamError"]
-
-
-class VLLMUpstreamError(UpstreamFailure):
-    """The vLLM server could not be reached, answered with an error, or its stream broke off."""
 
 
 @dataclass
