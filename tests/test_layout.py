@@ -47,3 +47,8 @@ def test_no_private_name_is_imported_from_another_folder():
             if (private or private_module) and target_folder != folder and target != (PACKAGE.name, "_moved"):
                 found.append(f"{path.relative_to(PACKAGE)}:{line} imports {private or '.'.join(target)}")
     assert not found, found
+
+
+def test_every_module_is_small_enough_to_read_whole():
+    sizes = {str(p.relative_to(PACKAGE)): len(p.read_text(encoding="utf-8").splitlines()) for p in MODULES}
+    assert {name: n for name, n in sizes.items() if n > 500} == {}

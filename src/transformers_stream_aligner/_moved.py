@@ -48,14 +48,16 @@ MOVED = {
     "dataset_builder": "training.records",
     "training_config": "training.config",
     "training_data": "training.data",
-    "serve": "serving.server",
-    "serve_config": "serving.server_config",
+    "serve": "serving.openai.serving",
+    "serve_config": "serving.openai.config",
     "serving_config": "serving.served_aligners",
 }
 
 
 #: Old module -> {name: the module (relative to the package) it lives in now}, for names that left their module.
 MOVED_NAMES = {
+    "serve": {"build_app": "serving.openai.api_router", "serve": "serving.openai.api_router",
+              "ServeConfig": "serving.openai.config", "UNSUPPORTED": "serving.openai.protocol"},
     "aligner": {"load_aligner": "aligners.specs", "AdapterBaseNotFoundError": "aligners.pretrained"},
     "aligner_decoding": {name: "aligners.copy_draft" for name in
                          ("CopyBiasLogitsProcessor", "CopyTracker", "propose_copy_draft")},

@@ -1,4 +1,4 @@
-"""``stream-aligner serve``: the OpenAI-compatible stream-aligned endpoint (:mod:`..serve`).
+"""``stream-aligner serve``: the OpenAI-compatible stream-aligned endpoint (:mod:`..serving.openai`).
 
 Upstream on a vLLM server, aligner in process::
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..serving.server_config import ServeConfig
+from ..serving.openai.config import ServeConfig
 from ._dataclasses import from_namespace
 
 __all__ = ["add_parser", "normalize_argv", "run"]
@@ -42,7 +42,7 @@ def normalize_argv(argv: list[str]) -> list[str]:
 
 def run(namespace: argparse.Namespace) -> int:
     """Run ``stream-aligner serve`` until interrupted."""
-    from ..serving.server import serve
+    from ..serving.openai.api_router import serve
 
     serve(from_namespace(namespace, ServeConfig))
     return 0

@@ -1,3 +1,3 @@
-"""Serving: ``stream-aligner serve``, the OpenAI-compatible server (:mod:`.server`, its settings
-:mod:`.server_config`), and the aligners a ``transformers serve`` model directory offers by name
-(:mod:`.served_aligners`)."""
+"""Serving stream alignment: ``stream-aligner serve``, the OpenAI-compatible server (:mod:`.openai`: protocol,
+serving, api_router, config), the ``custom_generate`` folder that ``transformers serve`` and the Hub run
+(:mod:`.custom_generate`), and the aligners such a model directory offers by name (:mod:`.served_aligners`)."""

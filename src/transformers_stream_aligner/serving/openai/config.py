@@ -3,7 +3,7 @@
 Example:
 
     >>> config = ServeConfig(upstream_url="http://127.0.0.1:8000", tokenizer="path/to/model",
-    ...                      aligner="examples.arithmetic.task:check_arithmetic")
+    ...                      aligner="my_aligners:check_arithmetic")
     >>> config.host, config.port, config.max_concurrent_requests
     ('127.0.0.1', 8080, 16)
     >>> ServeConfig(aligner="x")
@@ -21,7 +21,7 @@ __all__ = ["ServeConfig"]
 
 @dataclass
 class ServeConfig:
-    """The server of ``stream-aligner serve`` (see :mod:`.serve`). The aligner is chosen here, by the operator:
+    """The server of ``stream-aligner serve`` (see :mod:`.serving`). The aligner is chosen here, by the operator:
     a request can never name a path, a repo or code to load."""
 
     aligner: str = field(
