@@ -257,8 +257,8 @@ class TransformersEngine(UpstreamEngine):
 
         Until then a finished row rides along as a held row (forced padding, masked columns): a decode step of a
         small batch costs about the same for any number of rows (the weights are read once per step), each shrink
-        is a gather of the whole cache, and on a CPU some row counts cost more than a larger one (MKL's matrix
-        products of 7 rows took longer than of 8 here; docs/benchmarks.md). Halving bounds the shrinks to
+        is a gather of the whole cache, and on a CPU some row counts cost more than a larger one (the measurement:
+        docs/benchmarks.md, "Finished rows leave the batch once it halves"). Halving bounds the shrinks to
         ``log2(batch)`` and the padded row-slots to half, where the stock ``generate`` pads finished rows to the end.
         The share is :attr:`finished_rows_leave_at` (``1.0``: every finished row leaves at the next round).
         """

@@ -122,10 +122,17 @@ class _Request(BaseModel):
 class ChatCompletionRequest(_Request):
     """``POST /v1/chat/completions``."""
 
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage]
     max_completion_tokens: int | None = None
 
     _check_max_completion_tokens = field_validator("max_completion_tokens")(_positive)
+
+    @field_validator("messages")
+    @classmethod
+    def _non_empty(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
+        if not messages:
+            raise ValueError("must be a non-empty list")
+        return messages
 
 
 class CompletionRequest(_Request):

@@ -5,7 +5,7 @@ import torch
 
 from transformers_stream_aligner import StreamAligner, StreamAlignerConfig, enable_stream_alignment
 
-from .helpers import assert_rewrite_exact
+from ..helpers import assert_rewrite_exact
 
 pytestmark = pytest.mark.smollm2
 

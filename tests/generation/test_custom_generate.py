@@ -22,8 +22,8 @@ from transformers_stream_aligner import (
 )
 from transformers_stream_aligner.serving.custom_generate import check_transformers_version
 
-from .helpers import prompt_ids, rewrite
-from .tiny_models import cached_tiny
+from ..helpers import prompt_ids, rewrite
+from ..tiny_models import cached_tiny
 
 REPO_ID = "stream-aligner-tests/stream-aligned-generate"
 

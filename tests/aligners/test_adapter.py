@@ -18,7 +18,7 @@ from transformers_stream_aligner import (
 )
 from transformers_stream_aligner.aligners.adapter import ADAPTER_NAME, AdapterSwitch, adapter_names
 
-from .tiny_models import ARCHS, cached_tiny
+from ..tiny_models import ARCHS, cached_tiny
 
 peft = pytest.importorskip("peft")
 

@@ -3,7 +3,7 @@
 from transformers_stream_aligner.runtime.boundary.tracker import Sentence
 from transformers_stream_aligner.runtime.splice import check_correction, splice_correction
 
-from .tiny_models import cached_tiny
+from ..tiny_models import cached_tiny
 
 
 def _sentence(tok, text, before=""):

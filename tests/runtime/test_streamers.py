@@ -11,7 +11,7 @@ from transformers_stream_aligner import (
 )
 from transformers_stream_aligner.runtime.prompt import question_from_prompt
 
-from .helpers import prompt_ids, rewrite
+from ..helpers import prompt_ids, rewrite
 
 
 class CountingStreamer:

@@ -11,7 +11,7 @@ from transformers.utils import logging as hf_logging
 
 from transformers_stream_aligner import stream_aligned_generate
 
-from .helpers import prompt_ids, rewrite
+from ..helpers import prompt_ids, rewrite
 
 
 def identity(question, prefix, last):

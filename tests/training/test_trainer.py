@@ -26,7 +26,7 @@ from transformers_stream_aligner.aligners.adapter import adapter_names
 from transformers_stream_aligner.cli import main as cli_main
 from transformers_stream_aligner.training.data import IGNORE_INDEX, encode_record
 
-from .helpers import populate_hub_cache
+from ..helpers import populate_hub_cache
 
 RECORD = {
     "question": "What is 17*23?",

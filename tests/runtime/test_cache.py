@@ -16,8 +16,8 @@ from transformers_stream_aligner.runtime.cache import (
     trim_cache,
 )
 
-from .helpers import prompt_ids
-from .tiny_models import cached_tiny
+from ..helpers import prompt_ids
+from ..tiny_models import cached_tiny
 
 
 def _alone(model, tokens):

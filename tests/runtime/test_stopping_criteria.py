@@ -6,7 +6,7 @@ from transformers_stream_aligner import (
 )
 from transformers_stream_aligner.runtime.boundary.tracker import decode_span, find_token_boundary
 
-from .helpers import prompt_ids
+from ..helpers import prompt_ids
 
 
 def test_criteria_stops_plain_generate_after_one_sentence_plus_lookahead(tiny_llama):
@@ -64,7 +64,7 @@ def test_criteria_per_row_in_a_batch_and_hold_processor(tiny_llama):
 
 
 def test_max_sentence_tokens_cap():
-    from .tiny_models import cached_tiny
+    from ..tiny_models import cached_tiny
 
     _, tok = cached_tiny("llama")
     ids = tok("words without any end " * 10, add_special_tokens=False).input_ids

@@ -8,7 +8,7 @@ from transformers_stream_aligner import TrainingDataError, stream_aligned_genera
 from transformers_stream_aligner.cli import main as cli_main
 from transformers_stream_aligner.training.records import read_questions, records_from_pairs, records_on_policy
 
-from .helpers import rewrite
+from ..helpers import rewrite
 
 PAIRS = [
     {

@@ -8,8 +8,8 @@ import pytest
 from transformers_stream_aligner import AlignmentRequest, StreamAlignmentError, stream_aligned_generate
 from transformers_stream_aligner.aligners.batching import BatchingAligner
 
-from .helpers import prompt_ids
-from .tiny_models import cached_tiny
+from ..helpers import prompt_ids
+from ..tiny_models import cached_tiny
 
 
 def _requests(tag, n):

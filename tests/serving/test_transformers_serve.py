@@ -16,12 +16,12 @@ import pytest
 
 from transformers_stream_aligner import export_custom_generate, stream_aligned_generate
 
-from .helpers import free_port, running_server
-from .serving_aligners import check_results
+from ..helpers import free_port, running_server
+from ..serving_aligners import check_results
 
 pytestmark = pytest.mark.smollm2
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 QUESTION = "What is 17*23?"
 MAX_TOKENS = 60
 

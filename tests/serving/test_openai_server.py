@@ -14,11 +14,11 @@ from openai import OpenAI
 from tests.serving_aligners import identity, rewrite
 from transformers_stream_aligner import stream_aligned_generate
 
-from .helpers import free_port, running_server
+from ..helpers import free_port, running_server
 
 pytestmark = pytest.mark.smollm2
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 QUESTIONS = ["What is 17*23? Explain briefly.", "Give me three tips for sleeping better."]
 MAX_TOKENS = 60
 
@@ -85,6 +85,10 @@ def test_bad_requests_are_clear_errors_and_nothing_is_loaded(endpoint):
         ({"messages": messages, "temperature": 0.7}, 400, "greedily"),
         ({"messages": messages, "stop": ["."]}, 400, "stop"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 400, "text"),
+        ({"messages": []}, 400, "non-empty"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, 400, "role"),
+        ({"messages": messages, "n": 2}, 400, "n=1"),
+        ({"messages": messages, "logprobs": True}, 400, "logprobs"),
     ]
     for body, status, words in cases:
         answer = httpx.post(url, json=body, timeout=30)

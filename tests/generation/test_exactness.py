@@ -7,7 +7,7 @@ from transformers import DynamicCache, LlamaForCausalLM
 from transformers_stream_aligner import StreamAlignedGenerationMixin, enable_stream_alignment
 from transformers_stream_aligner.compat import CACHE_KEYS, generate_cache_key
 
-from .helpers import RecordingAligner, assert_rewrite_exact, prompt_ids, rewrite
+from ..helpers import RecordingAligner, assert_rewrite_exact, prompt_ids, rewrite
 
 
 def identity(question, prefix, last):

@@ -18,7 +18,7 @@ from transformers_stream_aligner import (
     StreamAlignerConfig,
 )
 
-from .helpers import populate_hub_cache
+from ..helpers import populate_hub_cache
 
 REQS = [
     AlignmentRequest("What is 17*23?", "", "17*23 = 381."),
@@ -193,7 +193,7 @@ def test_push_to_hub_makes_one_commit_with_everything(aligner, monkeypatch):
 def test_stream_aligner_drives_generate(aligner, tiny_llama):
     from transformers_stream_aligner import enable_stream_alignment
 
-    from .helpers import assert_rewrite_exact, prompt_ids
+    from ..helpers import assert_rewrite_exact, prompt_ids
 
     model, tok = tiny_llama
     enable_stream_alignment(model, tok)

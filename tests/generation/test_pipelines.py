@@ -14,9 +14,9 @@ from transformers_stream_aligner import (
     stream_aligned_generate,
 )
 
-from .helpers import rewrite
+from ..helpers import rewrite
 from .test_custom_generate import dirs  # noqa: F401 - the saved tiny model and the exported folder
-from .tiny_models import cached_tiny
+from ..tiny_models import cached_tiny
 
 ROUTES = ["patched-without-tokenizer", "mixin-class", "model-directory", "folder-per-call", "callable-per-call"]
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "The answer"}]

@@ -5,7 +5,7 @@ import torch
 
 from transformers_stream_aligner import AlignerOutputError, StreamAlignmentError, enable_stream_alignment
 
-from .helpers import assert_rewrite_exact, prompt_ids, rewrite
+from ..helpers import assert_rewrite_exact, prompt_ids, rewrite
 
 
 def identity(q, p, last):
@@ -59,7 +59,7 @@ def test_a_static_cache_is_exact_and_warns_once_when_it_cannot_be_cut_back(arch)
 
     from transformers_stream_aligner.runtime.cache import cache_can_crop
 
-    from .tiny_models import cached_tiny
+    from ..tiny_models import cached_tiny
 
     model, tok = cached_tiny(arch)
     enable_stream_alignment(model, tok)

@@ -14,7 +14,7 @@ from transformers_stream_aligner import (
     enable_stream_alignment,
 )
 
-from .helpers import RecordingAligner, rewrite
+from ..helpers import RecordingAligner, rewrite
 
 PROMPTS = ["The cat is", "My friend looks very good. The answer", "Dr. Smith", "\n1.", "A dog"]
 
@@ -64,7 +64,7 @@ def _assert_rows_equal_alone(model, tok, out, width, aligner, prompts=PROMPTS, *
 @pytest.mark.parametrize("aligner", [identity, rewrite], ids=["identity", "rewrite"])
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
 def test_batch_rows_equal_rows_alone(arch, aligner, completed_rows):
-    from .tiny_models import cached_tiny
+    from ..tiny_models import cached_tiny
 
     model, tok = cached_tiny(arch)
     enable_stream_alignment(model, tok)
@@ -86,7 +86,7 @@ def test_batch_rows_equal_rows_alone(arch, aligner, completed_rows):
 def test_finished_rows_leave_the_batch_when_it_halves(arch):
     """Finished rows stay in the upstream's batch (held) until at most half of it is left, then leave together:
     each forward's batch is the previous one or at most half of it, and the rows are still those of each alone."""
-    from .tiny_models import cached_tiny
+    from ..tiny_models import cached_tiny
 
     model, tok = cached_tiny(arch)
     enable_stream_alignment(model, tok)
@@ -290,7 +290,7 @@ def test_empty_prompt_row_is_a_clear_error(tiny_llama):
 
 
 def test_sliding_window_batch_goes_row_by_row_exactly():
-    from .tiny_models import cached_tiny
+    from ..tiny_models import cached_tiny
 
     model, tok = cached_tiny("mistral-sliding")
     enable_stream_alignment(model, tok)

@@ -11,7 +11,7 @@ from transformers_stream_aligner.runtime.loop import AlignmentLoop, RowState
 from transformers_stream_aligner.runtime.plan import GenerationPlan
 from transformers_stream_aligner.runtime.streamers import StreamerDriver
 
-from .helpers import RecordingAligner, assert_rewrite_exact, prompt_ids
+from ..helpers import RecordingAligner, assert_rewrite_exact, prompt_ids
 
 
 class UncachedEngine(UpstreamEngine):
