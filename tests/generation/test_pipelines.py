@@ -15,8 +15,8 @@ from transformers_stream_aligner import (
 )
 
 from ..helpers import rewrite
-from .test_custom_generate import dirs  # noqa: F401 - the saved tiny model and the exported folder
 from ..tiny_models import cached_tiny
+from .test_custom_generate import dirs  # noqa: F401 - the saved tiny model and the exported folder
 
 ROUTES = ["patched-without-tokenizer", "mixin-class", "model-directory", "folder-per-call", "callable-per-call"]
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "The answer"}]
