@@ -38,7 +38,8 @@ def assert_rewrite_exact(model, sequences, trace):
         assert rec.start == pos, "records must tile the output"
         assert seq[rec.start : rec.start + len(rec.corrected_ids)] == rec.corrected_ids
         prefix = torch.tensor([seq[: rec.start]])
-        redo = model.generate(prefix, max_new_tokens=len(rec.original_ids), do_sample=False, use_cache=False)
+        redo = model.generate(prefix, attention_mask=torch.ones_like(prefix), max_new_tokens=len(rec.original_ids),
+                              do_sample=False, use_cache=False)  # fmt: skip  # a pad token the model wrote is attended
         assert redo[0, rec.start :].tolist() == rec.original_ids, f"record at {rec.start} not reproduced"
         pos += len(rec.corrected_ids)
     assert pos == len(seq)

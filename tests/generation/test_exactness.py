@@ -1,5 +1,7 @@
 """Stream alignment is exact: identity aligner == plain generate; rewriting aligner == uncached decoding."""
 
+import inspect
+
 import pytest
 import torch
 from transformers import DynamicCache, LlamaForCausalLM
@@ -103,6 +105,31 @@ def test_user_cache_and_mixin_class(tiny_llama):
                          past_key_values=DynamicCache(config=aligned.config))  # fmt: skip
     ident = aligned.generate(ids, max_new_tokens=50, do_sample=False, aligner=identity, tokenizer=tok)
     assert torch.equal(plain, ident)
+
+
+def test_the_mixin_keeps_the_stock_generate_signature(tiny_llama):
+    model, tok = tiny_llama
+
+    class AlignedLlama(StreamAlignedGenerationMixin, LlamaForCausalLM):
+        pass
+
+    class OwnGenerate(LlamaForCausalLM):
+        def generate(self, inputs=None, *, house_rule: bool = False, **kwargs):
+            """A model class with a generate of its own."""
+            return super().generate(inputs, **kwargs)
+
+    class AlignedOwn(StreamAlignedGenerationMixin, OwnGenerate):
+        pass
+
+    assert inspect.signature(AlignedLlama.generate) == inspect.signature(LlamaForCausalLM.generate)
+    assert inspect.signature(AlignedOwn.generate) == inspect.signature(OwnGenerate.generate)
+    aligned = AlignedOwn(model.config).to(torch.float64).eval()
+    aligned.load_state_dict(model.state_dict())
+    ids = prompt_ids(tok)
+    assert inspect.signature(aligned.generate) == inspect.signature(OwnGenerate(model.config).generate)
+    plain = model.generate(ids, max_new_tokens=30, do_sample=False)
+    assert torch.equal(aligned.generate(ids, max_new_tokens=30, do_sample=False, house_rule=True), plain)
+    assert torch.equal(aligned.generate(ids, max_new_tokens=30, do_sample=False, aligner=identity, tokenizer=tok), plain)
 
 
 def test_without_aligner_generate_is_untouched(tiny_llama):

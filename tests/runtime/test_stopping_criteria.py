@@ -69,4 +69,6 @@ def test_max_sentence_tokens_cap():
     _, tok = cached_tiny("llama")
     ids = tok("words without any end " * 10, add_special_tokens=False).input_ids
     assert find_token_boundary(tok, ids, 0, len(ids), final=False) is None
-    assert find_token_boundary(tok, ids, 0, 20, final=False, max_sentence_tokens=20) == 20
+    # cut at the limit once the next token shows that the limit falls between two characters
+    assert find_token_boundary(tok, ids, 0, 20, final=False, max_sentence_tokens=20) is None
+    assert find_token_boundary(tok, ids, 0, 21, final=False, max_sentence_tokens=20) == 20

@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-import inspect
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -43,41 +43,60 @@ def generate_with_aligner(model: Any, stock_generate: Callable[..., Any], args: 
     return stream_aligned_generate(model, aligner=aligner, **aligner_kwargs, **kwargs)
 
 
+_ALIGNER_DOC = """
+
+With ``aligner=`` (transformers-stream-aligner), the answer is stream-aligned: each complete sentence is corrected by
+the aligner and generation goes on from the corrected text; the keywords are those of
+:func:`transformers_stream_aligner.stream_aligned_generate` (``aligner``, ``tokenizer``, ``max_sentence_tokens``,
+...). Without it this is the stock ``generate``."""
+
+
+def _stock_generate(cls: type) -> Callable[..., Any] | None:
+    """The ``generate`` that ``cls`` would have without :class:`StreamAlignedGenerationMixin`."""
+    mro = cls.__mro__
+    after = mro[mro.index(StreamAlignedGenerationMixin) + 1 :]
+    return next((c.__dict__["generate"] for c in after if "generate" in c.__dict__), None)
+
+
+def _generate_like(stock: Callable[..., Any]) -> Callable[..., Any]:
+    """A ``generate`` that adds ``aligner=`` to ``stock`` and shows ``stock``'s name, signature and documentation (as
+    ``functools.wraps`` gives them: tools and pipelines read ``inspect.signature(model.generate)``)."""
+
+    @functools.wraps(stock)
+    def generate(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with torch.no_grad():
+            return generate_with_aligner(self, functools.partial(stock, self), args, kwargs)
+
+    generate.__doc__ = (stock.__doc__ or "") + _ALIGNER_DOC
+    return generate
+
+
 class StreamAlignedGenerationMixin:
     """Adds ``aligner=`` to ``generate``. Put it before the model class in the bases.
 
-    Without ``aligner=`` (or with ``aligner=None``) ``generate`` is the stock one, untouched.
+    Without ``aligner=`` (or with ``aligner=None``) ``generate`` is the stock one, untouched, and
+    ``inspect.signature(model.generate)`` is the stock signature (the aligner's keywords go through ``**kwargs``).
 
     Example:
 
+        >>> import inspect
         >>> from transformers import LlamaForCausalLM
         >>> from transformers_stream_aligner import StreamAlignedGenerationMixin
         >>> class AlignedLlama(StreamAlignedGenerationMixin, LlamaForCausalLM):
         ...     pass
+        >>> inspect.signature(AlignedLlama.generate) == inspect.signature(LlamaForCausalLM.generate)
+        True
         >>> # AlignedLlama.from_pretrained(...).generate(ids, aligner=fn, tokenizer=tok)
     """
 
-    @torch.no_grad()
-    def generate(self, *args: Any, **kwargs: Any) -> Any:
-        return generate_with_aligner(self, super().generate, args, kwargs)  # type: ignore[misc]
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        stock = _stock_generate(cls)
+        if "generate" not in cls.__dict__ and stock is not None:
+            cls.generate = _generate_like(stock)  # type: ignore[method-assign]
 
-    generate.__doc__ = stream_aligned_generate.__doc__
+    generate = _generate_like(GenerationMixin.generate)
 
-
-def _aligned_signature() -> inspect.Signature:
-    """``GenerationMixin.generate``'s signature (``inputs`` first) with the aligner's keywords before ``**kwargs``."""
-    stock = inspect.signature(GenerationMixin.generate)
-    params = [p for p in stock.parameters.values() if p.kind is not p.VAR_KEYWORD]
-    ours = inspect.signature(stream_aligned_generate).parameters
-    names = {p.name for p in params}
-    extra = [ours[n].replace(kind=inspect.Parameter.KEYWORD_ONLY) for n in _ALIGNER_KWARGS if n in ours and n not in names]
-    tail = [p for p in stock.parameters.values() if p.kind is p.VAR_KEYWORD]
-    positional = [p for p in params if p.kind is not p.KEYWORD_ONLY]
-    keyword = [p for p in params if p.kind is p.KEYWORD_ONLY]
-    return stock.replace(parameters=positional + keyword + extra + tail)
-
-
-StreamAlignedGenerationMixin.generate.__signature__ = _aligned_signature()  # type: ignore[attr-defined]
 
 _ALIGNED_CLASSES: dict[type, type] = {}
 

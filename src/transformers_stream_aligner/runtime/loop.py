@@ -158,7 +158,7 @@ class AlignmentLoop:
         requests = []
         for row, cut in sentences:
             sentence = Sentence.at(tokenizer, row.ids, row.start, cut)
-            if not sentence.content:  # nothing to correct: passed through
+            if not sentence.content.strip("\ufffd"):  # nothing to correct (or half a character at the end): passed on
                 piece = row.ids[row.start : cut]
                 self._emit(row, AlignmentRecord(row.start, piece, list(piece), sentence.text, sentence.text, aligned=False))
                 row.advance(cut)
@@ -176,7 +176,9 @@ class AlignmentLoop:
         failure: tuple[int, str, str] | None = None
         for (row, sentence), answer in zip(pending, answers, strict=True):
             self.stats.sentences_aligned += 1
-            check = check_correction(tokenizer, answer, sentence, max_correction_tokens=plan.settings.max_correction_tokens)
+            check = check_correction(
+                tokenizer, answer, sentence, max_correction_tokens=plan.settings.max_correction_tokens, ids=row.ids
+            )
             if check.problem is not None:
                 if plan.invalid_correction == "raise":
                     failure = failure or (row.index, check.problem, sentence.content)

@@ -17,6 +17,8 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import regex
+
 from .splitter import DEFAULT_TERMINATORS, find_sentence_end, scan_sentence_end, split_whitespace
 
 __all__ = [
@@ -67,14 +69,45 @@ def _first_cut_at_or_after(tokenizer: Any, ids: Sequence[int], start: int, end: 
     return k
 
 
+def _cluster_starts(text: str) -> set[int]:
+    """Offsets in ``text`` where a character as a reader sees it begins (a grapheme cluster: a letter with its
+    combining marks, an emoji with its modifiers or a ZWJ sequence), excluding 0 and those whose first code point is
+    not finished yet (U+FFFD, which a byte-level tokenizer shows for an unfinished UTF-8 sequence)."""
+    return {m.start() for m in regex.finditer(r"\X", text) if m.start() > 0 and text[m.start()] != "\ufffd"}
+
+
 def _cut_at_limit(tokenizer: Any, ids: Sequence[int], start: int, end: int, max_sentence_tokens: int | None) -> int | None:
-    """The cut of a sentence ``ids[start:end]`` that has not ended: ``end`` once it holds ``max_sentence_tokens``
-    tokens, unless ``end`` falls inside a character (a byte-level tokenizer's unfinished UTF-8 sequence decodes
-    to U+FFFD): then up to three more tokens finish it first, so no sentence holds half a character."""
-    if max_sentence_tokens is None or end - start < max_sentence_tokens:
+    """The cut of a sentence ``ids[start:end]`` that has not ended but holds ``max_sentence_tokens`` tokens: the
+    first token boundary from the limit on that falls between two characters as a reader sees them, never inside a
+    multi-byte character (whose half would reach the aligner and the answer as U+FFFD) nor inside an emoji sequence
+    or a letter with its combining marks.
+
+    The cut moves forward, never back: the tokens before the limit stay in the sentence, the character that straddles
+    the limit is finished by the tokens that complete it, and where tokens straddle characters the cut waits for the
+    next boundary. Whether a boundary separates two characters depends on the character after it, so, as for a
+    sentence end, the cut is known one character later (the look-ahead tokens start the next sentence): ``None``
+    until then."""
+    if max_sentence_tokens is None or end - start <= max_sentence_tokens:
         return None
-    if end - start < max_sentence_tokens + 3 and decode_span(tokenizer, ids, start, end).endswith("\ufffd"):
-        return None
+    text = decode_span(tokenizer, ids, start, end)
+    starts = _cluster_starts(text)
+    for k in range(start + max_sentence_tokens, end):
+        head = decode_span(tokenizer, ids, start, k)
+        if len(head) in starts and text.startswith(head) and not head.endswith("\ufffd"):
+            return k
+    return None
+
+
+def _final_cut(tokenizer: Any, ids: Sequence[int], start: int, end: int, text: str) -> int:
+    """The cut of the last piece of a row, ``ids[start:end]`` decoded as ``text``: ``end``, unless the piece ends
+    inside a character (the budget or a stopping criterion stopped the upstream there): then the cut is the last
+    token boundary before that unfinished character, which becomes a piece of its own that the aligner is not shown."""
+    if not text.endswith("\ufffd"):
+        return end
+    for k in range(end - 1, max(start, end - 8), -1):
+        head = decode_span(tokenizer, ids, start, k)
+        if text.startswith(head) and not head.endswith("\ufffd") and not text[len(head) :].strip("\ufffd"):
+            return k
     return end
 
 
@@ -94,10 +127,26 @@ def find_token_boundary(
     sentence. With ``final=True`` (end of answer or of the token budget) the remainder always forms
     a sentence, so the result is never ``None`` for non-empty input: a trailing whitespace-only tail
     stays with the last sentence. With ``max_sentence_tokens``, a sentence that reached that many
-    tokens without ending is cut at ``end`` (a few tokens later if ``end`` falls inside a character).
+    tokens without ending is cut at the first boundary from there on between two characters (see
+    :func:`_cut_at_limit`); a span longer than that (a draft) gets the cut the tokens would have had as they
+    arrived, which is what :class:`SentenceTracker` gives.
     """
     if end <= start:
         return None
+    if max_sentence_tokens is not None and end - start > max_sentence_tokens:
+        for k in range(start + max_sentence_tokens + 1, end + 1):  # as the tokens arrived
+            cut = _first_boundary(tokenizer, ids, start, k, False, terminators, max_sentence_tokens)
+            if cut is not None:
+                return cut
+        if not final:
+            return None
+    return _first_boundary(tokenizer, ids, start, end, final, terminators, max_sentence_tokens)
+
+
+def _first_boundary(
+    tokenizer: Any, ids: Sequence[int], start: int, end: int, final: bool, terminators: str, max_sentence_tokens: int | None
+) -> int | None:
+    """:func:`find_token_boundary` on ``ids[start:end]`` as if no token came after ``end``."""
     text = decode_span(tokenizer, ids, start, end)
     content_end = len(text.rstrip())
     pos = 0
@@ -106,13 +155,13 @@ def find_token_boundary(
         if p is None:
             break
         if p >= content_end:
-            return end if final else _first_cut_at_or_after(tokenizer, ids, start, end, text, p)
+            return _final_cut(tokenizer, ids, start, end, text) if final else _first_cut_at_or_after(tokenizer, ids, start, end, text, p)
         cut = _first_cut_at_or_after(tokenizer, ids, start, end, text, p)
         if cut is not None:
             return cut
         pos = p  # the token crossing this end also holds the next sentence's start: merge them
     if final:
-        return end
+        return _final_cut(tokenizer, ids, start, end, text)
     return _cut_at_limit(tokenizer, ids, start, end, max_sentence_tokens)
 
 
