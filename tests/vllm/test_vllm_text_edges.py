@@ -12,8 +12,9 @@ from .test_vllm_engine import _chat, identity
 
 pytestmark = [pytest.mark.vllm, pytest.mark.smollm2]
 
-# An added token of SmolLM2's tokenizer that is not special (as <think> is in reasoning models). Its special tokens
-# cannot be used here: with a bias large enough to be written at all, SmolLM2 writes nothing else after them.
+# One of the added tokens of SmolLM2's tokenizer (<repo_name> ... <empty_output>, flagged special, not among its named
+# special tokens). Its named ones cannot be used here: with a bias large enough to be written at all, SmolLM2 writes
+# nothing else after them; after this one it goes on writing text.
 MARKER = "<jupyter_text>"
 BIAS = 16.0  # SmolLM2 then writes it once or twice per answer and goes on writing text (calibrated with transformers)
 

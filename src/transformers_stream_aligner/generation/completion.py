@@ -36,6 +36,9 @@ def stream_aligned_completion(
     tokenizer: Any,
     max_new_tokens: int,
     aligner_question: str | list[str] | None = None,
+    max_sentence_tokens: int | None = None,
+    max_correction_tokens: int | None = None,
+    terminators: str | None = None,
     invalid_correction: str = "raise",
     eos_token_ids: Sequence[int] | None = None,
     streamer: Any = None,
@@ -48,6 +51,8 @@ def stream_aligned_completion(
     (:mod:`..runtime.engines.vllm_engine`).
 
     Args:
+        aligner_question, max_sentence_tokens, max_correction_tokens, terminators, invalid_correction: as in
+            :func:`~.generate.stream_aligned_generate`.
         overlap: let each row's request keep streaming while the aligner corrects its sentence (kept if the
             aligner leaves the sentence unchanged, dropped otherwise; the tokens are the same either way).
         cancel: an event; once set, every request of the call ends at its next token and the call raises
@@ -60,7 +65,10 @@ def stream_aligned_completion(
     """
     driver = streamer if isinstance(streamer, StreamerDriver) else StreamerDriver(streamer)
     try:
-        correct, settings = _prepare_aligner(aligner)
+        correct, settings = _prepare_aligner(
+            aligner, max_sentence_tokens=max_sentence_tokens, max_correction_tokens=max_correction_tokens,
+            terminators=terminators,
+        )  # fmt: skip
         _check_choice("invalid_correction", invalid_correction, ("raise", "keep_original"))
         rows = [list(map(int, prompt)) for prompt in prompts]
         if not rows or not all(rows):
