@@ -15,6 +15,7 @@ Example:
 from typing import TYPE_CHECKING
 
 from ._moved import install as _install_moved
+from .lazy import lazy_exports
 from .version import __version__
 
 _install_moved()  # the module paths of earlier releases still import, with a DeprecationWarning (_moved.py)
@@ -86,18 +87,7 @@ if TYPE_CHECKING:
     from .training.trainer import TrainingResult, train_aligner
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value  # once imported, a plain attribute
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())  # once imported, a name is a plain attribute
 
 
 __all__ = [

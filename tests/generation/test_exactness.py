@@ -113,13 +113,21 @@ def test_the_mixin_keeps_the_stock_generate_signature(tiny_llama):
     class AlignedLlama(StreamAlignedGenerationMixin, LlamaForCausalLM):
         pass
 
+    calls = []
+
     class OwnGenerate(LlamaForCausalLM):
         def generate(self, inputs=None, *, house_rule: bool = False, **kwargs):
             """A model class with a generate of its own."""
+            calls.append("own")
             return super().generate(inputs, **kwargs)
 
     class AlignedOwn(StreamAlignedGenerationMixin, OwnGenerate):
         pass
+
+    class Overriding(StreamAlignedGenerationMixin, OwnGenerate):
+        def generate(self, *args, **kwargs):  # a subclass's own override reaches the mixin, then the class's own
+            calls.append("overriding")
+            return super().generate(*args, **kwargs)
 
     assert inspect.signature(AlignedLlama.generate) == inspect.signature(LlamaForCausalLM.generate)
     assert inspect.signature(AlignedOwn.generate) == inspect.signature(OwnGenerate.generate)
@@ -130,6 +138,11 @@ def test_the_mixin_keeps_the_stock_generate_signature(tiny_llama):
     plain = model.generate(ids, max_new_tokens=30, do_sample=False)
     assert torch.equal(aligned.generate(ids, max_new_tokens=30, do_sample=False, house_rule=True), plain)
     assert torch.equal(aligned.generate(ids, max_new_tokens=30, do_sample=False, aligner=identity, tokenizer=tok), plain)
+    calls.clear()
+    overriding = Overriding(model.config).to(torch.float64).eval()
+    overriding.load_state_dict(model.state_dict())
+    assert torch.equal(overriding.generate(ids, max_new_tokens=30, do_sample=False), plain)
+    assert calls == ["overriding", "own"]
 
 
 def test_without_aligner_generate_is_untouched(tiny_llama):

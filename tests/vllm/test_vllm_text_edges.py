@@ -46,22 +46,21 @@ def test_limit_cuts_fall_between_characters(vllm_server, smollm2):
         seen.append(last)
         return last + " ok"
 
+    answer = tok.decode(plain)
+    boundaries = {m.start() for m in regex.finditer(r"\X", answer)}
     for limit in (2, 3, 5, 7):
         out = stream_aligned_completion(upstream, [ids], aligner=identity, tokenizer=tok, max_new_tokens=60,
                                         max_sentence_tokens=limit, return_dict=True)  # fmt: skip
         assert out.sequences[0, len(ids) :].tolist() == plain, limit
+        # every identity piece ends between two characters of the answer
+        ends = [len(tok.decode(out.sequences[0, len(ids) : r.start + len(r.corrected_ids)])) for r in out.alignment_trace[0]]
+        assert all(e in boundaries or e == len(answer) for e in ends), limit
         out = stream_aligned_completion(upstream, [ids], aligner=append_ok, tokenizer=tok, max_new_tokens=60,
                                         max_sentence_tokens=limit, return_dict=True)  # fmt: skip
         _continuations_hold(upstream, out)
         for record in out.alignment_trace[0][:-1]:
             assert "\ufffd" not in record.original_text + record.corrected_text, (limit, record)
     assert seen and not any("\ufffd" in s for s in seen)
-    boundaries = {m.start() for m in regex.finditer(r"\X", tok.decode(plain))}
-    for limit in (2, 3, 5, 7):  # every identity piece ends between two characters of the answer
-        out = stream_aligned_completion(upstream, [ids], aligner=identity, tokenizer=tok, max_new_tokens=60,
-                                        max_sentence_tokens=limit, return_dict=True)  # fmt: skip
-        ends = [len(tok.decode(out.sequences[0, len(ids) : r.start + len(r.corrected_ids)])) for r in out.alignment_trace[0]]
-        assert all(e in boundaries or e == len(tok.decode(plain)) for e in ends), limit
 
 
 def test_added_tokens_inside_sentences_stay(vllm_server, smollm2):

@@ -118,7 +118,8 @@ class StreamAlignerConfig(PushToHubMixin):
             such a correction as soon as it breaks the rule.
         terminators: characters that end a sentence.
         max_sentence_tokens: an upstream sentence that reaches this many tokens without ending is cut there
-            and aligned as it is (text that never ends a sentence cannot stall alignment).
+            (at the first boundary between two characters from there on) and aligned as it is (text that never
+            ends a sentence cannot stall alignment).
         base_model: the model the aligner was trained from (for the model card), if known.
     """
 

@@ -9,19 +9,13 @@
 From here the data path is :mod:`..runtime`.
 """
 
+from ..lazy import lazy_exports
+
 _EXPORTS = {"StreamAlignedGenerationMixin": "mixin", "enable_stream_alignment": "mixin",
             "stream_aligned_generate": "generate"}  # fmt: skip
 
 
-def __getattr__(name: str):
-    # the entry points, imported on first use (torch and transformers load then, not with the package)
-    if name in _EXPORTS:
-        import importlib
-
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+# the entry points, imported on first use (torch and transformers load then, not with the package)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 __all__ = sorted(_EXPORTS)

@@ -98,8 +98,8 @@ def stream_aligned_generate(
         tokenizer: the upstream tokenizer (default: the one given to :func:`enable_stream_alignment`).
         aligner_question: the question shown to the aligner, one string or one per prompt (default: the
             last user message of a chat prompt, else the decoded prompt).
-        max_sentence_tokens: cut a sentence that never ends after this many tokens (default 256, or
-            the aligner config's).
+        max_sentence_tokens: cut a sentence that never ends after this many tokens, at the first boundary
+            between two characters from there on (default 256, or the aligner config's).
         max_correction_tokens: reject corrections longer than this (default 256, or the aligner config's).
         terminators: sentence terminators (default ``.!?…。！？``).
         invalid_correction: what to do when the aligner returns unusable text (not a string, empty, over

@@ -59,13 +59,14 @@ def _stock_generate(cls: type) -> Callable[..., Any] | None:
 
 
 def _generate_like(stock: Callable[..., Any]) -> Callable[..., Any]:
-    """A ``generate`` that adds ``aligner=`` to ``stock`` and shows ``stock``'s name, signature and documentation (as
-    ``functools.wraps`` gives them: tools and pipelines read ``inspect.signature(model.generate)``)."""
+    """A ``generate`` that adds ``aligner=`` to the ``generate`` after :class:`StreamAlignedGenerationMixin` in the
+    instance's class order and shows ``stock``'s (that one's) name, signature and documentation, as
+    ``functools.wraps`` gives them: tools and pipelines read ``inspect.signature(model.generate)``."""
 
     @functools.wraps(stock)
     def generate(self: Any, *args: Any, **kwargs: Any) -> Any:
         with torch.no_grad():
-            return generate_with_aligner(self, functools.partial(stock, self), args, kwargs)
+            return generate_with_aligner(self, super(StreamAlignedGenerationMixin, self).generate, args, kwargs)
 
     generate.__doc__ = (stock.__doc__ or "") + _ALIGNER_DOC
     return generate

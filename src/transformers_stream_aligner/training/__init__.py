@@ -7,18 +7,12 @@
 - :mod:`.trainer`: ``train_aligner``, a ``transformers.Trainer`` run that saves a loadable aligner.
 """
 
+from ..lazy import lazy_exports
+
 _EXPORTS = {"TrainingResult": "trainer", "train_aligner": "trainer"}
 
 
-def __getattr__(name: str):
-    # the entry points, imported on first use (torch and transformers load then, not with the package)
-    if name in _EXPORTS:
-        import importlib
-
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+# the entry points, imported on first use (torch and transformers load then, not with the package)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 __all__ = sorted(_EXPORTS)

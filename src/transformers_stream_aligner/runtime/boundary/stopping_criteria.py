@@ -41,8 +41,9 @@ class SentenceBoundaryCriteria(StoppingCriteria):
         sentence_starts: for each row, the index in ``input_ids`` where its current sentence starts.
             Update it between rounds with :meth:`reset`.
         terminators: characters that end a sentence (newlines always do).
-        max_sentence_tokens: a sentence that reaches this many tokens without ending is cut there, so
-            text that never ends a sentence cannot run unaligned.
+        max_sentence_tokens: a sentence that reaches this many tokens without ending is cut there (at the
+            first boundary between two characters from there on), so text that never ends a sentence cannot run
+            unaligned.
         eos_token_id: end-of-answer token(s); a row that produces one is done (the text before it is
             the final fragment).
         hold_completed: whether a row whose sentence is complete is *held* (stops, and produces padding

@@ -76,6 +76,13 @@ def _cluster_starts(text: str) -> set[int]:
     return {m.start() for m in regex.finditer(r"\X", text) if m.start() > 0 and text[m.start()] != "\ufffd"}
 
 
+def _whole_head(tokenizer: Any, ids: Sequence[int], start: int, k: int, text: str) -> str | None:
+    """``ids[start:k]`` decoded, if that is a beginning of ``text`` (``ids[start:end]`` decoded) that does not stop
+    inside a character (U+FFFD at its end); else ``None``."""
+    head = decode_span(tokenizer, ids, start, k)
+    return head if text.startswith(head) and not head.endswith("\ufffd") else None
+
+
 def _cut_at_limit(tokenizer: Any, ids: Sequence[int], start: int, end: int, max_sentence_tokens: int | None) -> int | None:
     """The cut of a sentence ``ids[start:end]`` that has not ended but holds ``max_sentence_tokens`` tokens: the
     first token boundary from the limit on that falls between two characters as a reader sees them, never inside a
@@ -92,8 +99,8 @@ def _cut_at_limit(tokenizer: Any, ids: Sequence[int], start: int, end: int, max_
     text = decode_span(tokenizer, ids, start, end)
     starts = _cluster_starts(text)
     for k in range(start + max_sentence_tokens, end):
-        head = decode_span(tokenizer, ids, start, k)
-        if len(head) in starts and text.startswith(head) and not head.endswith("\ufffd"):
+        head = _whole_head(tokenizer, ids, start, k, text)
+        if head is not None and len(head) in starts:
             return k
     return None
 
@@ -105,8 +112,8 @@ def _final_cut(tokenizer: Any, ids: Sequence[int], start: int, end: int, text: s
     if not text.endswith("\ufffd"):
         return end
     for k in range(end - 1, max(start, end - 8), -1):
-        head = decode_span(tokenizer, ids, start, k)
-        if text.startswith(head) and not head.endswith("\ufffd") and not text[len(head) :].strip("\ufffd"):
+        head = _whole_head(tokenizer, ids, start, k, text)
+        if head is not None and not text[len(head) :].strip("\ufffd"):
             return k
     return end
 
