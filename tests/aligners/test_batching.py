@@ -123,3 +123,52 @@ def test_stream_alignment_error_keeps_its_type_through_the_batcher():
 
     with BatchingAligner(fails, window=0) as batching, pytest.raises(StreamAlignmentError, match="aligner down"):
         stream_aligned_generate(model, prompt_ids(tok), aligner=batching, tokenizer=tok, max_new_tokens=30, do_sample=False)
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_max_in_flight_lets_a_batch_start_while_another_is_running(in_flight):
+    # Two callers in two batches (max_batch=1); each call waits until two calls run at once. One call at a time
+    # (the default) never gets there: the first call gives up, and both callers still get an answer.
+    meeting = threading.Barrier(2, timeout=1.5)
+    met = []
+
+    def correct(requests):
+        try:
+            meeting.wait()
+            met.append(True)
+        except threading.BrokenBarrierError:
+            met.append(False)
+        return [r.last.upper() for r in requests]
+
+    results = {}
+    with BatchingAligner(type("A", (), {"correct": staticmethod(correct)})(), window=0, max_batch=1,
+                         max_in_flight=in_flight) as batching:  # fmt: skip
+        threads = [threading.Thread(target=lambda t=t: results.__setitem__(t, batching.correct(_requests(t, 1))))
+                   for t in range(2)]  # fmt: skip
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert results == {0: ["0-0."], 1: ["1-0."]}
+    assert batching.stats.calls == 2
+    assert met == ([True, True] if in_flight == 2 else [False, False])
+
+
+def test_max_in_flight_is_checked_and_close_waits_for_running_calls():
+    with pytest.raises(ValueError, match="max_in_flight"):
+        BatchingAligner(lambda q, p, last: last, max_in_flight=0)
+    done = []
+
+    def slow(q, p, last):
+        time.sleep(0.3)
+        done.append(last)
+        return last
+
+    batching = BatchingAligner(slow, window=0, max_in_flight=4)
+    caller = threading.Thread(target=lambda: batching.correct(_requests("x", 1)))
+    caller.start()
+    time.sleep(0.1)
+    batching.close()  # the running call ends before close returns
+    assert done == ["x-0."]
+    caller.join()
+    assert "max_in_flight=4" in repr(batching)

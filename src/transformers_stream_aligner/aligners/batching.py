@@ -4,7 +4,9 @@ Each stream-aligned request runs its own sentence loop (a served model has many 
 arrive at different moments; :class:`BatchingAligner` holds the first one for ``window`` seconds (or until
 ``max_batch`` requests are waiting), then makes one call of the wrapped aligner with every waiting request and
 hands each caller its answers. While that call runs, new requests queue up and go together in the next one, so
-under load the batch grows by itself. Works for any aligner the loop accepts (a :class:`~.aligner.StreamAligner`,
+under load the batch grows by itself. An aligner served by vLLM (:class:`~.vllm.VLLMAligner`) batches by itself,
+continuously: give it ``max_in_flight`` > 1 so a batch that arrives while another is decoding is sent at once
+instead of waiting for it (docs/benchmarks.md measures both). Works for any aligner the loop accepts (a :class:`~.aligner.StreamAligner`,
 a :class:`~.vllm_aligner.VLLMAligner`, an object with ``correct``, a function).
 
 Example:
@@ -51,21 +53,29 @@ class BatchingAligner:
         aligner: what to call (anything ``generate(aligner=...)`` accepts).
         window: seconds to wait for more requests after the first one arrives (default 5 ms).
         max_batch: call at once when this many requests wait.
+        max_in_flight: calls of ``aligner`` that may run at the same time (default 1: one after the other, which an
+            in-process model wants; a vLLM server batches concurrent calls itself). ``aligner`` must then be safe to
+            call from several threads.
 
     If the wrapped call raises, every caller of that batch gets the exception (each loop then fails with its
     partial output). :meth:`close` stops the worker thread; a closed aligner refuses new calls.
     """
 
-    def __init__(self, aligner: Any, *, window: float = 0.005, max_batch: int = 64) -> None:
+    def __init__(self, aligner: Any, *, window: float = 0.005, max_batch: int = 64, max_in_flight: int = 1) -> None:
         if window < 0:
             raise ValueError(f"window must be >= 0 seconds, got {window}")
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if not isinstance(max_in_flight, int) or max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be an integer >= 1, got {max_in_flight!r}")
         self.aligner = aligner
         self._correct = as_correction_fn(aligner)
         self.window = window
         self.max_batch = max_batch
+        self.max_in_flight = max_in_flight
         self.stats = BatchingStats()
+        self._slots = threading.BoundedSemaphore(max_in_flight)  # calls running now
+        self._running: set[threading.Thread] = set()
         self._queue: queue.Queue[tuple[list[AlignmentRequest], Future] | None] = queue.Queue()
         self._closed = False
         self._lock = threading.Lock()
@@ -96,6 +106,10 @@ class BatchingAligner:
         if worker is not None and worker.is_alive():
             self._queue.put(None)
             worker.join()
+        with self._lock:
+            running = list(self._running)
+        for thread in running:
+            thread.join()
 
     def __enter__(self) -> BatchingAligner:
         return self
@@ -104,7 +118,8 @@ class BatchingAligner:
         self.close()
 
     def __repr__(self) -> str:
-        return f"BatchingAligner({self.aligner!r}, window={self.window}, max_batch={self.max_batch})"
+        return (f"BatchingAligner({self.aligner!r}, window={self.window}, max_batch={self.max_batch}, "
+                f"max_in_flight={self.max_in_flight})")  # fmt: skip
 
     # ------------------------------------------------------------------ the worker
     def _work(self) -> None:
@@ -127,9 +142,30 @@ class BatchingAligner:
                     break
                 batch.append(item)
                 size += len(item[0])
-            self._run(batch)
+            self._dispatch(batch)
             if stop:
                 return
+
+    def _dispatch(self, batch: list[tuple[list[AlignmentRequest], Future]]) -> None:
+        """Run ``batch`` here (one call at a time) or, with ``max_in_flight`` > 1, on a thread of its own once a slot
+        is free (the next batch is collected meanwhile)."""
+        if self.max_in_flight == 1:
+            self._run(batch)
+            return
+        self._slots.acquire()
+
+        def run() -> None:
+            try:
+                self._run(batch)
+            finally:
+                with self._lock:
+                    self._running.discard(threading.current_thread())
+                self._slots.release()
+
+        thread = threading.Thread(target=run, name="aligner-batch-call", daemon=True)
+        with self._lock:
+            self._running.add(thread)
+        thread.start()
 
     def _run(self, batch: list[tuple[list[AlignmentRequest], Future]]) -> None:
         requests = [request for part, _ in batch for request in part]
@@ -143,9 +179,10 @@ class BatchingAligner:
             for _, future in batch:
                 future.set_exception(err)
             return
-        self.stats.calls += 1
-        self.stats.requests += len(requests)
-        self.stats.largest_batch = max(self.stats.largest_batch, len(requests))
+        with self._lock:
+            self.stats.calls += 1
+            self.stats.requests += len(requests)
+            self.stats.largest_batch = max(self.stats.largest_batch, len(requests))
         begin = 0
         for part, future in batch:
             future.set_result(list(answers[begin : begin + len(part)]))
