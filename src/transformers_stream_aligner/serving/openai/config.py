@@ -59,12 +59,22 @@ class ServeConfig:
     host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on."})
     port: int = field(default=8080, metadata={"help": "Port to listen on."})
     dtype: str = field(default="float32", metadata={"help": "dtype of in-process models (--model, an aligner checkpoint)."})
-    overlap: bool = field(
-        default=False,
-        metadata={"help": "vLLM upstream: keep streaming the next sentence while the aligner corrects (same tokens)."},
+    overlap: bool | None = field(
+        default=None,
+        metadata={
+            "help": "vLLM upstream: keep streaming the next sentence while the aligner corrects (same tokens). "
+            "Default: on when vLLM also decodes the aligner (--aligner-vllm-model), where it pays (docs/benchmarks.md)."
+        },
     )
     batch_window: float = field(
         default=0.005, metadata={"help": "Seconds to collect concurrent requests' aligner calls into one call."}
+    )
+    aligner_in_flight: int | None = field(
+        default=None,
+        metadata={
+            "help": "Aligner calls that may run at once (default: 8 when vLLM decodes the aligner, which batches "
+            "concurrent calls itself; 1 for an aligner in process)."
+        },
     )
     max_concurrent_requests: int = field(
         default=16, metadata={"help": "Requests served at once; more are refused with HTTP 429."}
@@ -93,7 +103,12 @@ class ServeConfig:
             raise ValueError("--aligner-vllm-model needs --aligner-url (or an --upstream-url to serve it)")
         if self.default_max_tokens is None:
             self.default_max_tokens = min(256, self.max_tokens_limit)
-        for name in ("max_concurrent_requests", "default_max_tokens", "max_tokens_limit", "max_prompt_tokens"):
+        if self.overlap is None:
+            self.overlap = self.upstream_url is not None and self.aligner_vllm_model is not None
+        if self.aligner_in_flight is None:
+            self.aligner_in_flight = 8 if self.aligner_vllm_model is not None else 1
+        for name in ("max_concurrent_requests", "default_max_tokens", "max_tokens_limit", "max_prompt_tokens",
+                     "aligner_in_flight"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.default_max_tokens > self.max_tokens_limit:

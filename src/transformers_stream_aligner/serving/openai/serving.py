@@ -101,7 +101,8 @@ class StreamAlignedServer:
             )
         else:
             self.upstream = None
-        self.aligner = BatchingAligner(aligner if aligner is not None else self._load_aligner(), window=config.batch_window)
+        self.aligner = BatchingAligner(aligner if aligner is not None else self._load_aligner(), window=config.batch_window,
+                                       max_in_flight=config.aligner_in_flight)  # fmt: skip
         self.active = 0
         self.served = 0
         self._model_lock = threading.Lock()  # an in-process upstream serves one request at a time
