@@ -55,12 +55,29 @@ class VLLMUpstream:
     timeout: float = 60.0
     sampling: dict[str, Any] = field(default_factory=lambda: {"temperature": 0})
     api_key: str | None = None
+    _client: Any = field(default=None, init=False, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     def client(self) -> Any:
-        import httpx
+        """The HTTP client of every request to this server: one connection pool shared by every call and thread
+        (httpx's ``Client`` is thread-safe), made on first use. A served loop used to make one per call, and with it
+        an SSL context and a pool per request (docs/reliability.md: the served soak). :meth:`close` closes it."""
+        with self._lock:
+            if self._client is None:
+                import httpx
 
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        return httpx.Client(base_url=self.base_url.rstrip("/"), timeout=self.timeout, headers=headers)
+                headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+                limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)  # a stream per row at once
+                self._client = httpx.Client(base_url=self.base_url.rstrip("/"), timeout=self.timeout, headers=headers,
+                                            limits=limits)  # fmt: skip
+            return self._client
+
+    def close(self) -> None:
+        """Close the shared client's connections (a later call opens new ones)."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
 
 class _RowStream:
@@ -188,8 +205,7 @@ class VLLMEngine(UpstreamEngine):
         for index in list(self._streams):
             self._end_stream(index)
         self._pool.shutdown(wait=True)  # rows of a failed round finish or fail; none is left streaming
-        self._client.close()
-        return None
+        return None  # the client is the upstream's, shared with other calls: its streams are closed, it stays open
 
     # ------------------------------------------------------------------ one row
     def _end_stream(self, index: int) -> None:

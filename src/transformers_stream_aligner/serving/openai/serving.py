@@ -162,6 +162,8 @@ class StreamAlignedServer:
         close = getattr(self.aligner.aligner, "close", None)
         if callable(close):
             close()
+        if self.upstream is not None:
+            self.upstream.close()
 
     # ------------------------------------------------------------------ requests
     def job(self, request: ChatCompletionRequest | CompletionRequest) -> _Job:
