@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -35,6 +36,7 @@ import re
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +140,8 @@ async def run_mode(mode: str, prompts: list[list[int]], concurrency: int, args: 
         batching = None
     else:
         name, _, extra = mode.partition("+")
-        batching = BatchingAligner(env["aligners"][name], window=args.window)
+        in_flight = args.in_flight if name == "lora" else 1  # vLLM batches concurrent calls; a model in process not
+        batching = BatchingAligner(env["aligners"][name], window=args.window, max_in_flight=in_flight)
         try:
             results = await asyncio.gather(*(limited(aligned_request(upstream, p, args.max_tokens, tok, batching,
                                                                      extra == "overlap")) for p in selected))  # fmt: skip
@@ -214,6 +217,38 @@ def splice_recompute(env: dict, prompts: list[list[int]], args: Any) -> dict:
     return results
 
 
+# ---------------------------------------------------------------------------------------------- the server
+@contextlib.contextmanager
+def vllm_server(model_dir: str, args: Any) -> Iterator[tuple[str, int | None]]:
+    """A vLLM server of SmolLM2 on 127.0.0.1 with the shipped aligner as the LoRA module ``aligner`` (a spare LoRA
+    slot: see :func:`~transformers_stream_aligner.aligners.vllm.lora_slot_problem`) and prefix caching, plus
+    ``args.server_args`` (the levers: ``--block-size 32``, ``--speculative-config ...``). Yields its URL and KV block
+    size; stops it by its process id."""
+    import shlex
+
+    from tests.helpers import free_port, running_server
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = [args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
+               "--served-model-name", "smol", "--dtype", "float32", "--enable-prefix-caching", "--max-model-len", "2048",
+               "--enforce-eager", "--host", "127.0.0.1", "--port", str(port), "--enable-lora", "--max-lora-rank", "16",
+               "--lora-modules", f"aligner={ADAPTER}", "--max-loras", "2",  # a spare slot: see lora_slot_problem
+               "--enable-prompt-tokens-details", *shlex.split(args.server_args)]  # fmt: skip
+    server_env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="2")
+    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / "vllm_serving_server.log"
+    with running_server(command, health_url=f"{base}/health", log_path=log_path, env=server_env, timeout=900):
+        info = re.search(r"vllm:cache_config_info\{([^}]*)\}", httpx.get(f"{base}/metrics", timeout=30).text)
+        found = re.search(r'block_size="(\d+)"', info.group(1)) if info else None
+        yield base, int(found.group(1)) if found else None
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server-args", default="--block-size 32",
+                        help="more vLLM server flags (default: KV blocks of 32 tokens, the lever measured in docs/benchmarks.md)")
+    parser.add_argument("--vllm-python", default=os.environ.get("VLLM_PYTHON", str(ROOT / ".venv-vllm/bin/python")))
+
+
 # ---------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -222,8 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--requests", type=int, default=8, help="requests per run (at least the concurrency)")
     parser.add_argument("--window", type=float, default=0.01, help="BatchingAligner collection window (s)")
-    parser.add_argument("--splice-prompts", type=int, default=6)
-    parser.add_argument("--vllm-python", default=os.environ.get("VLLM_PYTHON", str(ROOT / ".venv-vllm/bin/python")))
+    parser.add_argument("--in-flight", type=int, default=8,
+                        help="aligner calls at once for the LoRA aligner (BatchingAligner max_in_flight; 1 = in turn)")
+    parser.add_argument("--splice-prompts", type=int, default=6, help="0: skip the splice measurement")
+    add_server_arguments(parser)
     parser.add_argument("--json", default=str(ROOT / "benchmarks/results/vllm_serving.json"))
     parser.add_argument("--plot", default=str(ROOT / "docs/img/vllm_serving.png"))
     args = parser.parse_args(argv)
@@ -231,7 +268,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from examples.smollm2 import default_cache_dir, smollm2_checkpoint
-    from tests.helpers import free_port, running_server
     from transformers_stream_aligner import StreamAligner
     from transformers_stream_aligner.aligners.vllm import VLLMAligner
     from transformers_stream_aligner.runtime.engines.vllm_engine import VLLMUpstream
@@ -243,19 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     tok = AutoTokenizer.from_pretrained(model_dir)
     prompts = [list(tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
                                             return_dict=True)["input_ids"]) for q in QUESTIONS]  # fmt: skip
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    command = [args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
-               "--served-model-name", "smol", "--dtype", "float32", "--enable-prefix-caching", "--max-model-len", "2048",
-               "--enforce-eager", "--host", "127.0.0.1", "--port", str(port), "--enable-lora", "--max-lora-rank", "16",
-               "--lora-modules", f"aligner={ADAPTER}", "--max-loras", "2",  # a spare slot: see lora_slot_problem
-               "--enable-prompt-tokens-details"]  # fmt: skip
-    server_env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="2")
-    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / "vllm_serving_server.log"
     rows: list[dict] = []
-    with running_server(command, health_url=f"{base}/health", log_path=log_path, env=server_env, timeout=900):
-        info = re.search(r"vllm:cache_config_info\{([^}]*)\}", httpx.get(f"{base}/metrics", timeout=30).text)
-        block_size = int(re.search(r'block_size="(\d+)"', info.group(1)).group(1)) if info else None
+    with vllm_server(model_dir, args) as (base, block_size):
         upstream = VLLMUpstream(base, model="smol", timeout=600)
         aligners = {
             "identity": identity,
@@ -272,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                 first = row["first_sentence_s_median"]
                 print(f"{mode:>20} x{concurrency:<3} {row['tokens_per_s']:7.1f} tok/s  first sentence "
                       f"{first if first is None else round(first, 2)} s  wall {row['wall_s']:.1f} s", flush=True)  # fmt: skip
-        splices = splice_recompute(env, prompts, args)
+        splices = splice_recompute(env, prompts, args) if args.splice_prompts else {}
     by_key = {(r["mode"], r["concurrency"]): r for r in rows}
     for r in rows:
         plain = by_key.get(("plain", r["concurrency"]))
@@ -289,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
         "settings": {"max_tokens": args.max_tokens, "window_s": args.window, "questions": len(QUESTIONS),
-                     "requests_per_run": args.requests,
+                     "requests_per_run": args.requests, "in_flight": args.in_flight, "server_args": args.server_args,
                      "block_size": block_size},  # fmt: skip
         "rows": rows,
         "splices": splices,
