@@ -140,10 +140,10 @@ bench-vllm: $(STAMP) $(VLLM_STAMP)
 profile-vllm: $(STAMP) $(VLLM_STAMP)
 	HF_HUB_OFFLINE=1 VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(PY) -m benchmarks.vllm_profile
 
-# stream-aligner serve over vLLM: 32 streaming clients x 10 min, 5% leave, the aligner fails 5% (docs/reliability.md)
+# stream-aligner serve over vLLM: 32 streaming clients x 15 min, 5% leave, the aligner fails 5% (docs/reliability.md)
 soak-vllm: $(STAMP) $(VLLM_STAMP)
 	$(PY) -m pip install --quiet -e ".[serve]"
-	HF_HUB_OFFLINE=1 VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(PY) -m benchmarks.vllm_soak
+	HF_HUB_OFFLINE=1 VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(PY) -m benchmarks.vllm_soak --seconds 900
 
 bench-train: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.train_smollm2

@@ -46,3 +46,25 @@ def test_copies_and_reprs_do_not_share_or_show_the_client():
     assert "_client" not in repr(upstream) and upstream == dataclasses.replace(upstream)
     upstream.close()
     copy.close()
+
+
+def test_a_call_s_sampling_replaces_the_upstream_s_and_shares_its_client():
+    upstream = VLLMUpstream("http://127.0.0.1:9", model="m")
+    default = VLLMEngine(upstream, [], tokenizer=None, stats=AlignmentStats(), terminators=".", max_sentence_tokens=8,
+                         eos_token_ids=[0])  # fmt: skip
+    sampled = VLLMEngine(upstream, [], tokenizer=None, stats=AlignmentStats(), terminators=".", max_sentence_tokens=8,
+                         eos_token_ids=[0], sampling={"temperature": 0.7, "seed": 3})  # fmt: skip
+    assert default.sampling == {"temperature": 0} and sampled.sampling == {"temperature": 0.7, "seed": 3}
+    assert default._client is sampled._client is upstream.client()
+    default.close()
+    sampled.close()
+    upstream.close()
+
+
+def test_stream_aligned_completion_takes_a_sampling_override():
+    import inspect
+
+    from transformers_stream_aligner.generation.completion import stream_aligned_completion
+
+    parameter = inspect.signature(stream_aligned_completion).parameters["sampling"]
+    assert parameter.default is None and parameter.kind is inspect.Parameter.KEYWORD_ONLY

@@ -92,6 +92,25 @@ def test_rewrites_through_the_endpoint_equal_the_exact_loop(rewrite_endpoint, vl
         assert sum(r["changed"] for r in answer["alignment_trace"]) >= 1
 
 
+def test_a_request_s_sampling_reaches_vllm_through_the_shared_upstream(rewrite_endpoint, vllm_server, smollm2):
+    """Every request goes through the server's one upstream (one HTTP client); its own temperature and seed go with
+    it: the answer is stream_aligned_completion's with that sampling, and greedy requests stay greedy."""
+    _, tok = smollm2
+    question = QUESTIONS[0]
+    prompt = _chat(tok, question)
+    body = {"messages": [{"role": "user", "content": question}], "max_tokens": 40, "temperature": 1.0, "seed": 7}
+    sampled = httpx.post(f"{rewrite_endpoint}/v1/chat/completions", timeout=300, json=body).json()
+    exact = stream_aligned_completion(VLLMUpstream(*vllm_server), [prompt], aligner=rewrite, tokenizer=tok,
+                                      max_new_tokens=40, sampling={"temperature": 1.0, "seed": 7})  # fmt: skip
+    assert sampled["choices"][0]["message"]["content"] == tok.decode(exact[0, len(prompt) :], skip_special_tokens=True)
+    greedy = httpx.post(f"{rewrite_endpoint}/v1/chat/completions", timeout=300,
+                        json={**body, "temperature": 0, "seed": None}).json()  # fmt: skip
+    plain = stream_aligned_completion(VLLMUpstream(*vllm_server), [prompt], aligner=rewrite, tokenizer=tok,
+                                      max_new_tokens=40)  # fmt: skip
+    assert greedy["choices"][0]["message"]["content"] == tok.decode(plain[0, len(prompt) :], skip_special_tokens=True)
+    assert sampled["choices"][0]["message"]["content"] != greedy["choices"][0]["message"]["content"]
+
+
 def test_streaming_sends_the_corrected_text_only(rewrite_endpoint):
     client = _client(rewrite_endpoint)
     messages = [{"role": "user", "content": QUESTIONS[2]}]

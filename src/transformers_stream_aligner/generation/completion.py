@@ -45,6 +45,7 @@ def stream_aligned_completion(
     return_dict: bool = False,
     overlap: bool = False,
     cancel: threading.Event | None = None,
+    sampling: dict[str, Any] | None = None,
 ) -> Any:
     """Stream-aligned completion of each prompt (token ids) on a vLLM server: the same loop, records, errors and
     streamer events as ``model.generate(..., aligner=...)``, with the upstream on a vLLM server
@@ -55,6 +56,8 @@ def stream_aligned_completion(
             :func:`~.generate.stream_aligned_generate`.
         overlap: let each row's request keep streaming while the aligner corrects its sentence (kept if the
             aligner leaves the sentence unchanged, dropped otherwise; the tokens are the same either way).
+        sampling: ``/v1/completions`` sampling fields for this call instead of ``upstream.sampling`` (a server
+            serves each request's own settings through one ``upstream`` and its one HTTP client).
         cancel: an event; once set, every request of the call ends at its next token and the call raises
             :class:`~..outputs.StreamAlignmentCancelled` with the output so far.
 
@@ -85,7 +88,7 @@ def stream_aligned_completion(
         def factory(plan_rows: list[Any], stats: Any) -> VLLMEngine:
             return VLLMEngine(upstream, plan_rows, tokenizer=tokenizer, stats=stats, terminators=settings.terminators,
                               max_sentence_tokens=settings.max_sentence_tokens, eos_token_ids=eos, overlap=overlap,
-                              cancel=cancel)  # fmt: skip
+                              cancel=cancel, sampling=sampling)  # fmt: skip
 
         plan = GenerationPlan(
             tokenizer=tokenizer,

@@ -171,8 +171,10 @@ class VLLMEngine(UpstreamEngine):
         eos_token_ids: Iterable[int],
         overlap: bool = False,
         cancel: threading.Event | None = None,
+        sampling: dict[str, Any] | None = None,
     ) -> None:
         self.upstream = upstream
+        self.sampling = dict(upstream.sampling if sampling is None else sampling)
         self.tokenizer = tokenizer
         self.stats = stats
         self.terminators = terminators
@@ -282,7 +284,7 @@ class VLLMEngine(UpstreamEngine):
             "stream": True,
             "return_token_ids": True,
             "skip_special_tokens": False,
-            **self.upstream.sampling,
+            **self.sampling,
         }
         self._check_cancel()
         with self._lock:

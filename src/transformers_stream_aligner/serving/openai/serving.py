@@ -240,13 +240,10 @@ class StreamAlignedServer:
         """The stream-aligned answer (a ``StreamAlignedGenerateOutput``), on this thread; raises
         :class:`~.outputs.StreamAlignmentError` (with the partial output) on failure."""
         if self.upstream is not None:
-            import dataclasses
-
             from ...generation.completion import stream_aligned_completion
 
-            upstream = dataclasses.replace(self.upstream, sampling=job.sampling)
             return stream_aligned_completion(
-                upstream,
+                self.upstream,  # one upstream and HTTP client for every request; the request's sampling goes along
                 [job.prompt_ids],
                 aligner=self.aligner,
                 tokenizer=self.tokenizer,
@@ -256,6 +253,7 @@ class StreamAlignedServer:
                 return_dict=True,
                 overlap=self.config.overlap,
                 cancel=cancel,
+                sampling=job.sampling,
             )
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
