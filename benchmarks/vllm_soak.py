@@ -62,15 +62,15 @@ class FlakyCalls:
         self.calls = self.faults = 0
 
     def correct(self, requests: list[Any]) -> list[str]:
-        with self._lock:
+        with self._lock:  # one writer at a time (the soak of 2026-12-06 lost one call to two writers' race)
             self.calls += 1
             fault = self._random.random() < self.rate
             self.faults += fault
             counts = {"calls": self.calls, "faults": self.faults}
-        path = os.environ.get(COUNTS_ENV)
-        if path:
-            Path(path + ".tmp").write_text(json.dumps(counts))
-            os.replace(path + ".tmp", path)
+            path = os.environ.get(COUNTS_ENV)
+            if path:
+                Path(path + ".tmp").write_text(json.dumps(counts))
+                os.replace(path + ".tmp", path)
         if fault:
             raise ConnectionError(f"injected aligner fault (call {counts['calls']}; 5% of calls)")
         return self.inner.correct(requests)
