@@ -2,7 +2,8 @@
 float32 greedy, vLLM's CPU build on this machine).
 
 Starts its own vLLM server on 127.0.0.1 (the ``.venv-vllm`` environment of ``make test-vllm``; the shipped arithmetic
-aligner as the LoRA module ``aligner`` with a spare LoRA slot, prefix caching on) and stops it by its process id. In one run, same prompts (each run sends
+aligner as the LoRA module ``aligner`` with a spare LoRA slot, prefix caching on, KV blocks of 32 tokens unless
+``--server-args`` says otherwise) and stops it by its process id. In one run, same prompts (each run sends
 ``--requests`` requests, 8 by default and 16 at concurrency 16, with at most ``concurrency`` in flight):
 
 * ``plain``: the prompts streamed straight from vLLM (no alignment);
@@ -11,14 +12,15 @@ aligner as the LoRA module ``aligner`` with a spare LoRA slot, prefix caching on
 * ``lora``: the shipped aligner as a LoRA on the upstream's own vLLM engine (:class:`VLLMAligner`);
 
 each aligned mode without and with ``overlap``. Every request runs its own sentence loop on asyncio
-(:func:`astream_aligned_completion`); concurrent aligner calls share one :class:`BatchingAligner`.
+(:func:`astream_aligned_completion`); concurrent aligner calls share one :class:`BatchingAligner` (the LoRA
+aligner's with ``--in-flight`` calls at once, 8 by default; the in-process one's one at a time).
 
 Reported per mode and concurrency: throughput (generated tokens per second of wall time) and its ratio to plain at
 the same concurrency, median time to the first corrected sentence (plain: to the first sentence end), and the
 outputs' agreement with the non-overlap run. Separately, at concurrency 1, the prompt tokens vLLM recomputed for
 each request after a splice (its prefix-cache counters) against the tokens that actually changed.
 
-    python -m benchmarks.vllm_serving                     # everything (~20 min here)
+    python -m benchmarks.vllm_serving                     # everything (~15 min here)
     python -m benchmarks.vllm_serving --concurrency 1 4 --modes plain identity
 
 Writes JSON (``benchmarks/results/vllm_serving.json``) and a plot (``docs/img/vllm_serving.png``).
