@@ -25,7 +25,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +75,7 @@ class BatchingAligner:
         self.max_in_flight = max_in_flight
         self.stats = BatchingStats()
         self._slots = threading.BoundedSemaphore(max_in_flight)  # calls running now
-        self._running: set[threading.Thread] = set()
+        self._calls = ThreadPoolExecutor(max_in_flight, thread_name_prefix="aligner-call") if max_in_flight > 1 else None
         self._queue: queue.Queue[tuple[list[AlignmentRequest], Future] | None] = queue.Queue()
         self._closed = False
         self._lock = threading.Lock()
@@ -106,10 +106,8 @@ class BatchingAligner:
         if worker is not None and worker.is_alive():
             self._queue.put(None)
             worker.join()
-        with self._lock:
-            running = list(self._running)
-        for thread in running:
-            thread.join()
+        if self._calls is not None:
+            self._calls.shutdown(wait=True)  # the calls already running end first
 
     def __enter__(self) -> BatchingAligner:
         return self
@@ -149,23 +147,11 @@ class BatchingAligner:
     def _dispatch(self, batch: list[tuple[list[AlignmentRequest], Future]]) -> None:
         """Run ``batch`` here (one call at a time) or, with ``max_in_flight`` > 1, on a thread of its own once a slot
         is free (the next batch is collected meanwhile)."""
-        if self.max_in_flight == 1:
+        if self._calls is None:
             self._run(batch)
             return
-        self._slots.acquire()
-
-        def run() -> None:
-            try:
-                self._run(batch)
-            finally:
-                with self._lock:
-                    self._running.discard(threading.current_thread())
-                self._slots.release()
-
-        thread = threading.Thread(target=run, name="aligner-batch-call", daemon=True)
-        with self._lock:
-            self._running.add(thread)
-        thread.start()
+        self._slots.acquire()  # waiting here lets the next batch grow meanwhile
+        self._calls.submit(self._run, batch).add_done_callback(lambda _: self._slots.release())
 
     def _run(self, batch: list[tuple[list[AlignmentRequest], Future]]) -> None:
         requests = [request for part, _ in batch for request in part]
